@@ -1,0 +1,182 @@
+"""Typed, frozen configs built strictly from params.yaml: unknown, missing or mistyped keys raise ConfigError."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from llama_pe.errors import ConfigError
+
+__all__ = ["Config", "ConfigError", "load_config"]
+
+# Token files are uint16 memmaps (as in nanoGPT), so no id may exceed 65,535.
+MAX_VOCAB_SIZE = 65_535
+
+SplitMode = Literal["contiguous", "random_chunks"]
+TokenizerModelType = Literal["bpe", "unigram", "char", "word"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    url: str
+    sha256: str
+    split: SplitMode
+    val_fraction: float
+    test_fraction: float
+    chunk_tokens: int
+    split_seed: int
+
+    def __post_init__(self) -> None:
+        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256.lower()):
+            raise ConfigError(f"data.sha256: expected 64 hexadecimal digits, got {self.sha256!r}")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise ConfigError(f"data.{name}: expected a fraction strictly between 0 and 1, got {value}")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError(
+                f"data.val_fraction + data.test_fraction: expected a sum below 1 so that training text remains, "
+                f"got {self.val_fraction} + {self.test_fraction} = {self.val_fraction + self.test_fraction:g}"
+            )
+        if self.chunk_tokens < 1:
+            raise ConfigError(f"data.chunk_tokens: expected a positive integer, got {self.chunk_tokens}")
+
+    @property
+    def train_fraction(self) -> float:
+        # Rounded so that 1 - 0.05 - 0.05 cuts where nanoGPT's int(n * 0.9) does, not one character early.
+        return round(1.0 - self.val_fraction - self.test_fraction, 12)
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    model_type: TokenizerModelType
+    vocab_size: int
+    character_coverage: float
+    byte_fallback: bool
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.vocab_size <= MAX_VOCAB_SIZE:
+            raise ConfigError(
+                f"tokenizer.vocab_size: expected 1..{MAX_VOCAB_SIZE} (token files are uint16), got {self.vocab_size}"
+            )
+        if not 0 < self.character_coverage <= 1:
+            raise ConfigError(
+                f"tokenizer.character_coverage: expected a number in (0, 1], got {self.character_coverage}"
+            )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    size: str
+    pos: str
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    pass
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig
+    tokenizer: TokenizerConfig
+    model: ModelConfig
+    train: TrainConfig
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    """Read params.yaml into a Config; every problem is reported as a ConfigError naming the key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: Any) -> Config:
+    return _build_dataclass(Config, raw, "")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _build_dataclass(cls: type, raw: Any, where: str) -> Any:
+    if raw is None and not any(_is_required(f) for f in dataclasses.fields(cls)):
+        raw = {}  # an empty YAML section (`eval:`) reads as None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'params'}: expected a mapping of settings, got {raw!r}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            valid = ", ".join(known) or "none"
+            raise ConfigError(f"{_join(where, str(key))}: unknown setting; valid keys here: {valid}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, spec in known.items():
+        key = _join(where, name)
+        if name not in raw:
+            if _is_required(spec):
+                raise ConfigError(f"{key}: missing required setting")
+            continue
+        values[name] = _convert(hints[name], raw[name], key)
+    return cls(**values)
+
+
+def _is_required(spec: dataclasses.Field) -> bool:
+    return spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build_dataclass(hint, value, key)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _convert(inner, value, key)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
+    if origin is tuple:
+        (inner, _ellipsis) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_convert(inner, item, f"{key}[{i}]") for i, item in enumerate(value))
+    # bool is a subclass of int in Python, so it is checked first and excluded from the numbers.
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{key}: config field has an unsupported type {hint!r}")  # a bug here, not user input

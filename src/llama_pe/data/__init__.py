@@ -1,0 +1,1 @@
+"""Data stages: download the corpus, train the tokenizer, encode and split into token files."""
