@@ -70,6 +70,13 @@ def _explain(err: RuntimeError, cfg: TokenizerConfig) -> TokenizerError:
             f"tokenizer.vocab_size: {cfg.vocab_size} is too large for this corpus; with "
             f"tokenizer.model_type={cfg.model_type} at most {too_high.group(2)} pieces can be learnt from it"
         )
+    too_low = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
+    if too_low:
+        fallback = " plus 256 byte pieces (tokenizer.byte_fallback)" if cfg.byte_fallback else ""
+        return TokenizerError(
+            f"tokenizer.vocab_size: {cfg.vocab_size} is too small for this corpus; it needs at least "
+            f"{too_low.group(2)} pieces: one per character{fallback} and the control pieces"
+        )
     return TokenizerError(f"SentencePiece training failed with tokenizer settings {cfg}: {message}")
 
 

@@ -1,0 +1,110 @@
+import dataclasses
+import re
+
+import pytest
+
+from llama_pe.config import MAX_VOCAB_SIZE, ConfigError, config_from_dict, load_config
+from tests.conftest import REPO_ROOT, base_params, make_config
+
+
+def with_value(section: str, key: str, value):
+    params = base_params()
+    params[section][key] = value
+    return params
+
+
+def test_repo_params_load_into_typed_frozen_config():
+    cfg = load_config(REPO_ROOT / "params.yaml")
+    assert cfg.tokenizer.vocab_size == 8192
+    assert cfg.data.split == "contiguous"
+    assert isinstance(cfg.data.val_fraction, float)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.tokenizer.vocab_size = 4096
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("train", "seed", "fast", "train.seed: expected an integer, got 'fast'"),
+        ("train", "seed", True, "train.seed: expected an integer, got True"),
+        ("data", "val_fraction", "fast", "data.val_fraction: expected a number, got 'fast'"),
+        ("tokenizer", "byte_fallback", "yes", "tokenizer.byte_fallback: expected true or false, got 'yes'"),
+        ("data", "url", 5, "data.url: expected a string, got 5"),
+        ("data", "split", "random", "data.split: expected one of contiguous, random_chunks; got 'random'"),
+        ("tokenizer", "model_type", "wordpiece", "tokenizer.model_type: expected one of bpe, unigram, char, word"),
+    ],
+)
+def test_wrong_type_names_the_key(section, key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_from_dict(with_value(section, key, value))
+
+
+def test_integer_is_accepted_where_a_number_is_expected():
+    assert make_config(tokenizer={"character_coverage": 1}).tokenizer.character_coverage == 1.0
+
+
+def test_unknown_key_names_it_and_the_valid_keys():
+    with pytest.raises(ConfigError, match=r"tokenizer\.vocab: unknown setting; valid keys here: model_type, vocab_size"):
+        config_from_dict(with_value("tokenizer", "vocab", 10))
+    params = base_params()
+    params["optimizer"] = {}
+    with pytest.raises(ConfigError, match=r"optimizer: unknown setting; valid keys here: data, tokenizer"):
+        config_from_dict(params)
+
+
+def test_missing_key_is_named():
+    params = base_params()
+    del params["data"]["sha256"]
+    with pytest.raises(ConfigError, match=r"data\.sha256: missing required setting"):
+        config_from_dict(params)
+    params = base_params()
+    del params["tokenizer"]
+    with pytest.raises(ConfigError, match=r"^tokenizer: missing required setting"):
+        config_from_dict(params)
+
+
+def test_section_must_be_a_mapping():
+    params = base_params()
+    params["data"] = [1, 2]
+    with pytest.raises(ConfigError, match=r"data: expected a mapping"):
+        config_from_dict(params)
+
+
+@pytest.mark.parametrize(
+    ("val", "test", "message"),
+    [
+        (-0.1, 0.05, r"data\.val_fraction: expected a fraction strictly between 0 and 1, got -0\.1"),
+        (0.05, 0.0, r"data\.test_fraction: expected a fraction strictly between 0 and 1, got 0\.0"),
+        (0.6, 0.5, r"data\.val_fraction \+ data\.test_fraction: expected a sum below 1 .* = 1\.1"),
+        (0.5, 0.5, r"expected a sum below 1"),
+    ],
+)
+def test_bad_split_fractions(val, test, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(data={"val_fraction": val, "test_fraction": test})
+
+
+def test_vocab_must_fit_uint16_token_files():
+    make_config(tokenizer={"vocab_size": MAX_VOCAB_SIZE})
+    with pytest.raises(ConfigError, match=r"tokenizer\.vocab_size: expected 1\.\.65535 .* got 65536"):
+        make_config(tokenizer={"vocab_size": MAX_VOCAB_SIZE + 1})
+
+
+def test_bad_checksum_setting():
+    with pytest.raises(ConfigError, match=r"data\.sha256: expected 64 hexadecimal digits"):
+        make_config(data={"sha256": "abc"})
+
+
+def test_load_config_reports_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_empty_section_reads_as_defaults():
+    params = base_params()
+    params["eval"] = None
+    assert config_from_dict(params).eval is not None
