@@ -44,7 +44,8 @@ def test_integer_is_accepted_where_a_number_is_expected():
 
 
 def test_unknown_key_names_it_and_the_valid_keys():
-    with pytest.raises(ConfigError, match=r"tokenizer\.vocab: unknown setting; valid keys here: model_type, vocab_size"):
+    message = r"tokenizer\.vocab: unknown setting; valid keys here: model_type, vocab_size"
+    with pytest.raises(ConfigError, match=message):
         config_from_dict(with_value("tokenizer", "vocab", 10))
     params = base_params()
     params["optimizer"] = {}

@@ -29,7 +29,8 @@ def test_round_trip_keeps_newlines_spaces_and_accents(corpus):
     assert sp.decode(ids) == corpus
     assert sp.unk_id() not in ids
     assert any("\n" in sp.id_to_piece(i) for i in set(ids)), "newlines should be learnt as pieces, not dropped"
-    assert sp.decode(sp.encode("  two leading spaces\n\n\nthree newlines")) == "  two leading spaces\n\n\nthree newlines"
+    spaced = "  two leading spaces\n\n\nthree newlines"
+    assert sp.decode(sp.encode(spaced)) == spaced
 
 
 def test_characters_never_seen_in_training_still_round_trip(corpus):
