@@ -73,13 +73,29 @@ class TokenizerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    size: str
-    pos: str
+    impl: Literal["native", "hf"]
+    size: str  # a key of llama_pe.model.args.SIZES
+    pos: str  # a key of llama_pe.model.position.POSITION_ENCODINGS
+    rope_theta: float
+    alibi_learnable: bool
+    # Overrides of the size preset; null keeps the preset's value.
+    dim: int | None
+    n_layers: int | None
+    n_heads: int | None
+    n_kv_heads: int | None
+    ffn_hidden: int | None
+    dropout: float | None
+    tie_embeddings: bool | None
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int
+    context: int
+
+    def __post_init__(self) -> None:
+        if self.context < 1:
+            raise ConfigError(f"train.context: expected a positive number of tokens, got {self.context}")
 
 
 @dataclass(frozen=True)

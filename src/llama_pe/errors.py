@@ -15,3 +15,7 @@ class DataError(LlamaPeError, ValueError):
 
 class MissingInputError(LlamaPeError, FileNotFoundError):
     """An input of a stage is absent; the message names the stage that makes it."""
+
+
+class ContextLengthError(LlamaPeError, ValueError):
+    """A sequence is longer than the model's position encoding can place."""

@@ -1,0 +1,126 @@
+"""Hugging Face's LlamaForCausalLM as the reference implementation, behind the native model's interface."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+from llama_pe.errors import ConfigError
+from llama_pe.model.args import ModelArgs
+
+# Native parameter names -> Hugging Face's, per layer and for the rest of the model.
+_LAYER_NAMES = {
+    "attention.wq.weight": "self_attn.q_proj.weight",
+    "attention.wk.weight": "self_attn.k_proj.weight",
+    "attention.wv.weight": "self_attn.v_proj.weight",
+    "attention.wo.weight": "self_attn.o_proj.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+    "attention_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+}
+_TOP_NAMES = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+
+def check_hf_compatible(args: ModelArgs) -> None:
+    if args.pos != "rope":
+        raise ConfigError(
+            f"model.impl=hf supports model.pos=rope only (LlamaForCausalLM has rotary positions); "
+            f"got model.pos={args.pos}. Use model.impl=native for {args.pos}."
+        )
+    if args.alibi_learnable:
+        raise ConfigError("model.alibi_learnable=true has no meaning for model.impl=hf: set it to false")
+
+
+def llama_config(args: ModelArgs) -> LlamaConfig:
+    """A LlamaConfig with the same architecture as ModelArgs; nothing is fetched from a hub."""
+    check_hf_compatible(args)
+    return LlamaConfig(
+        vocab_size=args.vocab_size,
+        hidden_size=args.dim,
+        intermediate_size=args.hidden_dim,
+        num_hidden_layers=args.n_layers,
+        num_attention_heads=args.n_heads,
+        num_key_value_heads=args.n_kv_heads,
+        head_dim=args.head_dim,
+        max_position_embeddings=args.max_seq_len,
+        rms_norm_eps=args.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta},
+        tie_word_embeddings=args.tie_embeddings,
+        attention_dropout=args.dropout,
+        initializer_range=args.init_std,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
+def native_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a native state dict to LlamaForCausalLM's; both use the rotate-half RoPE layout, so no permutation."""
+    return {_hf_name(name): tensor for name, tensor in state.items() if not name.startswith("positions.")}
+
+
+def hf_to_native(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    inverse = {hf: native for native, hf in _TOP_NAMES.items()}
+    layer_inverse = {hf: native for native, hf in _LAYER_NAMES.items()}
+    renamed = {}
+    for name, tensor in state.items():
+        if name.startswith("model.layers."):
+            index, rest = name.removeprefix("model.layers.").split(".", 1)
+            renamed[f"layers.{index}.{layer_inverse[rest]}"] = tensor
+        elif name in inverse:
+            renamed[inverse[name]] = tensor
+    return renamed
+
+
+def _hf_name(name: str) -> str:
+    if name.startswith("layers."):
+        index, rest = name.removeprefix("layers.").split(".", 1)
+        return f"model.layers.{index}.{_LAYER_NAMES[rest]}"
+    return _TOP_NAMES[name]
+
+
+class HFLlama(nn.Module):
+    """LlamaForCausalLM with the native model's forward(tokens, targets, cache) -> (logits, loss).
+
+    Hugging Face's Llama has attention dropout only; the native model also drops out on the embeddings and the
+    residual branches, so with model.dropout > 0 the two regularise differently.
+    """
+
+    max_positions = None  # rotary positions extrapolate
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        from llama_pe.model.transformer import Transformer
+
+        config = llama_config(args)
+        # The native init first (depth-scaled residual projections, same random draws for the same seed), so
+        # that hf and native differ in code only.
+        native_init = native_to_hf(Transformer(args).state_dict())
+        config._attn_implementation = "sdpa"
+        self.hf = LlamaForCausalLM(config)
+        self.hf.load_state_dict(native_init)
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.hf.config)
+
+    def forward(
+        self, tokens: torch.Tensor, targets: torch.Tensor | None = None, cache: DynamicCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        start = cache.get_seq_length() if cache is not None else 0
+        positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)[None]  # (1, T)
+        out = self.hf(input_ids=tokens, position_ids=positions, cache=cache, use_cache=cache is not None)
+        logits = out.logits  # (B, T, vocab)
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+
+    def num_params(self, exclude_positions: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters())

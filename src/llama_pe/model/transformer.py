@@ -1,0 +1,98 @@
+"""The LLaMA-style decoder: pre-norm blocks of attention and SwiGLU, a final norm and an output head."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llama_pe.model.args import ModelArgs
+from llama_pe.model.layers import Attention, FeedForward, KVCache, RMSNorm
+from llama_pe.model.position import PositionEncoding, build_position_encoding
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs, layer: int) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args, layer)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.feed_forward = FeedForward(args)
+        self.dropout = nn.Dropout(args.dropout)  # on each residual branch, the same for every encoding
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: PositionEncoding,
+        mask: torch.Tensor | None,
+        start: int,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        h = x + self.dropout(self.attention(self.attention_norm(x), positions, mask, start, cache))
+        return h + self.dropout(self.feed_forward(self.ffn_norm(h)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.positions = build_position_encoding(args)
+        self.dropout = nn.Dropout(args.dropout)
+        self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: each residual projection adds to the stream 2 * n_layers times.
+        for name, param in self.named_parameters():
+            if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+                nn.init.normal_(param, mean=0.0, std=args.init_std / math.sqrt(2 * args.n_layers))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.args.init_std)
+
+    @property
+    def max_positions(self) -> int | None:
+        return self.positions.max_positions
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.args.n_layers)
+
+    def forward(
+        self, tokens: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab) for tokens (B, T), and the mean cross-entropy when targets are given."""
+        seq = tokens.shape[1]
+        start = cache.length if cache is not None else 0  # absolute position of tokens[:, 0]
+        self.positions.check_length(start + seq)
+        x = self.dropout(self.positions.embed(self.tok_embeddings(tokens), start))  # (B, T, dim)
+        mask = self._attention_mask(seq, start + seq, start, x.device)
+        for layer in self.layers:
+            x = layer(x, self.positions, mask, start, cache)
+        logits = self.output(self.norm(x))  # (B, T, vocab)
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+
+    def _attention_mask(self, q_len: int, k_len: int, start: int, device: torch.device) -> torch.Tensor | None:
+        """Causal mask plus the encoding's bias, (n_heads or 1, q_len, k_len); None when SDPA's own will do."""
+        bias = self.positions.attn_bias(q_len, k_len, start)
+        if bias is None and start == 0:
+            return None
+        q_pos = torch.arange(start, start + q_len, device=device)
+        future = torch.arange(k_len, device=device)[None, :] > q_pos[:, None]  # (q_len, k_len)
+        mask = torch.zeros(q_len, k_len, device=device).masked_fill(future, float("-inf"))
+        return mask[None] if bias is None else bias.to(device) + mask
+
+    def num_params(self, exclude_positions: bool = False) -> int:
+        """Distinct parameters (a tied head counts once); optionally without the position encoding's own."""
+        params = {id(p): p for p in self.parameters()}
+        if exclude_positions:
+            for p in self.positions.parameters():
+                params.pop(id(p), None)
+        return sum(p.numel() for p in params.values())

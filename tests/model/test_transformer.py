@@ -1,0 +1,121 @@
+import math
+
+import pytest
+import torch
+
+from llama_pe.config import ConfigError
+from llama_pe.errors import ContextLengthError
+from llama_pe.model import SIZES, build_model, model_args_from_config
+from tests.conftest import make_config
+from tests.model.conftest import VOCAB, tiny_args, tiny_model
+
+
+def test_changing_a_later_token_changes_no_earlier_logit(pos):
+    model = tiny_model(pos=pos).eval()
+    tokens = torch.randint(0, VOCAB, (2, 12))
+    changed = tokens.clone()
+    changed[:, 8] = (changed[:, 8] + 1) % VOCAB
+    before, _ = model(tokens)
+    after, _ = model(changed)
+    assert torch.equal(before[:, :8], after[:, :8])
+    assert not torch.allclose(before[:, 8:], after[:, 8:])
+
+
+def test_first_loss_is_near_uniform(pos):
+    torch.manual_seed(1)
+    model = build_model(tiny_args(pos=pos, vocab_size=4096, dim=64)).eval()
+    tokens, targets = torch.randint(0, 4096, (2, 4, 16))
+    _, loss = model(tokens, targets)
+    assert abs(loss.item() - math.log(4096)) < 0.1
+
+
+def test_tiny_model_overfits_one_batch(pos):
+    model = tiny_model(pos=pos, alibi_learnable=pos in ("alibi", "abs_rel"))
+    tokens = torch.randint(0, VOCAB, (4, 17), generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        _, loss = model(tokens[:, :-1], tokens[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.2
+
+
+@pytest.mark.parametrize("pos", ["rope", "abs", "alibi", "abs_rel", "nope"])
+def test_runs_at_four_times_the_training_context(pos):
+    model = tiny_model(pos=pos, max_seq_len=16).eval()
+    logits, _ = model(torch.randint(0, VOCAB, (1, 64)))
+    assert logits.shape == (1, 64, VOCAB) and torch.isfinite(logits).all()
+
+
+def test_learned_positions_refuse_to_run_past_their_table():
+    model = tiny_model(pos="learned", max_seq_len=16).eval()
+    model(torch.randint(0, VOCAB, (1, 16)))
+    with pytest.raises(ContextLengthError, match=r"model\.pos=learned: position 63 is past the learned position table"):
+        model(torch.randint(0, VOCAB, (1, 64)))
+
+
+def test_dropout_is_applied_the_same_way_to_every_variant(pos):
+    model = tiny_model(pos=pos, dropout=0.5)
+    tokens = torch.randint(0, VOCAB, (1, 8))
+    model.train()
+    assert not torch.equal(model(tokens)[0], model(tokens)[0])
+    model.eval()
+    assert torch.equal(model(tokens)[0], model(tokens)[0])
+
+
+def test_init_is_scaled_by_depth():
+    torch.manual_seed(0)
+    model = build_model(tiny_args(dim=256, n_layers=8, n_heads=4, n_kv_heads=4))
+    assert model.tok_embeddings.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.layers[0].attention.wo.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+    assert model.layers[0].feed_forward.w2.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+
+
+def test_weight_tying():
+    tied, untied = tiny_model(tie_embeddings=True), tiny_model(tie_embeddings=False)
+    assert tied.output.weight is tied.tok_embeddings.weight
+    assert untied.num_params() - tied.num_params() == VOCAB * 32
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [("tiny", 622_912), ("small", 5_048_576), ("base", 12_587_904), ("seed33m", 33_563_136)],
+)
+def test_preset_parameter_counts(size, expected):
+    args = model_args_from_config(make_config(model={"size": size}).model, vocab_size=8192, context=64)
+    assert build_model(args).num_params() == expected
+
+
+def test_seed33m_is_the_original_studys_shape():
+    args = model_args_from_config(make_config(model={"size": "seed33m"}).model, vocab_size=8192, context=32)
+    assert (args.dim, args.n_layers, args.n_heads, args.n_kv_heads, args.hidden_dim) == (512, 8, 16, 8, 1536)
+    assert not args.tie_embeddings
+
+
+def test_params_override_the_preset():
+    cfg = make_config(model={"size": "small", "dim": 128, "n_layers": 2, "dropout": 0.0}).model
+    args = model_args_from_config(cfg, vocab_size=8192, context=64)
+    assert (args.dim, args.n_layers, args.dropout, args.n_heads) == (128, 2, 0.0, SIZES["small"]["n_heads"])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"dim": 30, "n_heads": 4}, r"model\.dim: 30 is not divisible by model\.n_heads=4"),
+        ({"n_heads": 4, "n_kv_heads": 3}, r"model\.n_heads: 4 is not a multiple of model\.n_kv_heads=3"),
+        ({"dim": 36, "n_heads": 4, "n_kv_heads": 4, "pos": "rope"}, r"head dimension must be even.*= 9"),
+        ({"size": "huge"}, r"model\.size: unknown size 'huge'; valid sizes: tiny, small, base, seed33m"),
+        ({"pos": "xpos"}, r"model\.pos: unknown position encoding 'xpos'; valid: rope, abs, learned, alibi"),
+        ({"impl": "hf", "pos": "alibi"}, r"model\.impl=hf supports model\.pos=rope only"),
+    ],
+)
+def test_bad_model_settings_are_named(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        args = model_args_from_config(make_config(model={"size": "tiny", **changes}).model, 256, 16)
+        build_model(args)
+
+
+def test_unknown_impl_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model\.impl: expected one of native, hf; got 'jax'"):
+        make_config(model={"impl": "jax"})
