@@ -91,11 +91,60 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int
+    device: Literal["auto", "cpu", "cuda", "mps"]
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    compile: bool
     context: int
+    batch_size: int
+    grad_accum: int
+    max_steps: int | None
+    max_tokens: int | None
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    weight_decay: float
+    beta1: float
+    beta2: float
+    grad_clip: float
+    eval_interval: int
+    eval_windows: int | None
+    eval_batch_size: int
+    patience: int | None
 
     def __post_init__(self) -> None:
-        if self.context < 1:
-            raise ConfigError(f"train.context: expected a positive number of tokens, got {self.context}")
+        for name in ("context", "batch_size", "grad_accum", "eval_interval", "eval_batch_size"):
+            _require(getattr(self, name) > 0, f"train.{name}", "a positive integer", getattr(self, name))
+        _require(self.lr > 0, "train.lr", "a positive number", self.lr)
+        _require(0 <= self.min_lr <= self.lr, "train.min_lr", f"a number in [0, train.lr={self.lr}]", self.min_lr)
+        _require(self.warmup_steps >= 0, "train.warmup_steps", "0 or more", self.warmup_steps)
+        _require(self.weight_decay >= 0, "train.weight_decay", "0 or more", self.weight_decay)
+        _require(0 <= self.beta1 < 1, "train.beta1", "a number in [0, 1)", self.beta1)
+        _require(0 <= self.beta2 < 1, "train.beta2", "a number in [0, 1)", self.beta2)
+        _require(self.grad_clip >= 0, "train.grad_clip", "0 (off) or a positive number", self.grad_clip)
+        _require(
+            (self.max_steps is None) != (self.max_tokens is None),
+            "train.max_steps / train.max_tokens",
+            "exactly one budget (set the other to null)",
+            (self.max_steps, self.max_tokens),
+        )
+        for name in ("max_steps", "max_tokens", "eval_windows", "patience"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, f"train.{name}", "a positive integer or null", value)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.grad_accum * self.context
+
+    @property
+    def total_steps(self) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        return -(-self.max_tokens // self.tokens_per_step)  # ceil: the budget is at least max_tokens
+
+
+def _require(ok: bool, key: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {got!r}")
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ def test_weight_tying():
 
 @pytest.mark.parametrize(
     ("size", "expected"),
-    [("tiny", 622_912), ("small", 5_048_576), ("base", 12_587_904), ("seed33m", 33_563_136)],
+    [("tiny", 622_912), ("small", 3_147_456), ("base", 12_587_904), ("seed33m", 33_563_136)],
 )
 def test_preset_parameter_counts(size, expected):
     args = model_args_from_config(make_config(model={"size": size}).model, vocab_size=8192, context=64)

@@ -1,0 +1,26 @@
+"""Stage `train`: train the model that params.yaml describes; resume the last checkpoint when it matches."""
+
+import argparse
+from pathlib import Path
+
+from llama_pe.config import load_config
+from llama_pe.stage import run_stage
+from llama_pe.train import Paths, train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--encoded", required=True, help="folder of the encode stage")
+    parser.add_argument("--tokenizer", required=True, help="folder of the tokenizer stage")
+    parser.add_argument("--best", required=True, help="checkpoint of the best validation loss")
+    parser.add_argument("--last", required=True, help="checkpoint to resume from")
+    parser.add_argument("--metrics", required=True, help="training metrics JSON")
+    parser.add_argument("--live", required=True, help="DVCLive folder for the step-wise curves")
+    args = parser.parse_args()
+    paths = Paths(*(Path(p) for p in (args.encoded, args.tokenizer, args.best, args.last, args.metrics, args.live)))
+    train(load_config(args.params), paths)
+
+
+if __name__ == "__main__":
+    run_stage(main)

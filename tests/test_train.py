@@ -1,0 +1,237 @@
+import itertools
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from llama_pe.checkpoint import load_checkpoint
+from llama_pe.config import ConfigError
+from llama_pe.data.encode import encode_splits, write_encoded
+from llama_pe.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from llama_pe.model import build_model
+from llama_pe.train import (
+    BatchSampler,
+    Paths,
+    TrainingError,
+    eval_windows,
+    lr_at,
+    make_optimizer,
+    resolve_device,
+    train,
+    unigram_loss,
+)
+from tests.conftest import make_config
+from tests.model.conftest import tiny_args
+
+TINY_TRAIN = dict(
+    context=16, batch_size=8, max_steps=80, warmup_steps=5, lr=3e-3, min_lr=3e-4,
+    eval_interval=20, eval_windows=None, eval_batch_size=32, patience=None, device="cpu", precision="fp32",
+)  # fmt: skip
+TINY_MODEL = {"size": "tiny", "dim": 32, "n_heads": 4, "n_kv_heads": 2}
+TIMING = ("tokens_per_sec", "wall_time_s")
+
+
+@pytest.fixture(scope="module")
+def data_dirs(corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    cfg = make_config(tokenizer={"vocab_size": 400})
+    save_tokenizer(train_tokenizer(corpus, cfg.tokenizer), root / "tokenizer")
+    sp = load_tokenizer(root / "tokenizer")
+    write_encoded(encode_splits(corpus, sp, cfg.data), root / "encoded", {"split": "contiguous", "vocab_size": 400})
+    return root
+
+
+def paths_in(tmp_path, data_dirs) -> Paths:
+    return Paths(
+        encoded=data_dirs / "encoded",
+        tokenizer=data_dirs / "tokenizer",
+        best=tmp_path / "models" / "best.pt",
+        last=tmp_path / "models" / "last.pt",
+        metrics=tmp_path / "metrics" / "train.json",
+        live=tmp_path / "plots" / "train",
+    )
+
+
+def tiny_config(model=None, **train_changes):
+    return make_config(model={**TINY_MODEL, **(model or {})}, train={**TINY_TRAIN, **train_changes})
+
+
+def curves(paths: Paths) -> dict[str, str]:
+    return {str(p.relative_to(paths.live)): p.read_text() for p in sorted(paths.live.rglob("*.tsv"))}
+
+
+def without_timing(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in TIMING}
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+
+
+def test_lr_warms_up_linearly_then_decays_by_cosine_to_min_lr():
+    cfg = tiny_config(max_steps=110, warmup_steps=10, lr=1e-3, min_lr=1e-4).train
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    assert lr_at(4, cfg) == pytest.approx(5e-4)
+    assert lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(10, cfg) == pytest.approx(1e-3)
+    assert lr_at(60, cfg) == pytest.approx(5.5e-4)  # halfway through the cosine: the mean of lr and min_lr
+    assert lr_at(110, cfg) == pytest.approx(1e-4)
+    assert lr_at(500, cfg) == pytest.approx(1e-4)
+    decay = [lr_at(s, cfg) for s in range(10, 111)]
+    assert all(a >= b for a, b in itertools.pairwise(decay))
+
+
+def test_token_budget_sets_the_number_of_steps():
+    cfg = tiny_config(max_steps=None, max_tokens=10_000).train  # 128 tokens a step
+    assert cfg.total_steps == 79
+
+
+def test_weight_decay_spares_norms_embeddings_and_slopes():
+    model = build_model(tiny_args(pos="abs_rel", alibi_learnable=True, tie_embeddings=True))
+    optimizer = make_optimizer(model, tiny_config().train, torch.device("cpu"))
+    decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in decayed}
+    assert "layers.0.attention.wq.weight" in names and "layers.1.feed_forward.w2.weight" in names
+    assert not any("norm" in n or "embeddings" in n or "slopes" in n for n in names)
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_batches_are_seeded_windows_and_eval_windows_are_fixed():
+    tokens = np.arange(1000, dtype=np.uint16)
+    x, y = BatchSampler(tokens, 16, 4, seed=3).next(torch.device("cpu"))
+    x2, _ = BatchSampler(tokens, 16, 4, seed=3).next(torch.device("cpu"))
+    assert torch.equal(x, x2) and torch.equal(y, x + 1)  # targets are the inputs shifted by one
+    windows = eval_windows(tokens, 16, None)
+    assert windows.shape == (62, 17) and torch.equal(windows[1, :2], torch.tensor([16, 17]))
+    assert eval_windows(tokens, 16, 5).shape == (5, 17)
+
+
+def test_unigram_loss_by_hand():
+    # Train counts 3 x token 0, 1 x token 1, none of token 2; add-one: p = 4/7, 2/7, 1/7.
+    loss = unigram_loss(np.array([0, 0, 0, 1]), np.array([0, 2]), vocab_size=3)
+    assert loss == pytest.approx(-(math.log(4 / 7) + math.log(1 / 7)) / 2)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def test_a_tiny_run_lowers_the_loss_and_writes_its_outputs(data_dirs, tmp_path):
+    paths = paths_in(tmp_path, data_dirs)
+    metrics = train(tiny_config(), paths)
+    assert metrics["val_loss"] < math.log(400) - 1.0
+    assert metrics["val_bpc"] < metrics["unigram_val_bpc"]
+    assert metrics["trained_steps"] == 80 and metrics["trained_tokens"] == 80 * 128
+    assert metrics["device"] == "cpu" and metrics["precision"] == "fp32" and metrics["params"] > 0
+    assert paths.best.is_file() and paths.last.is_file() and paths.metrics.is_file()
+    tsvs = curves(paths)
+    assert {"plots/metrics/train/loss.tsv", "plots/metrics/val/loss.tsv", "plots/metrics/train/lr.tsv"} <= set(tsvs)
+    assert len(tsvs["plots/metrics/val/loss.tsv"].splitlines()) == 1 + 4  # header and one row per evaluation
+
+
+def test_two_identical_runs_give_identical_metrics(data_dirs, tmp_path):
+    first = train(tiny_config(model={"dropout": 0.1}), paths_in(tmp_path / "a", data_dirs))
+    second = train(tiny_config(model={"dropout": 0.1}), paths_in(tmp_path / "b", data_dirs))
+    assert without_timing(first) == without_timing(second)
+
+
+@pytest.mark.parametrize("pos", ["rope", "alibi"])
+def test_interrupted_and_resumed_equals_uninterrupted(data_dirs, tmp_path, pos, caplog):
+    cfg = tiny_config(model={"pos": pos, "dropout": 0.1}, patience=2)
+    whole_paths = paths_in(tmp_path / "whole", data_dirs)
+    whole = train(cfg, whole_paths)
+    parts_paths = paths_in(tmp_path / "parts", data_dirs)
+    # Stopped 7 steps after the checkpoint of step 20: those steps are lost, as in a kill, and redone.
+    assert train(cfg, parts_paths, stop_after=27) is None
+    with caplog.at_level(logging.INFO, logger="llama_pe.train"):
+        resumed = train(cfg, parts_paths)
+    assert "resuming from" in caplog.text and "at step 20" in caplog.text
+    assert without_timing(resumed) == without_timing(whole)
+    assert curves(parts_paths) == curves(whole_paths)
+    best_whole, best_parts = load_checkpoint(whole_paths.best), load_checkpoint(parts_paths.best)
+    assert all(torch.equal(best_whole["model"][k], best_parts["model"][k]) for k in best_whole["model"])
+
+
+def test_checkpoint_holds_everything_to_resume(data_dirs, tmp_path):
+    paths = paths_in(tmp_path, data_dirs)
+    train(tiny_config(), paths)
+    checkpoint = load_checkpoint(paths.last)
+    assert {"model_args", "model", "tokenizer_model", "optimizer", "scaler", "state", "rng", "config_hash"} <= set(
+        checkpoint
+    )
+    assert checkpoint["model_args"]["dim"] == 32
+    assert checkpoint["optimizer"]["state"], "optimizer moments are saved"
+    assert {"torch", "sampler"} <= set(checkpoint["rng"])
+    state = checkpoint["state"]
+    assert state["step"] == 80 and state["tokens"] == 80 * 128
+    assert {"best_val_loss", "best_step", "evals_since_best", "history"} <= set(state)
+    assert (paths.encoded.parent / "tokenizer" / "tokenizer.model").read_bytes() == checkpoint["tokenizer_model"]
+
+
+def test_checkpoint_of_other_params_is_not_resumed(data_dirs, tmp_path, caplog):
+    paths = paths_in(tmp_path, data_dirs)
+    train(tiny_config(), paths)
+    with caplog.at_level(logging.INFO, logger="llama_pe.train"):
+        metrics = train(tiny_config(lr=1e-3), paths)
+    assert "was made with other params" in caplog.text and "training from scratch" in caplog.text
+    assert metrics["trained_steps"] == 80
+
+
+def test_early_stopping_ends_the_run(data_dirs, tmp_path):
+    # A learning rate this low never improves by much, but it does improve; an absurd one gets worse and stops.
+    metrics = train(tiny_config(lr=0.5, min_lr=0.5, warmup_steps=0, patience=1, max_steps=200, grad_clip=0.0),
+                    paths_in(tmp_path, data_dirs))  # fmt: skip
+    assert metrics["stopped_early"] is True and metrics["trained_steps"] < 200
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"batch_size": 0}, r"train\.batch_size: expected a positive integer, got 0"),
+        ({"context": -4}, r"train\.context: expected a positive integer, got -4"),
+        ({"lr": 0.0}, r"train\.lr: expected a positive number, got 0\.0"),
+        ({"max_steps": 0}, r"train\.max_steps: expected a positive integer or null, got 0"),
+        ({"max_steps": None}, r"train\.max_steps / train\.max_tokens: expected exactly one budget"),
+        ({"max_tokens": 1000}, r"expected exactly one budget"),
+    ],
+)
+def test_bad_training_settings(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(**changes)
+
+
+def test_context_longer_than_a_split_fails_before_training(data_dirs, tmp_path):
+    paths = paths_in(tmp_path, data_dirs)
+    with pytest.raises(ConfigError, match=r"train\.context: 100000 tokens do not fit the train split"):
+        train(tiny_config(context=100_000), paths)
+    assert not paths.last.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_an_error_not_a_fallback():
+    with pytest.raises(ConfigError, match=r"train\.device: cuda was asked for, but PyTorch sees no CUDA GPU"):
+        resolve_device("cuda")
+
+
+def test_fp16_on_cpu_is_an_error(data_dirs, tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.precision: fp16 needs a CUDA GPU"):
+        train(tiny_config(precision="fp16"), paths_in(tmp_path, data_dirs))
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dirs, tmp_path):
+    paths = paths_in(tmp_path, data_dirs)
+    cfg = tiny_config(lr=1e30, min_lr=1e30, warmup_steps=0, grad_clip=0.0, eval_interval=1, max_steps=50)
+    with pytest.raises(TrainingError, match=r"step \d+: the (training|validation) loss is (nan|inf)"):
+        train(cfg, paths)
+    if paths.last.exists():
+        kept = load_checkpoint(paths.last)
+        assert all(torch.isfinite(t).all() for t in kept["model"].values())
+    assert not paths.metrics.exists()
+
+
+def test_bf16_on_cpu_trains(data_dirs, tmp_path):
+    metrics = train(tiny_config(precision="bf16", max_steps=10), paths_in(tmp_path, data_dirs))
+    assert metrics["precision"] == "bf16" and math.isfinite(metrics["val_loss"])
