@@ -105,7 +105,27 @@ def test_load_config_reports_missing_file_and_bad_yaml(tmp_path):
         load_config(bad)
 
 
-def test_empty_section_reads_as_defaults():
+def test_empty_section_is_a_missing_setting():
     params = base_params()
     params["eval"] = None
-    assert config_from_dict(params).eval is not None
+    with pytest.raises(ConfigError, match=r"eval: expected a mapping"):
+        config_from_dict(params)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"contexts": []}, r"eval\.contexts: expected a non-empty list"),
+        ({"contexts": [1, -2]}, r"eval\.contexts: expected positive multiples of train\.context, got \[1\.0, -2\.0\]"),
+        ({"stride": 0}, r"eval\.stride: expected a positive number of tokens, got 0"),
+        ({"stride": 40}, r"eval\.stride: expected at most the shortest evaluation context, 32 tokens, got 40"),
+        ({"top_k": 0}, r"eval\.top_k: expected a positive integer or null, got 0"),
+    ],
+)
+def test_bad_eval_settings(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(eval=changes)
+
+
+def test_eval_contexts_are_multiples_of_the_training_context():
+    assert make_config(train={"context": 64}).eval_contexts == (32, 64, 128, 256, 512)

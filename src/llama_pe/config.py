@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -149,7 +149,25 @@ def _require(ok: bool, key: str, expected: str, got: Any) -> None:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    pass
+    contexts: tuple[float, ...]  # multiples of train.context for the extrapolation curve
+    stride: int  # sliding-window mode: each window scores only its last `stride` tokens
+    batch_size: int
+    sample_prompts: tuple[str, ...]
+    sample_tokens: int
+    temperature: float
+    top_k: int | None
+    seed: int
+
+    def __post_init__(self) -> None:
+        _require(len(self.contexts) > 0, "eval.contexts", "a non-empty list of multiples of train.context", [])
+        for multiple in self.contexts:
+            _require(multiple > 0, "eval.contexts", "positive multiples of train.context", list(self.contexts))
+        _require(self.stride > 0, "eval.stride", "a positive number of tokens", self.stride)
+        _require(self.batch_size > 0, "eval.batch_size", "a positive integer", self.batch_size)
+        _require(self.sample_tokens >= 0, "eval.sample_tokens", "0 or more", self.sample_tokens)
+        _require(self.temperature >= 0, "eval.temperature", "0 (greedy) or more", self.temperature)
+        _require(self.top_k is None or self.top_k > 0, "eval.top_k", "a positive integer or null", self.top_k)
+        _require(all(self.sample_prompts), "eval.sample_prompts", "non-empty strings", list(self.sample_prompts))
 
 
 @dataclass(frozen=True)
@@ -158,7 +176,17 @@ class Config:
     tokenizer: TokenizerConfig
     model: ModelConfig
     train: TrainConfig
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalConfig
+
+    def __post_init__(self) -> None:
+        shortest = min(self.eval_contexts)
+        _require(self.eval.stride <= shortest, "eval.stride",
+                 f"at most the shortest evaluation context, {shortest} tokens", self.eval.stride)  # fmt: skip
+
+    @property
+    def eval_contexts(self) -> tuple[int, ...]:
+        """The extrapolation contexts in tokens: eval.contexts times train.context, at least one token."""
+        return tuple(max(1, round(multiple * self.train.context)) for multiple in self.eval.contexts)
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:
