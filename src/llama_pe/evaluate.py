@@ -1,0 +1,183 @@
+"""Held-out quality and length extrapolation: every token scored once, perplexity as exp of the mean loss."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sentencepiece as spm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llama_pe.checkpoint import load_checkpoint, model_from_checkpoint
+from llama_pe.config import Config, ConfigError
+from llama_pe.generate import generate
+from llama_pe.io import write_json, write_text
+from llama_pe.train import autocast, load_splits, resolve_device, resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Inputs tokens[start:end], targets tokens[start+1:end+1]; only the last `scored` targets count."""
+
+    start: int
+    end: int
+    scored: int
+
+
+def window_plan(n_tokens: int, context: int, stride: int | None = None) -> list[Window]:
+    """Windows that score each of the n_tokens - 1 targets exactly once.
+
+    stride None: non-overlapping windows of `context` inputs. Otherwise sliding windows, as in the ALiBi paper:
+    each window has up to `context` inputs but scores only its last `stride` targets, so every scored token sees
+    at least context - stride tokens before it (the first window scores all of its targets).
+    """
+    n_targets = n_tokens - 1
+    if stride is None:
+        return [
+            Window(s, min(s + context, n_targets), min(context, n_targets - s)) for s in range(0, n_targets, context)
+        ]
+    first = min(context, n_targets)
+    plan = [Window(0, first, first)]
+    for end in range(first + stride, n_targets + stride, stride):
+        end = min(end, n_targets)
+        plan.append(Window(max(0, end - context), end, end - plan[-1].end))
+    return plan
+
+
+@torch.no_grad()
+def total_loss(model: nn.Module, tokens: np.ndarray, plan: list[Window], batch_size: int, device, amp) -> float:
+    """Sum of the negative log-likelihoods (nats) of every scored target."""
+    total = 0.0
+    by_length: dict[int, list[Window]] = {}
+    for window in plan:  # windows of one length batch together; only the last one or two differ
+        by_length.setdefault(window.end - window.start, []).append(window)
+    for length, windows in by_length.items():
+        for i in range(0, len(windows), batch_size):
+            batch = windows[i : i + batch_size]
+            rows = np.stack([tokens[w.start : w.end + 1] for w in batch]).astype(np.int64)
+            rows = torch.from_numpy(rows).to(device)  # (B, length + 1)
+            with amp:
+                logits, _ = model(rows[:, :-1])
+            losses = F.cross_entropy(logits.float().transpose(1, 2), rows[:, 1:], reduction="none")  # (B, length)
+            scored = (
+                torch.arange(length, device=device)[None, :]
+                >= torch.tensor([length - w.scored for w in batch], device=device)[:, None]
+            )
+            total += float(losses[scored].sum())
+    return total
+
+
+@dataclass(frozen=True)
+class Score:
+    nats: float
+    tokens: int
+    chars: int
+
+    @property
+    def loss(self) -> float:
+        return self.nats / self.tokens
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.loss)  # exp of the mean over all tokens, not a mean of per-batch perplexities
+
+    @property
+    def bpc(self) -> float:
+        return self.nats / (math.log(2) * self.chars)
+
+
+def score_split(model, tokens, chars: int, context: int, stride: int | None, batch_size: int, device, amp) -> Score:
+    """`chars`: the characters of the scored targets, tokens[1:] (the first token has nothing to predict it)."""
+    plan = window_plan(len(tokens), context, stride)
+    return Score(total_loss(model, tokens, plan, batch_size, device, amp), len(tokens) - 1, chars)
+
+
+def target_chars(sp: spm.SentencePieceProcessor, tokens: np.ndarray, split_chars: int) -> int:
+    return split_chars - len(sp.decode([int(tokens[0])]))
+
+
+MODES = ("nonoverlapping", "sliding")
+
+
+def extrapolation(model, tokens, chars, cfg: Config, device, amp) -> list[dict[str, Any]]:
+    """Test perplexity at every eval context: one row per context, one column per window mode."""
+    rows = []
+    for multiple, context in zip(cfg.eval.contexts, cfg.eval_contexts, strict=True):
+        row: dict[str, Any] = {"context": context, "multiple": multiple, **{f"{m}_ppl": None for m in MODES}}
+        row["reason"] = None
+        if model.max_positions is not None and context > model.max_positions:
+            # Recorded as null with the reason: neither a crash nor a made-up number.
+            row["reason"] = f"model.pos={model.args.pos} has {model.max_positions} learned positions, not {context}"
+        else:
+            for mode in MODES:
+                stride = cfg.eval.stride if mode == "sliding" else None
+                score = score_split(model, tokens, chars, context, stride, cfg.eval.batch_size, device, amp)
+                row[f"{mode}_ppl"] = round(score.ppl, 4)
+        rows.append(row)
+        log.info("context %d (%gx): %s", context, multiple, row)
+    return rows
+
+
+def metric_suffix(multiple: float) -> str:
+    return f"{multiple:g}".replace(".", "p") + "x"  # 0.5 -> 0p5x: a dot would read as nesting in `dvc exp show`
+
+
+def check_contexts(cfg: Config, splits: dict[str, np.ndarray]) -> None:
+    longest = max(cfg.eval_contexts)
+    for name in ("val", "test"):
+        if longest + 1 > len(splits[name]):
+            raise ConfigError(
+                f"eval.contexts: the longest evaluation context, {longest} tokens, is longer than the {name} split "
+                f"({len(splits[name])} tokens); use smaller multiples of train.context"
+            )
+
+
+def samples_text(model, tokenizer_model: bytes, cfg: Config, device) -> str:
+    """Seeded continuations of fixed prompts, in a text file two experiments can be diffed on."""
+    sp = spm.SentencePieceProcessor(model_proto=tokenizer_model)
+    e = cfg.eval
+    parts = [f"# model.pos={model.args.pos}, temperature {e.temperature}, top_k {e.top_k}, seed {e.seed}\n"]
+    for i, prompt in enumerate(e.sample_prompts):
+        new = generate(model.to(device), sp.encode(prompt), e.sample_tokens, e.temperature, e.top_k, e.seed + i)
+        parts.append(f"\n=== prompt: {prompt!r}\n{prompt}{sp.decode(new)}\n")
+    return "".join(parts)
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: Path, encoded: Path, metrics: Path, curve: Path, samples: Path):
+    """Write metrics/eval.json, the extrapolation curve and the samples for the best checkpoint."""
+    splits, meta = load_splits(encoded)
+    check_contexts(cfg, splits)
+    saved = load_checkpoint(checkpoint)
+    device = resolve_device(cfg.train.device)
+    amp = autocast(device, resolve_precision(cfg.train.precision, device))
+    model = model_from_checkpoint(saved).to(device)
+    sp = spm.SentencePieceProcessor(model_proto=saved["tokenizer_model"])
+    chars = {name: target_chars(sp, splits[name], meta["splits"][name]["chars"]) for name in ("val", "test")}
+    context = cfg.train.context
+    scores = {
+        name: score_split(model, splits[name], chars[name], context, None, cfg.eval.batch_size, device, amp)
+        for name in ("val", "test")
+    }
+    scores["holdout"] = Score(*(sum(getattr(s, f) for s in scores.values()) for f in ("nats", "tokens", "chars")))
+    results: dict[str, Any] = {}
+    for name, score in scores.items():
+        results.update({f"{name}_loss": score.loss, f"{name}_ppl": score.ppl, f"{name}_bpc": score.bpc})
+    curve_rows = extrapolation(model, splits["test"], chars["test"], cfg, device, amp)
+    for row in curve_rows:
+        results[f"ppl_at_{metric_suffix(row['multiple'])}"] = row["nonoverlapping_ppl"]
+        results[f"sliding_ppl_at_{metric_suffix(row['multiple'])}"] = row["sliding_ppl"]
+    results = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}
+    write_json(metrics, results)
+    write_json(curve, curve_rows)
+    write_text(samples, samples_text(model, saved["tokenizer_model"], cfg, device))
+    log.info("test: loss %.4f, ppl %.2f, %.4f bits/char; val ∪ test: %.4f bits/char", results["test_loss"],
+             results["test_ppl"], results["test_bpc"], results["holdout_bpc"])  # fmt: skip
+    return results

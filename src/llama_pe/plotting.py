@@ -1,0 +1,72 @@
+"""PNG figures of a run: the training curves and the extrapolation curve."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+from matplotlib.ticker import ScalarFormatter
+
+from llama_pe.errors import MissingInputError
+from llama_pe.io import atomic_path
+
+
+def read_tsv(path: Path, column: str) -> dict[int, float]:
+    """A DVCLive metric file as {step: value}."""
+    if not path.is_file():
+        raise MissingInputError(f"no training curve at {path}: run the `train` stage first (dvc repro train)")
+    with open(path, newline="") as f:
+        return {int(row["step"]): float(row[column]) for row in csv.DictReader(f, delimiter="\t")}
+
+
+def training_figure(live_dir: Path, out: Path) -> None:
+    metrics = live_dir / "plots" / "metrics"
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for split, style in (("train", dict(lw=1, alpha=0.8)), ("val", dict(marker="o", lw=1.5))):
+        loss = read_tsv(metrics / split / "loss.tsv", "loss")
+        tokens = read_tsv(metrics / split / "tokens.tsv", "tokens")
+        ax.plot([tokens[s] for s in loss], list(loss.values()), label=f"{split} loss", **style)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title("Training and validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, out)
+
+
+def extrapolation_figure(curve_file: Path, train_context: int, out: Path) -> None:
+    if not curve_file.is_file():
+        raise MissingInputError(f"no extrapolation curve at {curve_file}: run the `evaluate` stage first")
+    rows = json.loads(curve_file.read_text())
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for mode, marker in (("nonoverlapping", "o"), ("sliding", "s")):
+        points = [(r["context"], r[f"{mode}_ppl"]) for r in rows if r[f"{mode}_ppl"] is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker=marker, label=f"{mode} windows")
+    missing = [r["context"] for r in rows if r.get("reason")]
+    if missing:
+        ax.text(0.02, 0.02, f"no value at {missing}: past the learned table", transform=ax.transAxes, fontsize=8)
+    ax.axvline(train_context, color="grey", linestyle="--", label=f"training context ({train_context})")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([r["context"] for r in rows], [str(r["context"]) for r in rows])
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_xlabel("evaluation context (tokens)")
+    ax.set_ylabel("test perplexity")
+    ax.set_title("Length extrapolation")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    _save(fig, out)
+
+
+def _save(fig, out: Path) -> None:
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,0 +1,24 @@
+"""Stage `plot`: draw the training curves and the extrapolation curve as PNG figures."""
+
+import argparse
+from pathlib import Path
+
+from llama_pe.config import load_config
+from llama_pe.plotting import extrapolation_figure, training_figure
+from llama_pe.stage import run_stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--live", required=True, help="DVCLive folder of the train stage")
+    parser.add_argument("--curve", required=True, help="extrapolation curve JSON of the evaluate stage")
+    parser.add_argument("--out", required=True, help="folder for the PNG figures")
+    args = parser.parse_args()
+    out = Path(args.out)
+    training_figure(Path(args.live), out / "training.png")
+    extrapolation_figure(Path(args.curve), load_config(args.params).train.context, out / "extrapolation.png")
+
+
+if __name__ == "__main__":
+    run_stage(main)
