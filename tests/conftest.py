@@ -50,3 +50,17 @@ def make_config(**sections: dict[str, Any]) -> Config:
     for section, values in sections.items():
         params[section].update(values)
     return config_from_dict(params)
+
+
+@pytest.fixture(scope="session")
+def data_dirs(corpus, tmp_path_factory) -> Path:
+    """tokenizer/ and encoded/ folders for the generated corpus, as the tokenizer and encode stages make them."""
+    from llama_pe.data.encode import encode_splits, write_encoded
+    from llama_pe.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+
+    root = tmp_path_factory.mktemp("data")
+    cfg = make_config(tokenizer={"vocab_size": 400})
+    save_tokenizer(train_tokenizer(corpus, cfg.tokenizer), root / "tokenizer")
+    sp = load_tokenizer(root / "tokenizer")
+    write_encoded(encode_splits(corpus, sp, cfg.data), root / "encoded", {"split": "contiguous", "vocab_size": 400})
+    return root

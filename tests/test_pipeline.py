@@ -43,6 +43,7 @@ def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     params["data"]["url"] = (mirror / "not-here.txt").as_uri()  # the mirror must be what serves the file
     params["tokenizer"]["vocab_size"] = 400
     params["model"].update(size="tiny", dim=32, n_heads=4, n_kv_heads=2)
+    params["eval"].update(stride=4, sample_tokens=10)
     params["train"].update(
         context=16, batch_size=8, max_steps=150, warmup_steps=5, eval_interval=10, device="cpu", patience=None
     )
@@ -68,7 +69,7 @@ def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 def test_dvc_repro_runs_every_stage_then_is_a_no_op(project):
     root, env = project
     out = run(["dvc", "repro"], root, env)
-    for stage in ("download", "tokenizer", "encode", "train"):
+    for stage in ("download", "tokenizer", "encode", "train", "evaluate", "plot"):
         assert f"Running stage '{stage}'" in out
     meta = json.loads((root / "data/encoded/meta.json").read_text())
     corpus_chars = len((root / "data/raw/tinyshakespeare.txt").read_text(encoding="utf-8"))
@@ -82,6 +83,10 @@ def test_dvc_repro_runs_every_stage_then_is_a_no_op(project):
     dag = run(["dvc", "dag", "--dot"], root, env)
     assert '"download" -> "tokenizer"' in dag and '"tokenizer" -> "encode"' in dag and '"encode" -> "train"' in dag
     assert json.loads((root / "metrics/train.json").read_text())["trained_steps"] == 150
+    evaluation = json.loads((root / "metrics/eval.json").read_text())
+    assert {"test_ppl", "test_bpc", "holdout_bpc", "ppl_at_4x", "sliding_ppl_at_8x"} <= set(evaluation)
+    for figure in ("training.png", "extrapolation.png"):
+        assert (root / "plots/figures" / figure).read_bytes().startswith(b"\x89PNG")
 
 
 def test_changing_vocab_size_reruns_tokenizer_and_encode_only(project):
@@ -102,12 +107,17 @@ def test_exp_run_with_another_encoding_writes_its_metrics(project):
     out = run(["dvc", "exp", "run", "-n", "alibi", "-S", "model.pos=alibi"], root, env)
     assert "Stage 'encode' didn't change, skipping" in out and "Running stage 'train'" in out
     metrics = json.loads((root / "metrics/train.json").read_text())
-    assert metrics["val_bpc"] < metrics["unigram_val_bpc"]
+    assert metrics["best_val_bpc"] < metrics["unigram_val_bpc"]
     table = run(["dvc", "exp", "show", "--csv"], root, env)
     header = table.splitlines()[0].split(",")
-    assert {"val_loss", "val_bpc", "model.pos", "train.seed"} <= set(header)
+    assert {"best_val_loss", "best_val_bpc", "test_bpc", "ppl_at_4x", "model.pos", "train.seed"} <= set(header)
     diff = run(["dvc", "metrics", "diff", "HEAD", "alibi"], root, env)
-    assert "metrics/train.json" in diff and "val_loss" in diff
+    assert "metrics/train.json" in diff and "best_val_loss" in diff
+    assert "metrics/eval.json" in diff and "test_bpc" in diff
+    plots = json.loads(run(["dvc", "plots", "diff", "HEAD", "alibi", "--json"], root, env))
+    assert not plots.get("errors")
+    overlaid = plots["data"]["extrapolation"][0]["content"]["data"]["values"]
+    assert {row["rev"] for row in overlaid} == {"HEAD", "alibi"}  # both experiments on the same axes
     run(["git", "checkout", "--", "."], root, env)
     run(["dvc", "checkout", "--force"], root, env)
 

@@ -8,8 +8,6 @@ import torch
 
 from llama_pe.checkpoint import load_checkpoint
 from llama_pe.config import ConfigError
-from llama_pe.data.encode import encode_splits, write_encoded
-from llama_pe.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from llama_pe.model import build_model
 from llama_pe.train import (
     BatchSampler,
@@ -33,16 +31,6 @@ TINY_MODEL = {"size": "tiny", "dim": 32, "n_heads": 4, "n_kv_heads": 2}
 TIMING = ("tokens_per_sec", "wall_time_s")
 
 
-@pytest.fixture(scope="module")
-def data_dirs(corpus, tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    cfg = make_config(tokenizer={"vocab_size": 400})
-    save_tokenizer(train_tokenizer(corpus, cfg.tokenizer), root / "tokenizer")
-    sp = load_tokenizer(root / "tokenizer")
-    write_encoded(encode_splits(corpus, sp, cfg.data), root / "encoded", {"split": "contiguous", "vocab_size": 400})
-    return root
-
-
 def paths_in(tmp_path, data_dirs) -> Paths:
     return Paths(
         encoded=data_dirs / "encoded",
@@ -54,8 +42,13 @@ def paths_in(tmp_path, data_dirs) -> Paths:
     )
 
 
-def tiny_config(model=None, **train_changes):
-    return make_config(model={**TINY_MODEL, **(model or {})}, train={**TINY_TRAIN, **train_changes})
+TINY_EVAL = {"stride": 4, "sample_tokens": 10}
+
+
+def tiny_config(model=None, eval=None, **train_changes):
+    return make_config(
+        model={**TINY_MODEL, **(model or {})}, train={**TINY_TRAIN, **train_changes}, eval={**TINY_EVAL, **(eval or {})}
+    )
 
 
 def curves(paths: Paths) -> dict[str, str]:
@@ -119,8 +112,8 @@ def test_unigram_loss_by_hand():
 def test_a_tiny_run_lowers_the_loss_and_writes_its_outputs(data_dirs, tmp_path):
     paths = paths_in(tmp_path, data_dirs)
     metrics = train(tiny_config(), paths)
-    assert metrics["val_loss"] < math.log(400) - 1.0
-    assert metrics["val_bpc"] < metrics["unigram_val_bpc"]
+    assert metrics["best_val_loss"] < math.log(400) - 1.0
+    assert metrics["best_val_bpc"] < metrics["unigram_val_bpc"]
     assert metrics["trained_steps"] == 80 and metrics["trained_tokens"] == 80 * 128
     assert metrics["device"] == "cpu" and metrics["precision"] == "fp32" and metrics["params"] > 0
     assert paths.best.is_file() and paths.last.is_file() and paths.metrics.is_file()
@@ -234,4 +227,4 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 def test_bf16_on_cpu_trains(data_dirs, tmp_path):
     metrics = train(tiny_config(precision="bf16", max_steps=10), paths_in(tmp_path, data_dirs))
-    assert metrics["precision"] == "bf16" and math.isfinite(metrics["val_loss"])
+    assert metrics["precision"] == "bf16" and math.isfinite(metrics["best_val_loss"])

@@ -279,8 +279,8 @@ def train(cfg: Config, paths: Paths, stop_after: int | None = None) -> dict[str,
         return None
     metrics = final_metrics(state, tcfg, meta, splits, model, device, precision)
     write_json(paths.metrics, metrics)
-    log.info("best val loss %.4f nats/token (%.4f bits/char) at step %d", metrics["val_loss"], metrics["val_bpc"],
-             metrics["best_step"])  # fmt: skip
+    log.info("best val loss %.4f nats/token (%.4f bits/char) at step %d",
+             metrics["best_val_loss"], metrics["best_val_bpc"], metrics["best_step"])  # fmt: skip
     return metrics
 
 
@@ -386,8 +386,9 @@ def final_metrics(
     nats_to_bpc = val["tokens"] / (val["chars"] * math.log(2))  # per token -> per character, in bits
     unigram = unigram_loss(splits["train"], splits["val"], meta["vocab_size"])
     return {
-        "val_loss": round(state.best_val_loss, 6),
-        "val_bpc": round(state.best_val_loss * nats_to_bpc, 6),
+        # "best_" sets them apart from the evaluate stage's val_loss and val_bpc in `dvc exp show`.
+        "best_val_loss": round(state.best_val_loss, 6),
+        "best_val_bpc": round(state.best_val_loss * nats_to_bpc, 6),
         "unigram_val_bpc": round(unigram * nats_to_bpc, 6),
         "best_step": state.best_step,
         "best_tokens": state.best_tokens,

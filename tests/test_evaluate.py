@@ -1,0 +1,131 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llama_pe.config import ConfigError
+from llama_pe.errors import MissingInputError
+from llama_pe.evaluate import Score, evaluate_checkpoint, metric_suffix, total_loss, window_plan
+from llama_pe.plotting import extrapolation_figure, training_figure
+from llama_pe.train import train
+from tests.model.conftest import tiny_model
+from tests.test_train import paths_in, tiny_config
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def scored_targets(plan) -> list[int]:
+    """Target indices (1-based positions in the token stream) that the plan scores."""
+    return [t for w in plan for t in range(w.end - w.scored + 1, w.end + 1)]
+
+
+@pytest.mark.parametrize("n_tokens", [2, 10, 33, 100, 257])
+@pytest.mark.parametrize(("context", "stride"), [(8, None), (8, 8), (8, 3), (32, 1), (5, 5), (64, 16)])
+def test_every_target_is_scored_exactly_once(n_tokens, context, stride):
+    plan = window_plan(n_tokens, context, stride)
+    assert scored_targets(plan) == list(range(1, n_tokens))
+    assert all(0 < w.end - w.start <= context and w.scored <= w.end - w.start for w in plan)
+
+
+def test_sliding_windows_give_each_scored_token_the_context_minus_stride():
+    plan = window_plan(100, context=16, stride=4)
+    for window in plan[1:]:
+        assert window.end - window.start == 16 and window.scored <= 4  # >= 12 tokens of context before each
+
+
+def test_score_arithmetic_by_hand():
+    score = Score(nats=10.0, tokens=4, chars=8)
+    assert score.loss == 2.5
+    assert score.ppl == pytest.approx(math.exp(2.5))
+    assert score.bpc == pytest.approx(10.0 / (math.log(2) * 8))
+    # Perplexity is exp of the mean over all tokens: two batches of 1 and 3 tokens with mean losses 1 and 3
+    # give exp(10/4), not the mean of e^1 and e^3.
+    assert Score(nats=1.0 + 3 * 3.0, tokens=4, chars=1).ppl == pytest.approx(math.exp(2.5))
+
+
+@pytest.mark.parametrize("stride", [None, 5])
+def test_total_loss_equals_per_token_losses_added_up(stride):
+    model = tiny_model(pos="alibi").eval()
+    tokens = np.random.default_rng(0).integers(0, 256, 60).astype(np.uint16)
+    plan = window_plan(len(tokens), 16, stride)
+    got = total_loss(
+        model, tokens, plan, batch_size=3, device=torch.device("cpu"), amp=torch.autocast("cpu", enabled=False)
+    )
+    expected = 0.0
+    with torch.no_grad():
+        for w in plan:
+            window = torch.from_numpy(tokens[w.start : w.end + 1].astype(np.int64))[None]
+            losses = F.cross_entropy(model(window[:, :-1])[0][0], window[0, 1:], reduction="none")
+            expected += float(losses[-w.scored :].sum())
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_metric_names_have_no_dots():
+    assert [metric_suffix(m) for m in (0.5, 1.0, 4, 8.0)] == ["0p5x", "1x", "4x", "8x"]
+
+
+@pytest.fixture(scope="module")
+def trained(data_dirs, tmp_path_factory):
+    """Tiny rope and learned models trained on the generated corpus."""
+    runs = {}
+    for pos in ("rope", "learned"):
+        paths = paths_in(tmp_path_factory.mktemp(pos), data_dirs)
+        train(tiny_config(model={"pos": pos}), paths)
+        runs[pos] = paths
+    return runs
+
+
+def evaluate_run(paths, tmp_path, pos, **eval_changes):
+    cfg = tiny_config(model={"pos": pos}, eval=eval_changes)
+    out = {name: tmp_path / name for name in ("eval.json", "curve.json", "samples.txt")}
+    metrics = evaluate_checkpoint(
+        cfg, paths.best, paths.encoded, out["eval.json"], out["curve.json"], out["samples.txt"]
+    )
+    return metrics, out
+
+
+def test_evaluation_metrics_and_extrapolation_to_4x(trained, tmp_path):
+    metrics, out = evaluate_run(trained["rope"], tmp_path, "rope")
+    assert metrics["test_ppl"] == pytest.approx(math.exp(metrics["test_loss"]), rel=1e-5)
+    assert (
+        min(metrics["val_bpc"], metrics["test_bpc"])
+        <= metrics["holdout_bpc"]
+        <= max(metrics["val_bpc"], metrics["test_bpc"])
+    )
+    assert math.isfinite(metrics["ppl_at_4x"]) and math.isfinite(metrics["sliding_ppl_at_4x"])
+    assert json.loads(out["eval.json"].read_text()) == metrics
+    curve = json.loads(out["curve.json"].read_text())
+    assert [row["context"] for row in curve] == [8, 16, 32, 64, 128]
+    samples = out["samples.txt"].read_text()
+    assert samples.count("=== prompt:") == 3 and "ROMEO:\n" in samples
+
+
+def test_learned_positions_record_null_with_a_reason_past_their_table(trained, tmp_path):
+    metrics, out = evaluate_run(trained["learned"], tmp_path, "learned")
+    assert metrics["ppl_at_8x"] is None and metrics["sliding_ppl_at_8x"] is None
+    assert math.isfinite(metrics["ppl_at_1x"])
+    row = json.loads(out["curve.json"].read_text())[-1]
+    assert row["context"] == 128 and "16 learned positions" in row["reason"]
+
+
+def test_contexts_longer_than_the_split_are_an_error(trained, tmp_path):
+    with pytest.raises(ConfigError, match=r"eval\.contexts: the longest evaluation context, 16000 tokens"):
+        evaluate_run(trained["rope"], tmp_path, "rope", contexts=[1, 1000])
+
+
+def test_missing_checkpoint_names_the_stage(data_dirs, tmp_path):
+    out = tmp_path / "x.json"
+    with pytest.raises(MissingInputError, match=r"run the `train` stage first"):
+        evaluate_checkpoint(tiny_config(), tmp_path / "none.pt", data_dirs / "encoded", out, out, out)
+
+
+def test_plot_stage_writes_png_figures(trained, tmp_path):
+    _, out = evaluate_run(trained["learned"], tmp_path, "learned")
+    training_figure(trained["learned"].live, tmp_path / "fig" / "training.png")
+    extrapolation_figure(out["curve.json"], 16, tmp_path / "fig" / "extrapolation.png")
+    for name in ("training.png", "extrapolation.png"):
+        data = (tmp_path / "fig" / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000
