@@ -122,6 +122,14 @@ def test_a_tiny_run_lowers_the_loss_and_writes_its_outputs(data_dirs, tmp_path):
     assert len(tsvs["plots/metrics/val/loss.tsv"].splitlines()) == 1 + 4  # header and one row per evaluation
 
 
+@pytest.mark.parametrize(
+    "model", [{"pos": p} for p in ("abs", "learned", "abs_rel", "nope")] + [{"pos": "rope", "impl": "hf"}]
+)
+def test_every_encoding_and_the_hf_reference_train(model, data_dirs, tmp_path):
+    metrics = train(tiny_config(model=model, max_steps=20), paths_in(tmp_path, data_dirs))
+    assert metrics["best_val_loss"] < math.log(400)
+
+
 def test_two_identical_runs_give_identical_metrics(data_dirs, tmp_path):
     first = train(tiny_config(model={"dropout": 0.1}), paths_in(tmp_path / "a", data_dirs))
     second = train(tiny_config(model={"dropout": 0.1}), paths_in(tmp_path / "b", data_dirs))
