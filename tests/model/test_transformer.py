@@ -94,9 +94,9 @@ def test_seed33m_is_the_original_studys_shape():
 
 
 def test_params_override_the_preset():
-    cfg = make_config(model={"size": "small", "dim": 128, "n_layers": 2, "dropout": 0.0}).model
+    cfg = make_config(model={"size": "small", "dim": 96, "n_layers": 2, "dropout": 0.0}).model
     args = model_args_from_config(cfg, vocab_size=8192, context=64)
-    assert (args.dim, args.n_layers, args.dropout, args.n_heads) == (128, 2, 0.0, SIZES["small"]["n_heads"])
+    assert (args.dim, args.n_layers, args.dropout, args.n_heads) == (96, 2, 0.0, SIZES["small"]["n_heads"])
 
 
 @pytest.mark.parametrize(
