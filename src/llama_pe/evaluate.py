@@ -140,13 +140,13 @@ def check_contexts(cfg: Config, splits: dict[str, np.ndarray]) -> None:
             )
 
 
-def samples_text(model, tokenizer_model: bytes, cfg: Config, device) -> str:
+def samples_text(model, tokenizer_model: bytes, cfg: Config) -> str:
     """Seeded continuations of fixed prompts, in a text file two experiments can be diffed on."""
     sp = spm.SentencePieceProcessor(model_proto=tokenizer_model)
     e = cfg.eval
     parts = [f"# model.pos={model.args.pos}, temperature {e.temperature}, top_k {e.top_k}, seed {e.seed}\n"]
     for i, prompt in enumerate(e.sample_prompts):
-        new = generate(model.to(device), sp.encode(prompt), e.sample_tokens, e.temperature, e.top_k, e.seed + i)
+        new = generate(model, sp.encode(prompt), e.sample_tokens, e.temperature, e.top_k, e.seed + i)
         parts.append(f"\n=== prompt: {prompt!r}\n{prompt}{sp.decode(new)}\n")
     return "".join(parts)
 
@@ -177,7 +177,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, encoded: Path, metrics: P
     results = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}
     write_json(metrics, results)
     write_json(curve, curve_rows)
-    write_text(samples, samples_text(model, saved["tokenizer_model"], cfg, device))
+    write_text(samples, samples_text(model, saved["tokenizer_model"], cfg))
     log.info("test: loss %.4f, ppl %.2f, %.4f bits/char; val ∪ test: %.4f bits/char", results["test_loss"],
              results["test_ppl"], results["test_bpc"], results["holdout_bpc"])  # fmt: skip
     return results

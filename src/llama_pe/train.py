@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from llama_pe.checkpoint import save_checkpoint
+from llama_pe.checkpoint import load_checkpoint, save_checkpoint
 from llama_pe.config import Config, ConfigError, TrainConfig
 from llama_pe.data.encode import META_FILE, read_tokens
 from llama_pe.data.tokenizer import MODEL_FILE
@@ -413,7 +413,7 @@ def unigram_loss(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab_size: i
 def _resume(path: Path, run_hash: str, model, optimizer, scaler, sampler) -> TrainState:
     if not path.is_file():
         return TrainState()
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(path)
     if checkpoint.get("config_hash") != run_hash:
         log.info("%s was made with other params (config %s, now %s): training from scratch",
                  path, checkpoint.get("config_hash"), run_hash)  # fmt: skip

@@ -9,6 +9,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from llama_pe.errors import ConfigError
 from llama_pe.model.args import ModelArgs
+from llama_pe.model.transformer import Transformer
 
 # Native parameter names -> Hugging Face's, per layer and for the rest of the model.
 _LAYER_NAMES = {
@@ -98,8 +99,6 @@ class HFLlama(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
-        from llama_pe.model.transformer import Transformer
-
         config = llama_config(args)
         # The native init first (depth-scaled residual projections, same random draws for the same seed), so
         # that hf and native differ in code only.
@@ -122,5 +121,5 @@ class HFLlama(nn.Module):
             return logits, None
         return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
 
-    def num_params(self, exclude_positions: bool = False) -> int:
+    def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -89,10 +89,6 @@ class Transformer(nn.Module):
         mask = torch.zeros(q_len, k_len, device=device).masked_fill(future, float("-inf"))
         return mask[None] if bias is None else bias.to(device) + mask
 
-    def num_params(self, exclude_positions: bool = False) -> int:
-        """Distinct parameters (a tied head counts once); optionally without the position encoding's own."""
-        params = {id(p): p for p in self.parameters()}
-        if exclude_positions:
-            for p in self.positions.parameters():
-                params.pop(id(p), None)
-        return sum(p.numel() for p in params.values())
+    def num_params(self) -> int:
+        """Parameters, a tied head counted once (parameters() yields each tensor once)."""
+        return sum(p.numel() for p in self.parameters())
