@@ -55,12 +55,14 @@ def make_config(**sections: dict[str, Any]) -> Config:
 @pytest.fixture(scope="session")
 def data_dirs(corpus, tmp_path_factory) -> Path:
     """tokenizer/ and encoded/ folders for the generated corpus, as the tokenizer and encode stages make them."""
-    from llama_pe.data.encode import encode_splits, write_encoded
-    from llama_pe.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+    return make_data_dirs(corpus, tmp_path_factory.mktemp("data"), make_config(tokenizer={"vocab_size": 400}))
 
-    root = tmp_path_factory.mktemp("data")
-    cfg = make_config(tokenizer={"vocab_size": 400})
+
+def make_data_dirs(corpus: str, root: Path, cfg: Config) -> Path:
+    from llama_pe.data.encode import encode_corpus
+    from llama_pe.data.tokenizer import save_tokenizer, train_tokenizer
+
+    (root / "corpus.txt").write_text(corpus, encoding="utf-8")
     save_tokenizer(train_tokenizer(corpus, cfg.tokenizer), root / "tokenizer")
-    sp = load_tokenizer(root / "tokenizer")
-    write_encoded(encode_splits(corpus, sp, cfg.data), root / "encoded", {"split": "contiguous", "vocab_size": 400})
+    encode_corpus(root / "corpus.txt", root / "tokenizer", root / "encoded", cfg)
     return root

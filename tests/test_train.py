@@ -1,13 +1,19 @@
 import itertools
+import json
 import logging
 import math
+import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+import llama_pe.train as train_module
 from llama_pe.checkpoint import load_checkpoint
 from llama_pe.config import ConfigError
+from llama_pe.errors import DataError
+from llama_pe.device import resolve_device
 from llama_pe.model import build_model
 from llama_pe.train import (
     BatchSampler,
@@ -16,7 +22,6 @@ from llama_pe.train import (
     eval_windows,
     lr_at,
     make_optimizer,
-    resolve_device,
     train,
     unigram_loss,
 )
@@ -80,13 +85,14 @@ def test_token_budget_sets_the_number_of_steps():
     assert cfg.total_steps == 79
 
 
-def test_weight_decay_spares_norms_embeddings_and_slopes():
-    model = build_model(tiny_args(pos="abs_rel", alibi_learnable=True, tie_embeddings=True))
+@pytest.mark.parametrize("tied", [True, False])
+def test_weight_decay_is_on_attention_and_feed_forward_matrices_only(tied):
+    model = build_model(tiny_args(pos="abs_rel", alibi_learnable=True, tie_embeddings=tied))
     optimizer = make_optimizer(model, tiny_config().train, torch.device("cpu"))
     decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
     names = {name for name, p in model.named_parameters() if id(p) in decayed}
-    assert "layers.0.attention.wq.weight" in names and "layers.1.feed_forward.w2.weight" in names
-    assert not any("norm" in n or "embeddings" in n or "slopes" in n for n in names)
+    matrices = {name for name, _ in model.named_parameters() if ".attention.w" in name or ".feed_forward.w" in name}
+    assert names == matrices  # no norm, embedding, output head (tied or not) or ALiBi slope
     assert optimizer.param_groups[1]["weight_decay"] == 0.0
 
 
@@ -157,9 +163,10 @@ def test_checkpoint_holds_everything_to_resume(data_dirs, tmp_path):
     paths = paths_in(tmp_path, data_dirs)
     train(tiny_config(), paths)
     checkpoint = load_checkpoint(paths.last)
-    assert {"model_args", "model", "tokenizer_model", "optimizer", "scaler", "state", "rng", "config_hash"} <= set(
+    assert {"model_args", "model", "tokenizer_model", "optimizer", "scaler", "state", "rng", "provenance"} <= set(
         checkpoint
     )
+    assert "llama_pe/model/transformer.py" in checkpoint["provenance"]["code"]
     assert checkpoint["model_args"]["dim"] == 32
     assert checkpoint["optimizer"]["state"], "optimizer moments are saved"
     assert {"torch", "sampler"} <= set(checkpoint["rng"])
@@ -171,10 +178,48 @@ def test_checkpoint_holds_everything_to_resume(data_dirs, tmp_path):
 
 def test_checkpoint_of_other_params_is_not_resumed(data_dirs, tmp_path, caplog):
     paths = paths_in(tmp_path, data_dirs)
-    train(tiny_config(), paths)
+    assert train(tiny_config(), paths, stop_after=30) is None
     with caplog.at_level(logging.INFO, logger="llama_pe.train"):
         metrics = train(tiny_config(lr=1e-3), paths)
     assert "was made with other params" in caplog.text and "training from scratch" in caplog.text
+    assert metrics["trained_steps"] == 80
+    assert without_timing(metrics) == without_timing(train(tiny_config(lr=1e-3), paths_in(tmp_path / "b", data_dirs)))
+
+
+def test_checkpoint_of_other_code_is_not_resumed(data_dirs, tmp_path, caplog, monkeypatch):
+    paths = paths_in(tmp_path, data_dirs)
+    assert train(tiny_config(), paths, stop_after=30) is None  # a checkpoint at step 20
+    real = train_module.code_fingerprint("llama_pe.train")
+    edited = {**real, "llama_pe/model/layers.py": "0" * 64}
+    monkeypatch.setattr(train_module, "code_fingerprint", lambda module: edited)
+    with caplog.at_level(logging.INFO, logger="llama_pe.train"):
+        metrics = train(tiny_config(), paths)
+    assert "was made by other code (changed since: llama_pe/model/layers.py): training from scratch" in caplog.text
+    assert "resuming" not in caplog.text
+    assert without_timing(metrics) == without_timing(train(tiny_config(), paths_in(tmp_path / "fresh", data_dirs)))
+
+
+def test_a_finished_run_is_trained_again_not_resumed(data_dirs, tmp_path, caplog):
+    # The stage reruns on a finished run only when forced or when its outputs were lost: train, don't keep them.
+    paths = paths_in(tmp_path, data_dirs)
+    first = train(tiny_config(), paths)
+    paths.best.unlink()
+    with caplog.at_level(logging.INFO, logger="llama_pe.train"):
+        second = train(tiny_config(), paths)
+    assert "holds a finished run (step 80): training from scratch" in caplog.text
+    assert without_timing(first) == without_timing(second) and paths.best.is_file()
+
+
+def test_a_truncated_last_checkpoint_is_kept_aside_and_training_starts_afresh(data_dirs, tmp_path, caplog):
+    paths = paths_in(tmp_path, data_dirs)
+    assert train(tiny_config(), paths, stop_after=30) is None
+    damaged = paths.last.read_bytes()[:1000]
+    paths.last.write_bytes(damaged)
+    with caplog.at_level(logging.INFO, logger="llama_pe.train"):
+        metrics = train(tiny_config(), paths)
+    assert re.search(r"last\.pt cannot be resumed \(.*not a readable checkpoint, truncated or damaged", caplog.text)
+    assert "kept as" in caplog.text and "training starts from scratch" in caplog.text
+    assert (paths.last.parent / "last.pt.damaged").read_bytes() == damaged
     assert metrics["trained_steps"] == 80
 
 
@@ -209,6 +254,52 @@ def test_context_longer_than_a_split_fails_before_training(data_dirs, tmp_path):
     with pytest.raises(ConfigError, match=r"train\.context: 100000 tokens do not fit the train split"):
         train(tiny_config(context=100_000), paths)
     assert not paths.last.exists()
+
+
+def test_evaluation_contexts_longer_than_a_split_fail_before_training(data_dirs, tmp_path):
+    # 8 x 256 tokens is longer than the val and test splits of the small corpus: found before step one, not after.
+    test_tokens = json.loads((data_dirs / "encoded/meta.json").read_text())["splits"]["test"]["tokens"]
+    assert 256 < test_tokens < 8 * 256
+    paths = paths_in(tmp_path, data_dirs)
+    with pytest.raises(ConfigError, match=r"eval\.contexts: the longest evaluation context, 2048 tokens \(8 × "):
+        train(tiny_config(context=256), paths)
+    assert not paths.last.exists() and not paths.live.exists()
+
+
+@pytest.fixture
+def damaged_copy(data_dirs, tmp_path):
+    """A copy of the data folders that a test may damage."""
+    copy = tmp_path / "data"
+    shutil.copytree(data_dirs, copy)
+    return copy
+
+
+def test_a_truncated_token_file_names_the_stage_to_rerun(damaged_copy, tmp_path):
+    train_bin = damaged_copy / "encoded/train.bin"
+    train_bin.write_bytes(train_bin.read_bytes()[:1001])
+    with pytest.raises(
+        DataError, match=r"train\.bin holds 1001 bytes, but .*meta\.json says \d+ tokens .*dvc repro -f encode"
+    ):
+        train(tiny_config(), paths_in(tmp_path, damaged_copy))
+
+
+def test_meta_that_disagrees_with_the_token_files_names_the_stage_to_rerun(damaged_copy, tmp_path):
+    meta_path = damaged_copy / "encoded/meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["vocab_size"] = 50
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"holds token id \d+, but meta\.json gives a vocabulary of 50.*encode"):
+        train(tiny_config(), paths_in(tmp_path, damaged_copy))
+
+
+def test_a_tokenizer_other_than_the_encoded_datas_is_refused(damaged_copy, corpus, tmp_path):
+    from llama_pe.data.tokenizer import save_tokenizer, train_tokenizer
+
+    save_tokenizer(
+        train_tokenizer(corpus, make_config(tokenizer={"vocab_size": 390}).tokenizer), damaged_copy / "tokenizer"
+    )
+    with pytest.raises(DataError, match=r"tokenizer\.model is not the one the encoded data was made with"):
+        train(tiny_config(), paths_in(tmp_path, damaged_copy))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

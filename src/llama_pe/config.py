@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -19,7 +20,28 @@ __all__ = ["Config", "ConfigError", "load_config"]
 MAX_VOCAB_SIZE = 65_535
 
 SplitMode = Literal["contiguous", "random_chunks"]
-TokenizerModelType = Literal["bpe", "unigram", "char", "word"]
+TokenizerModelType = Literal["bpe", "unigram", "char"]
+# SentencePiece model types that are refused, with the reason a user reads.
+REFUSED_TOKENIZER_TYPES = {
+    "word": "SentencePiece's word model does not give back the text it encodes (decode(encode(text)) != text: a "
+    "word without a piece of its own is spelt in bytes, and the space before it comes back as ▁), and this project "
+    "needs a lossless tokenizer",
+}
+# The names of llama_pe.model.position's registry, here so that a bad model.pos fails when params are loaded, in
+# the first stage that runs, without importing torch; the registry checks at import that both name the same set.
+PositionName = Literal["rope", "abs", "learned", "alibi", "abs_rel", "nope"]
+
+# Named model sizes: the fields each sets, every one overridable from params (model.<field>: null keeps it).
+SIZES: dict[str, dict[str, Any]] = {
+    # Tests and CI: trains in seconds.
+    "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=None, dropout=0.0, tie_embeddings=True),
+    # The CPU default: about 3.1M parameters with an 8192 vocabulary; ~0.7 s per 2048-token step on 2 cores.
+    "small": dict(dim=192, n_layers=4, n_heads=6, n_kv_heads=2, ffn_hidden=None, dropout=0.1, tie_embeddings=True),
+    # A GPU size: about 12.6M parameters with an 8192 vocabulary.
+    "base": dict(dim=384, n_layers=6, n_heads=12, n_kv_heads=4, ffn_hidden=None, dropout=0.1, tie_embeddings=True),
+    # The original study: d_model 512, 8 layers, 16 query / 8 kv heads, SwiGLU 1536, untied: 33.6M parameters.
+    "seed33m": dict(dim=512, n_layers=8, n_heads=16, n_kv_heads=8, ffn_hidden=1536, dropout=0.1, tie_embeddings=False),
+}
 
 
 @dataclass(frozen=True)
@@ -29,7 +51,6 @@ class DataConfig:
     split: SplitMode
     val_fraction: float
     test_fraction: float
-    chunk_tokens: int
     split_seed: int
 
     def __post_init__(self) -> None:
@@ -44,8 +65,6 @@ class DataConfig:
                 f"data.val_fraction + data.test_fraction: expected a sum below 1 so that training text remains, "
                 f"got {self.val_fraction} + {self.test_fraction} = {self.val_fraction + self.test_fraction:g}"
             )
-        if self.chunk_tokens < 1:
-            raise ConfigError(f"data.chunk_tokens: expected a positive integer, got {self.chunk_tokens}")
 
     @property
     def train_fraction(self) -> float:
@@ -55,12 +74,20 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    model_type: TokenizerModelType
+    model_type: str  # a TokenizerModelType, read as a string so that a refused type can be told why
     vocab_size: int
     character_coverage: float
     byte_fallback: bool
 
     def __post_init__(self) -> None:
+        valid = typing.get_args(TokenizerModelType)
+        if self.model_type in REFUSED_TOKENIZER_TYPES:
+            raise ConfigError(
+                f"tokenizer.model_type: {self.model_type} is refused: {REFUSED_TOKENIZER_TYPES[self.model_type]}; "
+                f"use {', '.join(valid[:-1])} or {valid[-1]}"
+            )
+        if self.model_type not in valid:
+            raise ConfigError(f"tokenizer.model_type: expected one of {', '.join(valid)}; got {self.model_type!r}")
         if not 1 <= self.vocab_size <= MAX_VOCAB_SIZE:
             raise ConfigError(
                 f"tokenizer.vocab_size: expected 1..{MAX_VOCAB_SIZE} (token files are uint16), got {self.vocab_size}"
@@ -74,8 +101,8 @@ class TokenizerConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     impl: Literal["native", "hf"]
-    size: str  # a key of llama_pe.model.args.SIZES
-    pos: str  # a key of llama_pe.model.position.POSITION_ENCODINGS
+    size: str  # a key of SIZES
+    pos: PositionName
     rope_theta: float
     alibi_learnable: bool
     # Overrides of the size preset; null keeps the preset's value.
@@ -86,6 +113,65 @@ class ModelConfig:
     ffn_hidden: int | None
     dropout: float | None
     tie_embeddings: bool | None
+
+    def __post_init__(self) -> None:
+        if self.size not in SIZES:
+            raise ConfigError(f"model.size: unknown size {self.size!r}; valid sizes: {', '.join(SIZES)}")
+        check_architecture(**self.sized(), pos=self.pos, impl=self.impl, rope_theta=self.rope_theta,
+                           alibi_learnable=self.alibi_learnable)  # fmt: skip
+
+    def sized(self) -> dict[str, Any]:
+        """The preset that model.size names, with every non-null override applied."""
+        sized = dict(SIZES[self.size])
+        for name in sized:
+            override = getattr(self, name)
+            if override is not None:
+                sized[name] = override
+        return sized
+
+
+def check_architecture(
+    *,
+    dim: int,
+    n_layers: int,
+    n_heads: int,
+    n_kv_heads: int,
+    ffn_hidden: int | None,
+    dropout: float,
+    tie_embeddings: bool,
+    pos: str,
+    impl: str,
+    rope_theta: float,
+    alibi_learnable: bool,
+) -> None:
+    """The rules a model's shape must follow; ModelConfig checks them at load time and ModelArgs again."""
+    for name, value in (("dim", dim), ("n_layers", n_layers), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
+        _require(value >= 1, f"model.{name}", "a positive integer", value)
+    if dim % n_heads:
+        raise ConfigError(f"model.dim: {dim} is not divisible by model.n_heads={n_heads}")
+    if n_heads % n_kv_heads:
+        raise ConfigError(
+            f"model.n_heads: {n_heads} is not a multiple of model.n_kv_heads={n_kv_heads} "
+            f"(grouped-query attention shares each kv head among n_heads / n_kv_heads query heads)"
+        )
+    if pos == "rope" and (dim // n_heads) % 2:
+        raise ConfigError(
+            f"model.pos=rope rotates pairs of dimensions, so the head dimension must be even; "
+            f"model.dim / model.n_heads = {dim} / {n_heads} = {dim // n_heads}"
+        )
+    _require(ffn_hidden is None or ffn_hidden >= 1, "model.ffn_hidden", "a positive integer or null", ffn_hidden)
+    _require(0 <= dropout < 1, "model.dropout", "a number in [0, 1)", dropout)
+    _require(rope_theta > 0, "model.rope_theta", "a positive number", rope_theta)
+    if impl == "hf" and pos != "rope":
+        raise ConfigError(
+            f"model.impl=hf supports model.pos=rope only (LlamaForCausalLM has rotary positions); "
+            f"got model.pos={pos}. Use model.impl=native for {pos}."
+        )
+    if alibi_learnable and pos not in ("alibi", "abs_rel"):
+        raise ConfigError(
+            f"model.alibi_learnable: true has no meaning for model.pos={pos} (it trains ALiBi's slopes, which only "
+            f"alibi and abs_rel have); set it to false"
+        )
 
 
 @dataclass(frozen=True)
@@ -150,7 +236,7 @@ def _require(ok: bool, key: str, expected: str, got: Any) -> None:
 @dataclass(frozen=True)
 class EvalConfig:
     contexts: tuple[float, ...]  # multiples of train.context for the extrapolation curve
-    stride: int  # sliding-window mode: each window scores only its last `stride` tokens
+    stride: int | None  # sliding-window mode: each window scores only its last `stride` tokens; None follows
     batch_size: int
     sample_prompts: tuple[str, ...]
     sample_tokens: int
@@ -162,7 +248,8 @@ class EvalConfig:
         _require(len(self.contexts) > 0, "eval.contexts", "a non-empty list of multiples of train.context", [])
         for multiple in self.contexts:
             _require(multiple > 0, "eval.contexts", "positive multiples of train.context", list(self.contexts))
-        _require(self.stride > 0, "eval.stride", "a positive number of tokens", self.stride)
+        _require(self.stride is None or self.stride > 0, "eval.stride", "a positive number of tokens or null",
+                 self.stride)  # fmt: skip
         _require(self.batch_size > 0, "eval.batch_size", "a positive integer", self.batch_size)
         _require(self.sample_tokens >= 0, "eval.sample_tokens", "0 or more", self.sample_tokens)
         _require(self.temperature >= 0, "eval.temperature", "0 (greedy) or more", self.temperature)
@@ -180,13 +267,46 @@ class Config:
 
     def __post_init__(self) -> None:
         shortest = min(self.eval_contexts)
-        _require(self.eval.stride <= shortest, "eval.stride",
-                 f"at most the shortest evaluation context, {shortest} tokens", self.eval.stride)  # fmt: skip
+        if self.eval.stride is not None:
+            _require(self.eval.stride <= shortest, "eval.stride",
+                     f"at most the shortest evaluation context, {shortest} tokens (or null to follow train.context)",
+                     self.eval.stride)  # fmt: skip
 
     @property
     def eval_contexts(self) -> tuple[int, ...]:
         """The extrapolation contexts in tokens: eval.contexts times train.context, at least one token."""
         return tuple(max(1, round(multiple * self.train.context)) for multiple in self.eval.contexts)
+
+    @property
+    def eval_stride(self) -> int:
+        """eval.stride, or when null half the training context, kept within the shortest evaluation context."""
+        if self.eval.stride is not None:
+            return self.eval.stride
+        return max(1, min(self.train.context // 2, min(self.eval_contexts)))
+
+    @property
+    def chunk_tokens(self) -> int | None:
+        """data.split=random_chunks: tokens per chunk, one training or evaluation sample each (inputs + 1 target)."""
+        return self.train.context + 1 if self.data.split == "random_chunks" else None
+
+    def check_split_lengths(self, split_tokens: dict[str, int]) -> None:
+        """The checks that need the data: the training and evaluation contexts against the token counts."""
+        for name, n_tokens in split_tokens.items():
+            if n_tokens < self.train.context + 1:
+                raise ConfigError(
+                    f"train.context: {self.train.context} tokens do not fit the {name} split, which has {n_tokens} "
+                    f"tokens; use a context of at most {n_tokens - 1}"
+                )
+        if self.chunk_tokens is not None:
+            return  # evaluation contexts past one chunk are recorded as null, not scored (see llama_pe.evaluate)
+        longest = max(self.eval_contexts)
+        for name in ("val", "test"):
+            if longest + 1 > split_tokens[name]:
+                raise ConfigError(
+                    f"eval.contexts: the longest evaluation context, {longest} tokens "
+                    f"({max(self.eval.contexts):g} × train.context={self.train.context}), is longer than the {name} "
+                    f"split ({split_tokens[name]} tokens); use smaller multiples or a shorter train.context"
+                )
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:
@@ -267,6 +387,8 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

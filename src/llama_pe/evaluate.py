@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from llama_pe.checkpoint import load_checkpoint, model_from_checkpoint
-from llama_pe.config import Config, ConfigError
+from llama_pe.config import Config
+from llama_pe.data.tokens import check_tokenizer, load_splits
+from llama_pe.device import autocast, resolve_device, resolve_precision
 from llama_pe.generate import generate
 from llama_pe.io import write_json, write_text
-from llama_pe.train import autocast, load_splits, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,23 @@ def window_plan(n_tokens: int, context: int, stride: int | None = None) -> list[
         end = min(end, n_targets)
         plan.append(Window(max(0, end - context), end, end - plan[-1].end))
     return plan
+
+
+def segment_starts(n_tokens: int, chunk_tokens: int | None) -> list[int]:
+    """Where each independent text of a split begins: one contiguous text, or one chunk per sample."""
+    return [0] if chunk_tokens is None else list(range(0, n_tokens - chunk_tokens + 1, chunk_tokens))
+
+
+def split_plan(n_tokens: int, context: int, stride: int | None, chunk_tokens: int | None) -> list[Window]:
+    """window_plan over each segment of a split: no window crosses from one chunk into the next."""
+    if chunk_tokens is None:
+        return window_plan(n_tokens, context, stride)
+    inside = window_plan(chunk_tokens, context, stride)
+    return [
+        Window(offset + w.start, offset + w.end, w.scored)
+        for offset in segment_starts(n_tokens, chunk_tokens)
+        for w in inside
+    ]
 
 
 @torch.no_grad()
@@ -94,14 +112,20 @@ class Score:
         return self.nats / (math.log(2) * self.chars)
 
 
-def score_split(model, tokens, chars: int, context: int, stride: int | None, batch_size: int, device, amp) -> Score:
-    """`chars`: the characters of the scored targets, tokens[1:] (the first token has nothing to predict it)."""
-    plan = window_plan(len(tokens), context, stride)
-    return Score(total_loss(model, tokens, plan, batch_size, device, amp), len(tokens) - 1, chars)
+def score_split(
+    model, tokens, chars: int, context: int, stride: int | None, batch_size: int, device, amp,
+    chunk_tokens: int | None = None,
+) -> Score:  # fmt: skip
+    """`chars`: the characters of the scored targets (target_chars): every token but each segment's first."""
+    plan = split_plan(len(tokens), context, stride, chunk_tokens)
+    scored = sum(w.scored for w in plan)
+    return Score(total_loss(model, tokens, plan, batch_size, device, amp), scored, chars)
 
 
-def target_chars(sp: spm.SentencePieceProcessor, tokens: np.ndarray, split_chars: int) -> int:
-    return split_chars - len(sp.decode([int(tokens[0])]))
+def target_chars(sp: spm.SentencePieceProcessor, tokens: np.ndarray, split_chars: int, chunk_tokens: int | None) -> int:
+    """The split's characters less those of each segment's first token, which nothing predicts."""
+    firsts = [int(tokens[start]) for start in segment_starts(len(tokens), chunk_tokens)]
+    return split_chars - sum(len(sp.decode([token])) for token in firsts)
 
 
 MODES = ("nonoverlapping", "sliding")
@@ -113,13 +137,20 @@ def extrapolation(model, tokens, chars, cfg: Config, device, amp) -> list[dict[s
     for multiple, context in zip(cfg.eval.contexts, cfg.eval_contexts, strict=True):
         row: dict[str, Any] = {"context": context, "multiple": multiple, **{f"{m}_ppl": None for m in MODES}}
         row["reason"] = None
+        # Recorded as null with the reason: neither a crash nor a made-up number.
         if model.max_positions is not None and context > model.max_positions:
-            # Recorded as null with the reason: neither a crash nor a made-up number.
             row["reason"] = f"model.pos={model.args.pos} has {model.max_positions} learned positions, not {context}"
+        elif cfg.chunk_tokens is not None and context > cfg.chunk_tokens - 1:
+            row["reason"] = (
+                f"data.split=random_chunks: every sample is one chunk of {cfg.chunk_tokens} tokens of shuffled text, "
+                f"so no context longer than {cfg.chunk_tokens - 1} exists to score"
+            )
         else:
             for mode in MODES:
-                stride = cfg.eval.stride if mode == "sliding" else None
-                score = score_split(model, tokens, chars, context, stride, cfg.eval.batch_size, device, amp)
+                stride = min(cfg.eval_stride, context) if mode == "sliding" else None
+                score = score_split(
+                    model, tokens, chars, context, stride, cfg.eval.batch_size, device, amp, cfg.chunk_tokens
+                )
                 row[f"{mode}_ppl"] = round(score.ppl, 4)
         rows.append(row)
         log.info("context %d (%gx): %s", context, multiple, row)
@@ -128,16 +159,6 @@ def extrapolation(model, tokens, chars, cfg: Config, device, amp) -> list[dict[s
 
 def metric_suffix(multiple: float) -> str:
     return f"{multiple:g}".replace(".", "p") + "x"  # 0.5 -> 0p5x: a dot would read as nesting in `dvc exp show`
-
-
-def check_contexts(cfg: Config, splits: dict[str, np.ndarray]) -> None:
-    longest = max(cfg.eval_contexts)
-    for name in ("val", "test"):
-        if longest + 1 > len(splits[name]):
-            raise ConfigError(
-                f"eval.contexts: the longest evaluation context, {longest} tokens, is longer than the {name} split "
-                f"({len(splits[name])} tokens); use smaller multiples of train.context"
-            )
 
 
 def samples_text(model, tokenizer_model: bytes, cfg: Config) -> str:
@@ -154,16 +175,18 @@ def samples_text(model, tokenizer_model: bytes, cfg: Config) -> str:
 def evaluate_checkpoint(cfg: Config, checkpoint: Path, encoded: Path, metrics: Path, curve: Path, samples: Path):
     """Write metrics/eval.json, the extrapolation curve and the samples for the best checkpoint."""
     splits, meta = load_splits(encoded)
-    check_contexts(cfg, splits)
+    cfg.check_split_lengths({name: len(tokens) for name, tokens in splits.items()})
     saved = load_checkpoint(checkpoint)
+    check_tokenizer(saved["tokenizer_model"], meta, str(checkpoint))
     device = resolve_device(cfg.train.device)
     amp = autocast(device, resolve_precision(cfg.train.precision, device))
-    model = model_from_checkpoint(saved).to(device)
+    model = model_from_checkpoint(saved, checkpoint).to(device)
     sp = spm.SentencePieceProcessor(model_proto=saved["tokenizer_model"])
-    chars = {name: target_chars(sp, splits[name], meta["splits"][name]["chars"]) for name in ("val", "test")}
-    context = cfg.train.context
+    chunks = cfg.chunk_tokens
+    chars = {name: target_chars(sp, splits[name], meta["splits"][name]["chars"], chunks) for name in ("val", "test")}
+    context, batch_size = cfg.train.context, cfg.eval.batch_size
     scores = {
-        name: score_split(model, splits[name], chars[name], context, None, cfg.eval.batch_size, device, amp)
+        name: score_split(model, splits[name], chars[name], context, None, batch_size, device, amp, chunks)
         for name in ("val", "test")
     }
     scores["holdout"] = Score(*(sum(getattr(s, f) for s in scores.values()) for f in ("nats", "tokens", "chars")))

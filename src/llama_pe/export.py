@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import sentencepiece as spm
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import generate_merges
 
 from llama_pe.checkpoint import load_checkpoint, model_from_checkpoint
+from llama_pe.data.tokenizer import model_type
 from llama_pe.errors import ConfigError
 from llama_pe.io import atomic_path
 from llama_pe.model.hf import HFLlama, llama_config, native_to_hf
@@ -18,17 +21,52 @@ from llama_pe.model.hf import HFLlama, llama_config, native_to_hf
 log = logging.getLogger(__name__)
 
 
-def hf_tokenizer(tokenizer_model: bytes) -> PreTrainedTokenizerFast:
-    """The project's SentencePiece BPE as a `tokenizers` BPE giving the same ids, byte fallback included."""
-    sp = spm.SentencePieceProcessor(model_proto=tokenizer_model)
-    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+def _bpe(sp: spm.SentencePieceProcessor, pieces: list[str], merge: bool = True) -> Tokenizer:
     vocab = {piece: i for i, piece in enumerate(pieces)}
     special = [p for i, p in enumerate(pieces) if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i)]
     # SentencePiece merges the pair whose result scores highest; listing merges by score reproduces that order.
-    merges = generate_merges(vocab, {p: sp.get_score(i) for i, p in enumerate(pieces)}, skip_tokens=special)
-    tokenizer = Tokenizer(
-        models.BPE(vocab=vocab, merges=merges, unk_token=sp.id_to_piece(sp.unk_id()), fuse_unk=True, byte_fallback=True)
-    )
+    scores = {p: sp.get_score(i) for i, p in enumerate(pieces)}
+    merges = generate_merges(vocab, scores, skip_tokens=special) if merge else []
+    unk = pieces[sp.unk_id()]
+    return Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+
+
+def _unigram(sp: spm.SentencePieceProcessor, pieces: list[str]) -> Tokenizer:
+    named = {i for i in range(len(pieces)) if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i)}
+    # SentencePiece's Viterbi never matches <s>, <unk> or <0x41> in text; tokenizers' does. A score far below any
+    # real piece keeps it from choosing them where the text's characters have pieces of their own.
+    vocab = [(piece, -1e9 if i in named else sp.get_score(i)) for i, piece in enumerate(pieces)]
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=sp.unk_id(), byte_fallback=True))
+    spans_lt = any("<" in piece and len(piece) > 1 for i, piece in enumerate(pieces) if i not in named)
+    if any(sp.is_byte(i) for i in named) and not spans_lt:
+        # Where a character of "<s>" has no piece, tokenizers would still take <s>, as an unknown character scores
+        # below every piece. Each such name starts with "<"; cutting the text around every "<" changes nothing else
+        # when no learnt piece spans one and unknown characters become bytes (no <unk> runs to fuse).
+        tokenizer.pre_tokenizer = pre_tokenizers.Split("<", behavior="isolated")
+    return tokenizer
+
+
+# How to rebuild each SentencePiece model type in `tokenizers` so that it gives SentencePiece's ids. A char model
+# is a BPE with no merges: every character with a piece is one id and any other falls back to bytes. The word
+# model is not lossless (llama_pe.config refuses it), so it has no entry.
+HF_TOKENIZERS: dict[str, Callable[[spm.SentencePieceProcessor, list[str]], Tokenizer]] = {
+    "bpe": _bpe,
+    "unigram": _unigram,
+    "char": partial(_bpe, merge=False),
+}
+
+
+def hf_tokenizer(tokenizer_model: bytes) -> PreTrainedTokenizerFast:
+    """The project's SentencePiece model as a `tokenizers` tokenizer giving the same ids, byte fallback included."""
+    kind = model_type(tokenizer_model)
+    if kind not in HF_TOKENIZERS:
+        raise ConfigError(
+            f"tokenizer.model_type={kind} has no Hugging Face export that gives SentencePiece's ids; "
+            f"exportable types: {', '.join(HF_TOKENIZERS)}"
+        )
+    sp = spm.SentencePieceProcessor(model_proto=tokenizer_model)
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    tokenizer = HF_TOKENIZERS[kind](sp, pieces)
     # The project's tokenizer has no dummy prefix and no normalisation: spaces become ▁ and nothing else changes.
     tokenizer.normalizer = normalizers.Replace(" ", "▁")
     tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
@@ -39,6 +77,8 @@ def hf_tokenizer(tokenizer_model: bytes) -> PreTrainedTokenizerFast:
         unk_token=pieces[sp.unk_id()],
         bos_token=pieces[sp.bos_id()] if sp.bos_id() >= 0 else None,
         eos_token=pieces[sp.eos_id()] if sp.eos_id() >= 0 else None,
+        # SentencePiece reads "<s>" in text as three characters, never as the control piece.
+        split_special_tokens=True,
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,55 +19,21 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from llama_pe.checkpoint import load_checkpoint, save_checkpoint
-from llama_pe.config import Config, ConfigError, TrainConfig
-from llama_pe.data.encode import META_FILE, read_tokens
-from llama_pe.data.tokenizer import MODEL_FILE
-from llama_pe.errors import LlamaPeError, MissingInputError
+from llama_pe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from llama_pe.config import Config, TrainConfig
+from llama_pe.data.tokenizer import MODEL_FILE, read_tokenizer_model
+from llama_pe.data.tokens import check_tokenizer, load_splits
+from llama_pe.device import autocast, resolve_device, resolve_precision
+from llama_pe.errors import DataError, LlamaPeError
 from llama_pe.io import write_json
 from llama_pe.model import build_model, model_args_from_config
+from llama_pe.provenance import code_fingerprint
 
 log = logging.getLogger(__name__)
 
 
 class TrainingError(LlamaPeError, RuntimeError):
     """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
-
-
-# ---------------------------------------------------------------------------------------------- device & precision
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda was asked for, but PyTorch sees no CUDA GPU; use auto or cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("train.device: mps was asked for, but PyTorch sees no Apple GPU; use auto or cpu")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp16" if device.type == "cuda" else "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise ConfigError(f"train.precision: fp16 needs a CUDA GPU (device is {device.type}); use bf16 or fp32")
-    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("train.precision: this GPU has no bf16; use fp16 or fp32")
-    return name
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------- schedule & optimizer
@@ -85,13 +50,15 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on the matrices of attention and feed-forward only."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    # Embeddings and the output head, tied or not, are lookup tables of the vocabulary rather than layers; a tied
+    # head is the embedding itself, so an untied one is spared too and both variants regularise alike.
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} | {id(model.output.weight)}
     decay, no_decay = [], []
     for param in model.parameters():
         if not param.requires_grad:
             continue
-        # Norm gains, biases, ALiBi slopes (1-D) and embeddings (a tied head included) are not decayed.
-        (no_decay if param.ndim < 2 or id(param) in embeddings else decay).append(param)
+        # Norm gains, biases and ALiBi slopes (1-D) are not decayed either.
+        (no_decay if param.ndim < 2 or id(param) in tables else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
 
@@ -100,23 +67,37 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 
 
 class BatchSampler:
-    """Random windows of context + 1 tokens from one split, drawn from a seeded generator that resumes."""
+    """Random windows of context + 1 tokens from one split, drawn from a seeded generator that resumes.
 
-    def __init__(self, tokens: np.ndarray, context: int, batch_size: int, seed: int) -> None:
-        self.tokens, self.context, self.batch_size = tokens, context, batch_size
+    chunk_tokens (data.split=random_chunks): the split is a file of shuffled chunks of context + 1 tokens, and
+    each window is one whole chunk, so that no sample runs into the unrelated chunk after it.
+    """
+
+    def __init__(
+        self, tokens: np.ndarray, context: int, batch_size: int, seed: int, chunk_tokens: int | None = None
+    ) -> None:
+        self.tokens, self.context, self.batch_size, self.chunk_tokens = tokens, context, batch_size, chunk_tokens
         self.generator = torch.Generator().manual_seed(seed)
 
     def next(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(len(self.tokens) - self.context, (self.batch_size,), generator=self.generator)
+        if self.chunk_tokens is None:
+            starts = torch.randint(len(self.tokens) - self.context, (self.batch_size,), generator=self.generator)
+        else:
+            n_chunks = len(self.tokens) // self.chunk_tokens
+            starts = torch.randint(n_chunks, (self.batch_size,), generator=self.generator) * self.chunk_tokens
         windows = np.stack([self.tokens[s : s + self.context + 1] for s in starts.tolist()]).astype(np.int64)
         windows = torch.from_numpy(windows).to(device)  # (B, context + 1)
         return windows[:, :-1], windows[:, 1:]
 
 
-def eval_windows(tokens: np.ndarray, context: int, limit: int | None) -> torch.Tensor:
-    """Fixed, evenly spaced, non-overlapping windows of context + 1 tokens: the same at every evaluation."""
-    n_windows = (len(tokens) - 1) // context
-    starts = np.arange(n_windows) * context
+def eval_windows(tokens: np.ndarray, context: int, limit: int | None, chunk_tokens: int | None = None) -> torch.Tensor:
+    """Fixed, evenly spaced, non-overlapping windows of context + 1 tokens: the same at every evaluation.
+
+    chunk_tokens: one window per chunk (of context + 1 tokens), as BatchSampler draws them.
+    """
+    step = context if chunk_tokens is None else chunk_tokens
+    n_windows = (len(tokens) - 1) // context if chunk_tokens is None else len(tokens) // chunk_tokens
+    starts = np.arange(n_windows) * step
     if limit is not None and limit < n_windows:
         starts = starts[np.linspace(0, n_windows - 1, limit).round().astype(int)]
     return torch.from_numpy(np.stack([tokens[s : s + context + 1] for s in starts]).astype(np.int64))
@@ -152,14 +133,27 @@ class TrainState:
     train_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)  # every logged point, replayed on resume
 
+    def finished(self, cfg: TrainConfig) -> bool:
+        """The budget is spent or early stopping has ended the run."""
+        return self.step >= cfg.total_steps or bool(cfg.patience and self.evals_since_best >= cfg.patience)
+
 
 def config_hash(cfg: Config, meta: dict[str, Any]) -> str:
-    """Identifies what a checkpoint was trained on and with; a checkpoint with another hash is not resumed."""
+    """Identifies the params and data a checkpoint was trained with."""
     blob = json.dumps(
         {"model": dataclasses.asdict(cfg.model), "train": dataclasses.asdict(cfg.train), "data": meta},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def provenance(cfg: Config, meta: dict[str, Any]) -> dict[str, Any]:
+    """What made a checkpoint: its params and data (hashed) and every source file the train stage runs (by hash).
+
+    A checkpoint is resumed only when all of it is the same, so that dvc.lock never records new code beside
+    weights that old code trained.
+    """
+    return {"params": config_hash(cfg, meta), "code": code_fingerprint(__name__)}
 
 
 def rng_states(sampler: BatchSampler) -> dict[str, Any]:
@@ -218,21 +212,15 @@ class Paths:
     live: Path
 
 
-def check_data(cfg: TrainConfig, splits: dict[str, np.ndarray]) -> None:
-    for name, tokens in splits.items():
-        if len(tokens) < cfg.context + 1:
-            raise ConfigError(
-                f"train.context: {cfg.context} tokens do not fit the {name} split, which has {len(tokens)} tokens; "
-                f"use a context of at most {len(tokens) - 1}"
-            )
-
-
-def load_splits(encoded: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    meta_path = encoded / META_FILE
-    if not meta_path.is_file():
-        raise MissingInputError(f"no encoded data at {encoded}: run the `encode` stage first (dvc repro encode)")
-    meta = json.loads(meta_path.read_text())
-    return {name: read_tokens(encoded / f"{name}.bin") for name in ("train", "val", "test")}, meta
+def check_data(cfg: Config, splits: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Before any training: the data fits the training and the evaluation contexts and was chunked for them."""
+    if meta["split"] != cfg.data.split or meta["chunk_tokens"] != cfg.chunk_tokens:
+        raise DataError(
+            f"the encoded data was made with data.split={meta['split']} and chunks of {meta['chunk_tokens']} tokens, "
+            f"but params ask for data.split={cfg.data.split} and chunks of {cfg.chunk_tokens} (train.context + 1 "
+            f"with random_chunks): rerun the encode stage (`dvc repro`)"
+        )
+    cfg.check_split_lengths({name: len(tokens) for name, tokens in splits.items()})
 
 
 def train(cfg: Config, paths: Paths, stop_after: int | None = None) -> dict[str, Any] | None:
@@ -242,20 +230,21 @@ def train(cfg: Config, paths: Paths, stop_after: int | None = None) -> dict[str,
     """
     tcfg = cfg.train
     splits, meta = load_splits(paths.encoded)
-    check_data(tcfg, splits)
+    check_data(cfg, splits, meta)
     device = resolve_device(tcfg.device)
     precision = resolve_precision(tcfg.precision, device)
-    tokenizer_model = (paths.tokenizer / MODEL_FILE).read_bytes()
+    tokenizer_model = read_tokenizer_model(paths.tokenizer)
+    check_tokenizer(tokenizer_model, meta, str(paths.tokenizer / MODEL_FILE))
 
     torch.manual_seed(tcfg.seed)
     args = model_args_from_config(cfg.model, vocab_size=meta["vocab_size"], context=tcfg.context)
     model = build_model(args).to(device)
     optimizer = make_optimizer(model, tcfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    sampler = BatchSampler(splits["train"], tcfg.context, tcfg.batch_size, seed=tcfg.seed)
-    val_windows = eval_windows(splits["val"], tcfg.context, tcfg.eval_windows)
-    run_hash = config_hash(cfg, meta)
-    state = _resume(paths.last, run_hash, model, optimizer, scaler, sampler)
+    sampler = BatchSampler(splits["train"], tcfg.context, tcfg.batch_size, tcfg.seed, cfg.chunk_tokens)
+    val_windows = eval_windows(splits["val"], tcfg.context, tcfg.eval_windows, cfg.chunk_tokens)
+    made_by = provenance(cfg, meta)
+    state = _resume(paths.last, made_by, tcfg, model, optimizer, scaler, sampler)
     forward = torch.compile(model) if tcfg.compile else model
     amp = autocast(device, precision)
     log.info(
@@ -268,7 +257,7 @@ def train(cfg: Config, paths: Paths, stop_after: int | None = None) -> dict[str,
         resume = {} if path == paths.best else {
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states(sampler),
         }  # fmt: skip
-        save_checkpoint(path, model, tokenizer_model, state=dataclasses.asdict(state), config_hash=run_hash, **resume)
+        save_checkpoint(path, model, tokenizer_model, state=dataclasses.asdict(state), provenance=made_by, **resume)
 
     with _live(paths.live) as live:
         for point in state.history:  # a resumed run rewrites the curves it had, so they match an unbroken run
@@ -325,7 +314,7 @@ class Loop:
         bar = tqdm(total=cfg.total_steps, initial=state.step, desc="train", unit="step", mininterval=1.0)
         steps_here = 0
         with logging_redirect_tqdm(), bar:  # log lines print above the bar instead of through it
-            while state.step < cfg.total_steps and not (cfg.patience and state.evals_since_best >= cfg.patience):
+            while not state.finished(cfg):
                 if stop_after is not None and steps_here >= stop_after:
                     return False
                 started = time.perf_counter()
@@ -410,18 +399,41 @@ def unigram_loss(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab_size: i
     return float(-log_probs[np.asarray(val_tokens, dtype=np.int64)].mean())
 
 
-def _resume(path: Path, run_hash: str, model, optimizer, scaler, sampler) -> TrainState:
+def _resume(path: Path, made_by: dict[str, Any], cfg: TrainConfig, model, optimizer, scaler, sampler) -> TrainState:
+    """The state to continue from: path's, if it is an unfinished run of these params, data and code; else fresh."""
     if not path.is_file():
         return TrainState()
-    checkpoint = load_checkpoint(path)
-    if checkpoint.get("config_hash") != run_hash:
-        log.info("%s was made with other params (config %s, now %s): training from scratch",
-                 path, checkpoint.get("config_hash"), run_hash)  # fmt: skip
+    try:
+        checkpoint = load_checkpoint(path)
+        state = TrainState(**checkpoint["state"])
+    except (CheckpointError, KeyError, TypeError) as err:
+        aside = path.with_name(path.name + ".damaged")
+        path.replace(aside)  # kept for a post-mortem, out of the way of the fresh run
+        log.warning("%s cannot be resumed (%s); it is kept as %s and training starts from scratch", path, err, aside)
+        return TrainState()
+    why_not = _why_not_resume(checkpoint.get("provenance"), made_by, state, cfg)
+    if why_not:
+        log.info("%s %s: training from scratch", path, why_not)
         return TrainState()
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])
     restore_rng_states(checkpoint["rng"], sampler)
-    state = TrainState(**checkpoint["state"])
     log.info("resuming from %s at step %d (%s tokens)", path, state.step, f"{state.tokens:,}")
     return state
+
+
+def _why_not_resume(saved: dict[str, Any] | None, made_by: dict[str, Any], state: TrainState, cfg: TrainConfig) -> str:
+    if not isinstance(saved, dict) or "params" not in saved or "code" not in saved:
+        return "records no provenance (an older version wrote it)"
+    if saved["params"] != made_by["params"]:
+        return f"was made with other params or data (config {saved['params']}, now {made_by['params']})"
+    if saved["code"] != made_by["code"]:
+        changed = sorted(f for f in saved["code"].keys() | made_by["code"].keys()
+                         if saved["code"].get(f) != made_by["code"].get(f))  # fmt: skip
+        return f"was made by other code (changed since: {', '.join(changed)})"
+    if state.finished(cfg):
+        # The train stage runs again on a finished run only when forced (`dvc repro -f train`) or when its
+        # outputs were lost or altered: either way the answer is to train again, not to keep the old weights.
+        return f"holds a finished run (step {state.step})"
+    return ""

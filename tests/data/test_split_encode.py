@@ -11,7 +11,18 @@ from llama_pe.data.tokenizer import train_tokenizer
 from llama_pe.errors import DataError
 from tests.conftest import make_config
 
-RANDOM = {"split": "random_chunks", "val_fraction": 0.1, "test_fraction": 0.1, "chunk_tokens": 32}
+RANDOM = {"split": "random_chunks", "val_fraction": 0.1, "test_fraction": 0.1}
+
+
+def random_chunks_config(**data):
+    """The original study's split; train.context 31 makes chunks of 32 tokens (one sample: 31 inputs + 1)."""
+    return make_config(data={**RANDOM, **data}, train={"context": 31})
+
+
+def encode_random(text, sp, **data):
+    cfg = random_chunks_config(**data)
+    assert cfg.chunk_tokens == 32
+    return encode_splits(text, sp, cfg.data, cfg.chunk_tokens)
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +54,11 @@ def test_contiguous_encoding_decodes_back_to_each_split(corpus, sp):
 
 def test_tokenizer_learns_from_train_text_only_in_contiguous_mode(corpus):
     assert tokenizer_training_text(corpus, make_config().data) == split_text(corpus, make_config().data)["train"]
-    assert tokenizer_training_text(corpus, make_config(data=RANDOM).data) == corpus
+    assert tokenizer_training_text(corpus, random_chunks_config().data) == corpus
 
 
 def test_random_chunks_deal_whole_chunks_80_10_10(corpus, sp):
-    cfg = make_config(data=RANDOM).data
-    splits = encode_splits(corpus, sp, cfg)
+    splits = encode_random(corpus, sp)
     all_ids = np.asarray(sp.encode(corpus))
     n_chunks = all_ids.size // 32
     chunks = {name: split.ids.reshape(-1, 32) for name, split in splits.items()}
@@ -65,16 +75,16 @@ def test_random_chunks_deal_whole_chunks_80_10_10(corpus, sp):
 
 
 def test_random_chunks_depend_on_the_seed_only(corpus, sp):
-    a = encode_splits(corpus, sp, make_config(data=RANDOM).data)
-    b = encode_splits(corpus, sp, make_config(data=RANDOM).data)
-    c = encode_splits(corpus, sp, make_config(data={**RANDOM, "split_seed": 7}).data)
+    a = encode_random(corpus, sp)
+    b = encode_random(corpus, sp)
+    c = encode_random(corpus, sp, split_seed=7)
     assert all(np.array_equal(a[n].ids, b[n].ids) for n in SPLITS)
     assert not np.array_equal(a["val"].ids, c["val"].ids)
 
 
 def test_too_small_corpus_for_random_chunks_names_the_settings(sp):
-    with pytest.raises(DataError, match=r"the val split is empty.*data\.chunk_tokens=32"):
-        encode_splits("A short line.\n" * 20, sp, make_config(data=RANDOM).data)
+    with pytest.raises(DataError, match=r"the val split is empty.*chunks of 32 tokens \(train\.context \+ 1\)"):
+        encode_random("A short line.\n" * 20, sp)
 
 
 def test_empty_corpus_is_an_error(sp):

@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from llama_pe.config import MAX_VOCAB_SIZE, DataConfig
-from llama_pe.data.split import SPLITS, assign_random_chunks, split_text
+from llama_pe.config import MAX_VOCAB_SIZE, Config, DataConfig
+from llama_pe.data.split import assign_random_chunks, split_text
+from llama_pe.data.tokenizer import read_tokenizer_model
+from llama_pe.data.tokens import META_FILE, SPLITS, TOKEN_DTYPE, read_tokens, tokenizer_sha256
 from llama_pe.errors import DataError
 from llama_pe.io import atomic_path, write_json
 
-log = logging.getLogger(__name__)
+__all__ = ["META_FILE", "EncodedSplit", "encode_corpus", "encode_splits", "read_tokens", "write_encoded"]
 
-TOKEN_DTYPE = np.uint16
-META_FILE = "meta.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,10 @@ class EncodedSplit:
     chars: int  # characters of text these tokens decode to, for bits per character
 
 
-def encode_splits(text: str, sp: spm.SentencePieceProcessor, cfg: DataConfig) -> dict[str, EncodedSplit]:
+def encode_splits(
+    text: str, sp: spm.SentencePieceProcessor, cfg: DataConfig, chunk_tokens: int | None = None
+) -> dict[str, EncodedSplit]:
+    """chunk_tokens: data.split=random_chunks only, the tokens of one chunk (Config.chunk_tokens)."""
     if not text:
         raise DataError("the corpus is empty: there is nothing to encode")
     if sp.get_piece_size() > MAX_VOCAB_SIZE:
@@ -39,18 +43,23 @@ def encode_splits(text: str, sp: spm.SentencePieceProcessor, cfg: DataConfig) ->
         return {
             name: EncodedSplit(_as_tokens(sp.encode(part)), len(part)) for name, part in split_text(text, cfg).items()
         }
-    return _random_chunks(text, sp, cfg)
+    if chunk_tokens is None:
+        raise ValueError("encode_splits: data.split=random_chunks needs chunk_tokens (Config.chunk_tokens)")
+    return _random_chunks(text, sp, cfg, chunk_tokens)
 
 
-def _random_chunks(text: str, sp: spm.SentencePieceProcessor, cfg: DataConfig) -> dict[str, EncodedSplit]:
-    # The original study's protocol: non-overlapping fixed-length token chunks, shuffled, dealt 80/10/10.
+def _random_chunks(
+    text: str, sp: spm.SentencePieceProcessor, cfg: DataConfig, chunk_tokens: int
+) -> dict[str, EncodedSplit]:
+    # The original study's protocol: non-overlapping fixed-length token chunks, shuffled, dealt 80/10/10; each
+    # chunk is later one whole training or evaluation sample, never joined to its neighbour in the file.
     ids = _as_tokens(sp.encode(text))
-    n_chunks = ids.size // cfg.chunk_tokens
-    chunks = ids[: n_chunks * cfg.chunk_tokens].reshape(n_chunks, cfg.chunk_tokens)  # (n_chunks, chunk_tokens)
+    n_chunks = ids.size // chunk_tokens
+    chunks = ids[: n_chunks * chunk_tokens].reshape(n_chunks, chunk_tokens)  # (n_chunks, chunk_tokens)
     chunk_chars = np.array([len(sp.decode(chunk.tolist())) for chunk in chunks], dtype=np.int64)
     return {
         name: EncodedSplit(chunks[indices].reshape(-1), int(chunk_chars[indices].sum()))
-        for name, indices in assign_random_chunks(n_chunks, cfg).items()
+        for name, indices in assign_random_chunks(n_chunks, chunk_tokens, cfg).items()
     }
 
 
@@ -81,6 +90,15 @@ def write_encoded(splits: dict[str, EncodedSplit], out_dir: str | Path, meta: di
     return meta
 
 
-def read_tokens(path: str | Path) -> np.ndarray:
-    """Memory-map one split's token file."""
-    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
+def encode_corpus(corpus: str | Path, tokenizer_dir: str | Path, out_dir: str | Path, cfg: Config) -> dict:
+    """The encode stage: tokenize and split the corpus; meta.json records which tokenizer and chunking made it."""
+    tokenizer_model = read_tokenizer_model(tokenizer_dir)
+    sp = spm.SentencePieceProcessor(model_proto=tokenizer_model)
+    splits = encode_splits(Path(corpus).read_text(encoding="utf-8"), sp, cfg.data, cfg.chunk_tokens)
+    meta = {
+        "split": cfg.data.split,
+        "chunk_tokens": cfg.chunk_tokens,  # null: one contiguous text per split
+        "vocab_size": sp.get_piece_size(),
+        "tokenizer_sha256": tokenizer_sha256(tokenizer_model),
+    }
+    return write_encoded(splits, out_dir, meta)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from llama_pe.config import DataConfig
+from llama_pe.data.tokens import SPLITS
 from llama_pe.errors import DataError
 
-SPLITS = ("train", "val", "test")
+__all__ = ["SPLITS", "assign_random_chunks", "contiguous_bounds", "split_text", "tokenizer_training_text"]
 
 
 def contiguous_bounds(n_chars: int, cfg: DataConfig) -> tuple[int, int]:
@@ -37,7 +38,7 @@ def tokenizer_training_text(text: str, cfg: DataConfig) -> str:
     return text
 
 
-def assign_random_chunks(n_chunks: int, cfg: DataConfig) -> dict[str, np.ndarray]:
+def assign_random_chunks(n_chunks: int, chunk_tokens: int, cfg: DataConfig) -> dict[str, np.ndarray]:
     """Shuffle chunk indices with data.split_seed and deal them out: train first, then val, then test."""
     order = np.random.default_rng(cfg.split_seed).permutation(n_chunks)
     n_val, n_test = int(n_chunks * cfg.val_fraction), int(n_chunks * cfg.test_fraction)
@@ -51,7 +52,7 @@ def assign_random_chunks(n_chunks: int, cfg: DataConfig) -> dict[str, np.ndarray
         if indices.size == 0:
             raise DataError(
                 f"data.split=random_chunks: the {name} split is empty: the corpus gives only {n_chunks} chunks "
-                f"of data.chunk_tokens={cfg.chunk_tokens} tokens with data.val_fraction={cfg.val_fraction} "
+                f"of {chunk_tokens} tokens (train.context + 1) with data.val_fraction={cfg.val_fraction} "
                 f"and data.test_fraction={cfg.test_fraction}"
             )
     return parts

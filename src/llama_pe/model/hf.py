@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from llama_pe.errors import ConfigError
 from llama_pe.model.args import ModelArgs
 from llama_pe.model.transformer import Transformer
 
@@ -30,19 +29,8 @@ _TOP_NAMES = {
 }
 
 
-def check_hf_compatible(args: ModelArgs) -> None:
-    if args.pos != "rope":
-        raise ConfigError(
-            f"model.impl=hf supports model.pos=rope only (LlamaForCausalLM has rotary positions); "
-            f"got model.pos={args.pos}. Use model.impl=native for {args.pos}."
-        )
-    if args.alibi_learnable:
-        raise ConfigError("model.alibi_learnable=true has no meaning for model.impl=hf: set it to false")
-
-
 def llama_config(args: ModelArgs) -> LlamaConfig:
-    """A LlamaConfig with the same architecture as ModelArgs; nothing is fetched from a hub."""
-    check_hf_compatible(args)
+    """A LlamaConfig with the same architecture as ModelArgs (which admits impl=hf with rope only); no hub."""
     return LlamaConfig(
         vocab_size=args.vocab_size,
         hidden_size=args.dim,
@@ -106,6 +94,11 @@ class HFLlama(nn.Module):
         config._attn_implementation = "sdpa"
         self.hf = LlamaForCausalLM(config)
         self.hf.load_state_dict(native_init)
+
+    @property
+    def output(self) -> nn.Linear:
+        """The output head, under the native model's name."""
+        return self.hf.lm_head
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.hf.config)

@@ -8,10 +8,12 @@ Positions are absolute: `start` is the position of the first token, which is the
 from __future__ import annotations
 
 import math
+import typing
 
 import torch
 from torch import nn
 
+from llama_pe.config import PositionName
 from llama_pe.errors import ConfigError, ContextLengthError
 from llama_pe.model.args import ModelArgs
 
@@ -165,6 +167,12 @@ POSITION_ENCODINGS: dict[str, type[PositionEncoding]] = {
     "abs_rel": AbsoluteRelative,
     "nope": NoPositions,
 }
+
+
+# config.PositionName lets params be checked without importing the model; both must name the same encodings.
+if set(POSITION_ENCODINGS) != set(typing.get_args(PositionName)):
+    raise ImportError(f"llama_pe.config.PositionName {typing.get_args(PositionName)} and POSITION_ENCODINGS "
+                      f"{tuple(POSITION_ENCODINGS)} disagree: add the new encoding's name to both")  # fmt: skip
 
 
 def build_position_encoding(args: ModelArgs) -> PositionEncoding:
