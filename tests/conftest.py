@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import os
 import random
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,21 @@ def generate_corpus(n_speeches: int = 400, seed: int = 0) -> str:
         speeches.append("\n".join(lines) + "\n")
     # A run of spaces, a tab and non-ASCII characters: a lossless tokenizer must keep all of them.
     return "\n".join(speeches) + "Adieu,  café\tnaïve!\n"
+
+
+def generate_rich_corpus(n_speeches: int = 1500, seed: int = 0) -> str:
+    """Like generate_corpus, over a few thousand made-up words, so that a 4096-piece BPE can be learnt from it."""
+    rng = random.Random(seed)
+    syllables = "ba ke lo mi nu ra sto the qua vel dor fin gar hal jin zu pre wyn ox el".split()
+    words = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(6000)})
+    speeches = []
+    for _ in range(n_speeches):
+        lines = [f"{rng.choice(_SPEAKERS)}:"]
+        for _ in range(rng.randint(1, 4)):
+            line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 9)))
+            lines.append(line.capitalize() + rng.choice([",", ".", "!", "?", ";", ""]))
+        speeches.append("\n".join(lines) + "\n")
+    return "\n".join(speeches)
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +85,42 @@ def make_data_dirs(corpus: str, root: Path, cfg: Config) -> Path:
     save_tokenizer(train_tokenizer(corpus, cfg.tokenizer), root / "tokenizer")
     encode_corpus(root / "corpus.txt", root / "tokenizer", root / "encoded", cfg)
     return root
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """Run a command that must succeed; its output, or a failure that shows it."""
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def make_dvc_project(root: Path, mirror: Path, text: str, params: dict[str, Any]) -> dict[str, str]:
+    """A git + DVC repo at root holding a copy of the pipeline (dvc.yaml, stages, library) and `params`, its
+    corpus served by a mirror folder; returns the environment to run git and DVC in (own identity, no analytics)."""
+    (mirror / "tinyshakespeare.txt").write_text(text, encoding="utf-8")
+    for item in ("dvc.yaml", "stages", "src"):
+        source = REPO_ROOT / item
+        if source.is_dir():
+            shutil.copytree(source, root / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(source, root / item)
+    params = copy.deepcopy(params)
+    params["data"]["sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    params["data"]["url"] = (mirror / "not-here.txt").as_uri()  # the mirror must be what serves the file
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / ".gitignore").write_text("/data/\n/models/\n__pycache__/\n")
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "LLAMA_PE_MIRROR": str(mirror),
+        "GIT_AUTHOR_NAME": "llama-pe tests",
+        "GIT_AUTHOR_EMAIL": "tests@llama-pe.invalid",
+        "GIT_COMMITTER_NAME": "llama-pe tests",
+        "GIT_COMMITTER_EMAIL": "tests@llama-pe.invalid",
+    }
+    run(["git", "init", "-q"], root, env)
+    run(["dvc", "init", "-q"], root, env)
+    run(["dvc", "config", "core.analytics", "false"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "pipeline"], root, env)  # DVCLive and `dvc exp` need a commit
+    return env

@@ -31,7 +31,7 @@ def test_repo_params_load_into_typed_frozen_config():
         ("tokenizer", "byte_fallback", "yes", "tokenizer.byte_fallback: expected true or false, got 'yes'"),
         ("data", "url", 5, "data.url: expected a string, got 5"),
         ("data", "split", "random", "data.split: expected one of contiguous, random_chunks; got 'random'"),
-        ("tokenizer", "model_type", "wordpiece", "tokenizer.model_type: expected one of bpe, unigram, char; got 'wordpiece'"),
+        ("tokenizer", "model_type", "bbpe", "tokenizer.model_type: expected one of bpe, unigram, char; got 'bbpe'"),
         ("tokenizer", "model_type", 5, "tokenizer.model_type: expected a string, got 5"),
     ],
 )

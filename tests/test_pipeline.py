@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -16,53 +16,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT, base_params, generate_corpus
+from tests.conftest import base_params, generate_corpus, make_dvc_project, run
 
 pytestmark = pytest.mark.slow
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """A copy of the pipeline (dvc.yaml, stages, library sources) with params for a small generated corpus."""
+    """A copy of the pipeline with params for a small generated corpus and a tiny model."""
     root = tmp_path_factory.mktemp("project")
-    mirror = tmp_path_factory.mktemp("mirror")
-    text = generate_corpus(n_speeches=600, seed=1)
-    (mirror / "tinyshakespeare.txt").write_text(text, encoding="utf-8")
-    for item in ("dvc.yaml", "stages", "src"):
-        source = REPO_ROOT / item
-        copy = shutil.copytree if source.is_dir() else shutil.copy
-        copy(source, root / item)
     params = base_params()
-    params["data"]["sha256"] = hashlib.sha256(text.encode()).hexdigest()
-    params["data"]["url"] = (mirror / "not-here.txt").as_uri()  # the mirror must be what serves the file
     params["tokenizer"]["vocab_size"] = 400
     params["model"].update(size="tiny", dim=32, n_heads=4, n_kv_heads=2)
     params["eval"].update(stride=4, sample_tokens=10)
     params["train"].update(
         context=16, batch_size=8, max_steps=150, warmup_steps=5, eval_interval=10, device="cpu", patience=None
     )
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (root / ".gitignore").write_text("/data/\n/models/\n__pycache__/\n")
-    env = {
-        **os.environ,
-        "DVC_NO_ANALYTICS": "1",
-        "LLAMA_PE_MIRROR": str(mirror),
-        "GIT_AUTHOR_NAME": "llama-pe tests",
-        "GIT_AUTHOR_EMAIL": "tests@llama-pe.invalid",
-        "GIT_COMMITTER_NAME": "llama-pe tests",
-        "GIT_COMMITTER_EMAIL": "tests@llama-pe.invalid",
-    }
-    run(["git", "init", "-q"], root, env)
-    run(["dvc", "init", "-q"], root, env)
-    run(["dvc", "config", "core.analytics", "false"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-qm", "pipeline"], root, env)  # DVCLive and `dvc exp` need a commit
+    env = make_dvc_project(root, tmp_path_factory.mktemp("mirror"), generate_corpus(n_speeches=600, seed=1), params)
     return root, env
 
 
@@ -161,3 +131,97 @@ def test_bad_param_fails_the_stage_with_a_clear_message(project, tmp_path):
     )
     assert result.returncode == 1
     assert "data.split: expected one of contiguous, random_chunks; got 'shuffled'" in result.stderr
+
+
+# A stage script run as DVC runs it, but killed with SIGKILL at its first rename into place: the moment after
+# every byte of the output is written to its temporary and before it is committed.
+_KILLED_AT_RENAME = """
+import os, runpy, signal, sys
+os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def stage_command(root: Path, stage: str) -> list[str]:
+    """The stage's script and arguments from dvc.yaml, without the PYTHONPATH=src python in front."""
+    cmd = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]["cmd"]
+    words = shlex.split(cmd)
+    return words[words.index("python") + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("stage", "output"),
+    [("download", "data/raw/tinyshakespeare.txt"), ("tokenizer", "data/tokenizer"), ("encode", "data/encoded")],
+)
+def test_a_data_stage_killed_mid_write_leaves_no_partial_output_and_repro_recovers(project, stage, output):
+    root, env = project
+    run(["dvc", "repro"], root, env)
+    target = root / output
+    before = tree_bytes(target)
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_AT_RENAME, *stage_command(root, stage)],
+        cwd=root, env={**env, "PYTHONPATH": "src"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not target.exists()  # nothing half-written in place; the temporary beside it is removed by the next write
+    run(["dvc", "repro"], root, env)  # DVC runs the stage again or checks its output out of the cache
+    assert tree_bytes(target) == before
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], root, env)
+
+
+def tree_bytes(path: Path) -> dict[str, bytes]:
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    return {str(f.relative_to(path.parent)): f.read_bytes() for f in files if f.is_file()}
+
+
+def damaged_checkpoints(root: Path, tmp_path: Path) -> dict[str, Path]:
+    import torch
+
+    good = (root / "models/best.pt").read_bytes()
+    damaged = {
+        "truncated": good[: len(good) // 2],
+        "empty": b"",
+        "text": b"not a checkpoint at all\n",
+    }
+    paths = {}
+    for name, content in damaged.items():
+        paths[name] = tmp_path / f"{name}.pt"
+        paths[name].write_bytes(content)
+    paths["foreign"] = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, paths["foreign"])
+    return paths
+
+
+def test_a_damaged_best_checkpoint_is_one_clear_line_in_evaluate_and_export(project, tmp_path):
+    root, env = project
+    run(["dvc", "repro"], root, env)
+    for kind, checkpoint in damaged_checkpoints(root, tmp_path).items():
+        args = stage_command(root, "evaluate")
+        args[args.index("--checkpoint") + 1] = str(checkpoint)
+        for cmd in ([sys.executable, *args], ["llama-pe", "export-hf", str(checkpoint), str(tmp_path / "hf")]):
+            result = subprocess.run(cmd, cwd=root, env={**env, "PYTHONPATH": "src"}, capture_output=True, text=True)
+            assert result.returncode == 1, (kind, cmd, result.stderr)
+            assert "Traceback" not in result.stderr, result.stderr
+            errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+            assert len(errors) == 1, result.stderr
+            expected = "is not a llama-pe checkpoint" if kind == "foreign" else "is not a readable checkpoint"
+            assert str(checkpoint) in errors[0] and expected in errors[0]
+            assert "the `train` stage writes it" in errors[0] and "dvc repro -f train" in errors[0]
+        assert not (tmp_path / "hf").exists()
+
+
+def test_editing_the_model_code_trains_again_under_dvc_repro(project):
+    # Last in this module: it leaves the project's model code edited.
+    root, env = project
+    run(["dvc", "repro"], root, env)
+    before = (root / "models/best.pt").read_bytes()
+    args = root / "src/llama_pe/model/args.py"
+    args.write_text(args.read_text().replace("init_std: float = 0.02", "init_std: float = 0.03"))
+    out = run(["dvc", "repro"], root, env)
+    assert "Running stage 'train'" in out
+    assert "was made by other code (changed since: llama_pe/model/args.py): training from scratch" in out
+    assert "resuming" not in out
+    assert (root / "models/best.pt").read_bytes() != before
+    assert json.loads((root / "metrics/train.json").read_text())["trained_steps"] == 150

@@ -12,8 +12,8 @@ import torch
 import llama_pe.train as train_module
 from llama_pe.checkpoint import load_checkpoint
 from llama_pe.config import ConfigError
-from llama_pe.errors import DataError
 from llama_pe.device import resolve_device
+from llama_pe.errors import DataError
 from llama_pe.model import build_model
 from llama_pe.train import (
     BatchSampler,

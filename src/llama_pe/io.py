@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -17,11 +18,14 @@ def atomic_path(target: str | Path, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `target`; on success it replaces `target`, on error it is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # A sibling, so the final rename stays on one filesystem and is atomic.
+    remove_leftovers(target)
+    # A sibling, so the final rename stays on one filesystem and is atomic; the pid tells a leftover of a killed
+    # writer from the temporary of a live one.
+    prefix = f".{target.name}.{os.getpid()}."
     if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=target.parent))
     else:
-        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        handle, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
         os.close(handle)
         tmp = Path(name)
     try:
@@ -36,6 +40,25 @@ def atomic_path(target: str | Path, directory: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def remove_leftovers(target: Path) -> None:
+    """Delete the temporaries that a writer of `target` killed mid-write (kill -9 runs no cleanup) left behind."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\..*\.tmp|\.{re.escape(target.name)}\.old")
+    for sibling in target.parent.iterdir():
+        match = pattern.fullmatch(sibling.name)
+        if match and not (match.group(1) and _is_running(int(match.group(1)))):
+            shutil.rmtree(sibling) if sibling.is_dir() else sibling.unlink()
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 def _replace_directory(tmp: Path, target: Path) -> None:

@@ -1,5 +1,9 @@
 """The native rope model against transformers' LlamaForCausalLM, and the export that transformers loads."""
 
+import io
+import os
+from pathlib import Path
+
 import pytest
 import sentencepiece as spm
 import torch
@@ -7,12 +11,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from llama_pe.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from llama_pe.cli import main as cli_main
-from llama_pe.data.tokenizer import train_tokenizer
+from llama_pe.data.download import MIRROR_ENV
+from llama_pe.data.tokenizer import BYTE_PIECES, CONTROL_PIECES, train_tokenizer, training_sentences
 from llama_pe.errors import ConfigError
+from llama_pe.export import hf_tokenizer
 from llama_pe.model import Transformer, build_model
 from llama_pe.model.hf import HFLlama, hf_to_native, llama_config, native_to_hf
 from tests.conftest import make_config
+from tests.data.test_tokenizer import TRICKY, typed
 from tests.model.conftest import tiny_args
+
+KINDS = ["bpe", "unigram", "char"]
+# SentencePiece reads the names of its own control and byte pieces in text as plain characters.
+NAMES = "<s> </s> <unk> <0x41>"
 
 CONFIGS = [
     dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=4, tie_embeddings=True),
@@ -62,28 +73,88 @@ def test_hf_impl_has_the_native_interface_and_init():
 
 
 @pytest.fixture(scope="module")
-def tokenizer_model(corpus) -> bytes:
-    return train_tokenizer(corpus, make_config(tokenizer={"vocab_size": 400}).tokenizer)
+def tokenizer_models(corpus) -> dict[str, bytes]:
+    return {kind: train_tokenizer(corpus, make_config(tokenizer=typed(kind, corpus)).tokenizer) for kind in KINDS}
 
 
-@pytest.mark.parametrize("impl", ["native", "hf"])
-def test_export_loads_offline_with_same_logits_and_token_ids(impl, tokenizer_model, corpus, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def tokenizer_model(tokenizer_models) -> bytes:
+    return tokenizer_models["bpe"]
+
+
+@pytest.mark.parametrize(
+    ("impl", "kind"), [("native", "bpe"), ("hf", "bpe"), ("native", "unigram"), ("native", "char")]
+)
+def test_export_loads_offline_with_same_logits_and_token_ids(
+    impl, kind, tokenizer_models, corpus, tmp_path, monkeypatch
+):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tokenizer_model = tokenizer_models[kind]
+    sp = spm.SentencePieceProcessor(model_proto=tokenizer_model)
     torch.manual_seed(0)
-    model = build_model(tiny_args(pos="rope", vocab_size=400, impl=impl, tie_embeddings=impl == "hf")).eval()
-    save_checkpoint(tmp_path / "model.pt", model, tokenizer_model)
+    args = tiny_args(pos="rope", vocab_size=sp.get_piece_size(), impl=impl, tie_embeddings=impl == "hf")
+    save_checkpoint(tmp_path / "model.pt", build_model(args).eval(), tokenizer_model)
     cli_main(["export-hf", str(tmp_path / "model.pt"), str(tmp_path / "hf")])
 
     hf_model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
-    sp = spm.SentencePieceProcessor(model_proto=tokenizer_model)
-    assert hf_tokenizer(corpus, add_special_tokens=False)["input_ids"] == sp.encode(corpus)
-    assert hf_tokenizer.decode(sp.encode(corpus)) == corpus
+    exported = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    for text in [corpus, *TRICKY, NAMES]:
+        ids = exported(text, add_special_tokens=False)["input_ids"]
+        assert ids == sp.encode(text), f"{kind}: {text[:40]!r}"
+        assert exported.decode(ids) == text
+    assert any(sp.is_byte(i) for i in sp.encode(TRICKY[-1])), "the unseen characters should go through byte pieces"
 
     reloaded = model_from_checkpoint(load_checkpoint(tmp_path / "model.pt"))
     tokens = torch.tensor([sp.encode(corpus[:400])])
     with torch.no_grad():
         assert (reloaded(tokens)[0] - hf_model(input_ids=tokens).logits).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exported_tokenizer_without_byte_fallback_gives_unk_where_sentencepiece_does(
+    kind, corpus, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = typed(kind, corpus, byte_fallback=False)
+    settings["vocab_size"] -= BYTE_PIECES  # the pieces that byte fallback would have added
+    model = train_tokenizer(corpus, make_config(tokenizer=settings).tokenizer)
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    hf_tokenizer(model).save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    for text in [corpus, *TRICKY]:
+        assert reloaded(text, add_special_tokens=False)["input_ids"] == sp.encode(text), f"{kind}: {text[:40]!r}"
+    assert sp.unk_id() in sp.encode(TRICKY[-1])
+
+
+def test_export_of_a_word_tokenizer_is_refused(corpus):
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus.splitlines()), model_writer=model, model_type="word", vocab_size=60, minloglevel=2
+    )
+    with pytest.raises(
+        ConfigError, match=r"tokenizer\.model_type=word has no Hugging Face export .* bpe, unigram, char"
+    ):
+        hf_tokenizer(model.getvalue())
+
+
+@pytest.mark.skipif(not os.environ.get(MIRROR_ENV), reason=f"{MIRROR_ENV} not set: no real corpus here")
+@pytest.mark.parametrize("kind", KINDS)
+def test_exported_tokenizer_gives_sentencepiece_ids_on_the_real_corpus(kind, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    text = (Path(os.environ[MIRROR_ENV]) / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    cfg = make_config(tokenizer={"model_type": kind})
+    if kind == "char":  # one piece per character, the byte pieces and the control pieces
+        cfg = make_config(tokenizer={"model_type": kind, "vocab_size": len(set(text)) + BYTE_PIECES + CONTROL_PIECES})
+    model = train_tokenizer(text[: int(len(text) * cfg.data.train_fraction)], cfg.tokenizer)
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    hf_tokenizer(model).save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    ids = reloaded(text, add_special_tokens=False)["input_ids"]
+    assert reloaded.decode(ids) == text and len(ids) == len(sp.encode(text))
+    # Paragraph by paragraph: over one megabyte string SentencePiece's unigram Viterbi sums scores in float32 and
+    # picks the other of two near-tied splits in a few places; tokenizers (float64) and short texts agree.
+    paragraphs = training_sentences(text)
+    assert reloaded(paragraphs, add_special_tokens=False)["input_ids"] == sp.encode(paragraphs)
 
 
 def test_export_of_another_encoding_is_a_clear_error(tokenizer_model, tmp_path):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import logging
 import re
-from collections.abc import Iterator
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
+from google.protobuf.message import DecodeError
+from sentencepiece import sentencepiece_model_pb2
 
 from llama_pe.config import TokenizerConfig
 from llama_pe.errors import LlamaPeError, MissingInputError
@@ -28,10 +30,6 @@ BYTE_PIECES = 256  # <0x00> .. <0xFF>, with tokenizer.byte_fallback
 # What bounds the vocabulary of a type that stops short of tokenizer.vocab_size instead of failing in training
 # (bpe and unigram fail there when the corpus is too small; see _explain).
 _LEARNABLE = {"char": "one per distinct character"}
-# sentencepiece_model.proto: ModelProto.trainer_spec is field 2; TrainerSpec.model_type is field 3, an enum.
-# https://github.com/google/sentencepiece/blob/master/src/sentencepiece_model.proto
-_TRAINER_SPEC_FIELD, _MODEL_TYPE_FIELD = 2, 3
-_MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
 
 
 class TokenizerError(LlamaPeError, ValueError):
@@ -43,7 +41,7 @@ def training_sentences(text: str) -> list[str]:
 
 
 def train_tokenizer(text: str, cfg: TokenizerConfig, seed: int = 0) -> bytes:
-    """Return the serialized SentencePiece model trained on `text`."""
+    """The serialized SentencePiece model trained on `text`; refused unless lossless on it and of cfg.vocab_size."""
     if not text:
         raise TokenizerError("the corpus is empty: there is nothing to train the tokenizer on")
     sentences = training_sentences(text)
@@ -72,7 +70,7 @@ def train_tokenizer(text: str, cfg: TokenizerConfig, seed: int = 0) -> bytes:
         raise _explain(err, cfg) from None
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
     _check_lossless(sp, text, cfg)
-    _check_piece_count(sp, text, cfg)
+    _check_piece_count(sp, cfg)
     return model.getvalue()
 
 
@@ -94,8 +92,8 @@ def _explain(err: RuntimeError, cfg: TokenizerConfig) -> TokenizerError:
     reserved = _reserved_pieces(cfg)
     if cfg.vocab_size <= reserved:  # the char trainer fails an internal check here rather than saying so
         return TokenizerError(
-            f"tokenizer.vocab_size: {cfg.vocab_size} is too small; {_reserved_words(cfg)} take {reserved} pieces, "
-            f"leaving none for characters: set it above {reserved}"
+            f"tokenizer.vocab_size: {cfg.vocab_size} is too small: {_reserved_words(cfg)} take {reserved}, "
+            f"leaving none for characters; set it above {reserved}"
         )
     return TokenizerError(f"SentencePiece training failed with tokenizer settings {cfg}: {message}")
 
@@ -105,7 +103,7 @@ def _reserved_pieces(cfg: TokenizerConfig) -> int:
 
 
 def _reserved_words(cfg: TokenizerConfig) -> str:
-    fallback = f" and the {BYTE_PIECES} byte pieces (tokenizer.byte_fallback)" if cfg.byte_fallback else ""
+    fallback = f" and, with tokenizer.byte_fallback, {BYTE_PIECES} byte pieces" if cfg.byte_fallback else ""
     return f"the {CONTROL_PIECES} control pieces{fallback}"
 
 
@@ -114,35 +112,37 @@ def _check_lossless(sp: spm.SentencePieceProcessor, text: str, cfg: TokenizerCon
     decoded = sp.decode(sp.encode(text))
     if decoded == text:
         return
-    lost = sorted(c for c in set(text) if sp.unk_id() in sp.encode(c))
+    counts = Counter(text)
+    lost = sorted((c for c in counts if sp.unk_id() in sp.encode(c)), key=counts.get)
     if lost:
         keep_all = ["tokenizer.character_coverage: 1.0"] if cfg.character_coverage < 1 else []
-        needed = len(set(text)) + CONTROL_PIECES
-        if cfg.vocab_size < needed:
-            keep_all.append(f"tokenizer.vocab_size: {needed}")
+        if cfg.vocab_size < len(counts) + CONTROL_PIECES:  # only char runs out of pieces without failing
+            keep_all.append(f"tokenizer.vocab_size: {len(counts) + CONTROL_PIECES}")
         alternative = f", or give every character a piece with {' and '.join(keep_all)}" if keep_all else ""
         raise TokenizerError(
             f"tokenizer.byte_fallback: false loses text: with tokenizer.model_type={cfg.model_type}, "
             f"tokenizer.vocab_size={cfg.vocab_size} and tokenizer.character_coverage={cfg.character_coverage}, "
             f"{len(lost)} distinct characters of this corpus have no piece and decode as <unk> "
-            f"(for example {', '.join(map(repr, lost[:5]))}); set tokenizer.byte_fallback: true{alternative}"
+            f"(the rarest: {', '.join(map(repr, lost[:5]))}); set tokenizer.byte_fallback: true{alternative}"
         )
-    if " " in text and sp.piece_to_id("▁") == sp.unk_id():
+    if " " in counts and sp.piece_to_id("▁") == sp.unk_id():
         # A space is encoded as the meta symbol ▁; spelt in byte pieces, it decodes as ▁, not as a space.
+        # The char model keeps the most frequent characters, so the space needs this many pieces.
+        needed = _reserved_pieces(cfg) + sum(n >= counts[" "] for n in counts.values())
         raise TokenizerError(
             f"tokenizer.vocab_size: {cfg.vocab_size} leaves no piece for the space character with "
-            f"tokenizer.model_type={cfg.model_type} ({_reserved_words(cfg)} take {_reserved_pieces(cfg)}), so "
-            f"spaces decode as ▁; set it to at least {_reserved_pieces(cfg) + 1} so that frequent characters get "
-            f"pieces of their own"
+            f"tokenizer.model_type={cfg.model_type}, and a space spelt in byte pieces decodes as ▁ "
+            f"({_reserved_words(cfg)} take {_reserved_pieces(cfg)} pieces); set it to at least {needed}"
         )
-    start = next((i for i, (a, b) in enumerate(zip(text, decoded, strict=False)) if a != b), min(len(text), len(decoded)))
+    differ = (i for i, (a, b) in enumerate(zip(text, decoded, strict=False)) if a != b)
+    start = next(differ, min(len(text), len(decoded)))
     raise TokenizerError(
         f"tokenizer settings {cfg} give a tokenizer that is not lossless on its training text "
         f"(decode(encode(text)) != text): {text[start : start + 30]!r} comes back as {decoded[start : start + 30]!r}"
     )
 
 
-def _check_piece_count(sp: spm.SentencePieceProcessor, text: str, cfg: TokenizerConfig) -> None:
+def _check_piece_count(sp: spm.SentencePieceProcessor, cfg: TokenizerConfig) -> None:
     """Refuse a vocab_size that SentencePiece quietly cut down (char stops at one piece per character)."""
     learnt = sp.get_piece_size()
     if learnt == cfg.vocab_size:
@@ -150,8 +150,8 @@ def _check_piece_count(sp: spm.SentencePieceProcessor, text: str, cfg: Tokenizer
     kept = " kept by tokenizer.character_coverage" if cfg.character_coverage < 1 else ""
     fallback = f", plus {BYTE_PIECES} byte pieces with tokenizer.byte_fallback," if cfg.byte_fallback else ""
     pieces = _LEARNABLE.get(cfg.model_type, "the pieces it finds") + kept + fallback
-    # With byte pieces a smaller vocabulary is still lossless: the rarest characters are spelt in bytes.
-    fewer = " or fewer" if cfg.byte_fallback else ""
+    # With byte pieces a smaller vocabulary stays lossless: the rarest characters are spelt in bytes instead.
+    fewer = ", or fewer to spell the rarest characters in byte pieces" if cfg.byte_fallback else ""
     raise TokenizerError(
         f"tokenizer.vocab_size: {cfg.vocab_size} pieces cannot be learnt with tokenizer.model_type={cfg.model_type} "
         f"from this corpus: it gives {learnt} ({pieces} and the control pieces); "
@@ -190,39 +190,12 @@ def load_tokenizer(tokenizer_dir: str | Path) -> spm.SentencePieceProcessor:
 
 def model_type(model_proto: bytes) -> str:
     """The SentencePiece algorithm a serialized model was trained with: unigram, bpe, word or char."""
-    # A few lines of protobuf wire format instead of a dependency on protobuf for one enum.
-    spec = dict(_proto_fields(model_proto)).get(_TRAINER_SPEC_FIELD, b"")
-    code = dict(_proto_fields(spec)).get(_MODEL_TYPE_FIELD, 1)  # proto2 default: UNIGRAM
-    return _MODEL_TYPES[code]
-
-
-def _proto_fields(message: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value) of each field of a protobuf message; varints as ints, the rest as bytes."""
-    pos = 0
-    while pos < len(message):
-        key, pos = _varint(message, pos)
-        wire = key & 7
-        if wire == 0:
-            value, pos = _varint(message, pos)
-        elif wire == 2:
-            size, pos = _varint(message, pos)
-            value, pos = message[pos : pos + size], pos + size
-        elif wire in (1, 5):  # fixed 64- and 32-bit numbers (SentencePiece's float scores)
-            size = 8 if wire == 1 else 4
-            value, pos = message[pos : pos + size], pos + size
-        else:
-            raise ValueError(f"not a SentencePiece model: unexpected protobuf wire type {wire}")
-        yield key >> 3, value
-
-
-def _varint(message: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = message[pos]
-        value |= (byte & 0x7F) << shift
-        pos, shift = pos + 1, shift + 7
-        if byte < 0x80:
-            return value, pos
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(model_proto)
+    except DecodeError as err:
+        raise TokenizerError(f"not a SentencePiece model ({err})") from None
+    return sentencepiece_model_pb2.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type).lower()
 
 
 def tokenizer_stats(sp: spm.SentencePieceProcessor, text: str) -> dict:

@@ -1,0 +1,82 @@
+"""The project declares what it runs: pyproject.toml lists every package the library imports, and dvc.yaml
+lists as deps of each stage every library file the stage's script imports."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llama_pe.provenance import SOURCE_ROOT, import_closure
+from tests.conftest import REPO_ROOT
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def third_party_imports(root: Path) -> set[str]:
+    """Top-level names of every module the files under root import that is neither stdlib nor llama_pe."""
+    names = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("llama_pe", "__future__")}
+
+
+def test_pyproject_lists_every_package_the_library_imports():
+    declared = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = {_canonical(re.match(r"[A-Za-z0-9_.-]+", spec).group(0)) for spec in declared}
+    distributions = packages_distributions()
+    imported = third_party_imports(SOURCE_ROOT / "llama_pe")
+    assert {"torch", "dvclive", "matplotlib"} <= imported  # the walk sees lazy imports too
+    missing = {
+        module: distributions[module]
+        for module in imported
+        if not {_canonical(d) for d in distributions[module]} & declared
+    }
+    assert not missing, f"imported but not in pyproject.toml's dependencies: {missing}"
+
+
+def stage_scripts() -> dict[str, tuple[Path, list[str]]]:
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    scripts = {}
+    for name, stage in stages.items():
+        script = re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
+        deps = [d if isinstance(d, str) else next(iter(d)) for d in stage["deps"]]
+        scripts[name] = (REPO_ROOT / script, deps)
+    return scripts
+
+
+@pytest.mark.parametrize("stage", list(stage_scripts()))
+def test_every_library_file_a_stage_runs_is_among_its_deps(stage):
+    script, deps = stage_scripts()[stage]
+    assert str(script.relative_to(REPO_ROOT)) in deps
+    covered = [REPO_ROOT / d for d in deps]
+    missing = [
+        str(path.relative_to(REPO_ROOT))
+        for path in import_closure(script)
+        if not any(path == dep or dep in path.parents for dep in covered)
+    ]
+    assert not missing, f"stage {stage} imports these files, which its deps in dvc.yaml do not list: {missing}"
+
+
+def test_the_import_walk_follows_lazy_and_from_imports(tmp_path):
+    package = tmp_path / "llama_pe"
+    (package / "sub").mkdir(parents=True)
+    for path in ("__init__.py", "sub/__init__.py", "sub/leaf.py", "top.py", "unused.py"):
+        (package / path).write_text("")
+    (package / "top.py").write_text("def f():\n    from llama_pe.sub import leaf\n")
+    entry = tmp_path / "script.py"
+    entry.write_text("import llama_pe.top\n")
+    closure = {str(p.relative_to(tmp_path)) for p in import_closure(entry, root=tmp_path)}
+    assert closure == {"llama_pe/__init__.py", "llama_pe/top.py", "llama_pe/sub/__init__.py", "llama_pe/sub/leaf.py"}
