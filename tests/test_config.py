@@ -145,3 +145,45 @@ def test_bad_eval_settings(changes, message):
 
 def test_eval_contexts_are_multiples_of_the_training_context():
     assert make_config(train={"context": 64}).eval_contexts == (32, 64, 128, 256, 512)
+
+
+def test_the_sliding_stride_follows_the_training_context_unless_set():
+    assert make_config(train={"context": 64}).eval_stride == 32
+    assert make_config(train={"context": 32}).eval_stride == 16  # the shortest evaluation context, 0.5 x 32
+    assert make_config(train={"context": 32}, eval={"contexts": [0.25, 1]}).eval_stride == 8
+    assert make_config(train={"context": 64}, eval={"stride": 7}).eval_stride == 7
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [("train", "lr", float("inf")), ("train", "min_lr", float("nan")), ("model", "dropout", float("-inf")),
+     ("eval", "temperature", float("inf")), ("tokenizer", "character_coverage", float("nan"))],
+)  # fmt: skip
+def test_non_finite_numbers_are_refused_for_every_float_setting(section, key, value):
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: expected a finite number, got {value!r}"):
+        config_from_dict(with_value(section, key, value))
+
+
+def test_yaml_infinity_is_refused_as_loaded_from_a_file(tmp_path):
+    text = (REPO_ROOT / "params.yaml").read_text().replace("lr: 0.002", "lr: .inf")
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"train\.lr: expected a finite number, got inf"):
+        load_config(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"size": "huge"}, r"model\.size: unknown size 'huge'; valid sizes: tiny, small, base, seed33m"),
+        ({"pos": "xpos"}, r"model\.pos: expected one of rope, abs, learned, alibi, abs_rel, nope; got 'xpos'"),
+        ({"dim": 256}, r"model\.dim: 256 is not divisible by model\.n_heads=6"),  # small has 6 heads
+        ({"n_kv_heads": 4}, r"model\.n_heads: 6 is not a multiple of model\.n_kv_heads=4"),
+        ({"impl": "hf", "pos": "alibi"}, r"model\.impl=hf supports model\.pos=rope only"),
+        ({"pos": "rope", "alibi_learnable": True}, r"model\.alibi_learnable: true has no meaning for model\.pos=rope"),
+        ({"dropout": 1.0}, r"model\.dropout: expected a number in \[0, 1\), got 1\.0"),
+    ],
+)
+def test_model_settings_are_checked_when_params_are_loaded(model, message):
+    # No vocabulary or data is needed: the first stage that loads params (download) already refuses them.
+    with pytest.raises(ConfigError, match=message):
+        make_config(model=model)

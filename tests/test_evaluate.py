@@ -7,12 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from llama_pe.config import ConfigError
-from llama_pe.errors import MissingInputError
-from llama_pe.evaluate import Score, evaluate_checkpoint, metric_suffix, total_loss, window_plan
+from llama_pe.errors import DataError, MissingInputError
+from llama_pe.evaluate import Score, evaluate_checkpoint, metric_suffix, split_plan, total_loss, window_plan
 from llama_pe.plotting import extrapolation_figure, training_figure
-from llama_pe.train import train
+from llama_pe.train import BatchSampler, eval_windows, train
+from tests.conftest import make_config, make_data_dirs
 from tests.model.conftest import tiny_model
-from tests.test_train import paths_in, tiny_config
+from tests.test_train import TINY_MODEL, TINY_TRAIN, paths_in, tiny_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -129,3 +130,62 @@ def test_plot_stage_writes_png_figures(trained, tmp_path):
     for name in ("training.png", "extrapolation.png"):
         data = (tmp_path / "fig" / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+
+
+@pytest.mark.parametrize(("context", "stride"), [(16, None), (8, None), (8, 3), (5, 5), (16, 4)])
+def test_chunked_plans_score_every_chunk_on_its_own(context, stride):
+    chunk, n_chunks = 17, 6
+    plan = split_plan(chunk * n_chunks, context, stride, chunk_tokens=chunk)
+    for w in plan:
+        assert w.start // chunk == w.end // chunk, "a window crosses into the next chunk"
+    # Every token of every chunk but the first is scored exactly once: the first has nothing before it.
+    assert scored_targets(plan) == [c * chunk + i for c in range(n_chunks) for i in range(1, chunk)]
+
+
+CHUNKS = {"split": "random_chunks", "val_fraction": 0.1, "test_fraction": 0.1}
+
+
+@pytest.fixture(scope="module")
+def chunked_run(corpus, tmp_path_factory):
+    """A tiny rope model trained and evaluated on data.split=random_chunks: chunks of train.context + 1 tokens."""
+    cfg = make_config(
+        data=CHUNKS, tokenizer={"vocab_size": 400}, model=TINY_MODEL, train={**TINY_TRAIN, "max_steps": 30},
+        eval={"stride": 4, "sample_tokens": 4},
+    )  # fmt: skip
+    paths = paths_in(tmp_path_factory.mktemp("chunked_run"), make_data_dirs(corpus, tmp_path_factory.mktemp("d"), cfg))
+    train(cfg, paths)
+    out = {name: paths.metrics.parent / name for name in ("eval.json", "curve.json", "samples.txt")}
+    metrics = evaluate_checkpoint(cfg, paths.best, paths.encoded, *out.values())
+    return cfg, paths, metrics, json.loads(out["curve.json"].read_text())
+
+
+def test_random_chunks_evaluate_whole_chunks_and_record_longer_contexts_as_null(chunked_run):
+    cfg, paths, metrics, curve = chunked_run
+    assert cfg.chunk_tokens == 17
+    meta = json.loads((paths.encoded / "meta.json").read_text())
+    assert meta["chunk_tokens"] == 17 and meta["splits"]["test"]["tokens"] % 17 == 0
+    assert math.isfinite(metrics["ppl_at_0p5x"]) and math.isfinite(metrics["ppl_at_1x"])
+    assert metrics["ppl_at_1x"] == pytest.approx(metrics["test_ppl"], rel=1e-6)  # 1x is the chunk itself
+    for row in curve:
+        if row["context"] > 16:
+            assert row["nonoverlapping_ppl"] is None and row["sliding_ppl"] is None
+            assert "data.split=random_chunks: every sample is one chunk of 17 tokens" in row["reason"]
+    assert metrics["ppl_at_2x"] is None and metrics["sliding_ppl_at_8x"] is None
+
+
+def test_random_chunks_train_on_whole_chunks():
+    tokens = np.arange(17 * 40, dtype=np.uint16)
+    sampler = BatchSampler(tokens, 16, 64, seed=0, chunk_tokens=17)
+    x, y = sampler.next(torch.device("cpu"))
+    assert x.shape == (64, 16) and bool((x[:, 0] % 17 == 0).all())  # each sample starts a chunk ...
+    assert torch.equal(y[:, -1], x[:, 0] + 16)  # ... and ends with its last token
+    windows = eval_windows(tokens, 16, None, chunk_tokens=17)
+    assert windows.shape == (40, 17) and torch.equal(windows[:, 0], torch.arange(40) * 17)
+
+
+def test_data_encoded_for_another_split_is_refused_before_training(data_dirs, tmp_path):
+    cfg = make_config(data={"split": "random_chunks"}, model={"size": "tiny"}, train={"device": "cpu"})
+    with pytest.raises(
+        DataError, match=r"made with data\.split=contiguous .* params ask for data\.split=random_chunks"
+    ):
+        train(cfg, paths_in(tmp_path, data_dirs))
