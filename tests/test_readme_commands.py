@@ -1,0 +1,102 @@
+"""Every `dvc exp run -S ...` command that README.md shows runs, as written, on the repository's own params.
+
+The project here is the real params.yaml (the `small` model and every default) on a generated corpus, with only a
+smaller vocabulary and a two-step budget added, so that a documented command cannot fail unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT, base_params, generate_rich_corpus, make_dvc_project, run
+
+pytestmark = pytest.mark.slow
+
+# Commands whose values are placeholders, not settings: `-S key=value`, `-S model.pos=...`.
+_PLACEHOLDER = re.compile(r"=\.\.\.|key=value")
+# Appended to every command: the README's settings stay; only the budget shrinks.
+FEW_STEPS = ["-S", "train.max_steps=2", "-S", "train.eval_interval=1", "-S", "eval.sample_tokens=4"]
+
+
+def readme_commands() -> list[str]:
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.findall(r"dvc exp run(?: --queue)?(?: -S [^\s`]+)+", text)
+    return list(dict.fromkeys(cmd for cmd in found if not _PLACEHOLDER.search(cmd)))
+
+
+def test_the_readme_shows_the_commands_this_module_runs():
+    commands = readme_commands()
+    assert "dvc exp run -S model.pos=alibi" in commands
+    assert any("--queue" in c for c in commands) and any("seed33m" in c for c in commands)
+    assert len(commands) >= 7
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("readme")
+    params = base_params()
+    params["tokenizer"]["vocab_size"] = 1024  # the generated corpus is a fifth of the real one
+    env = make_dvc_project(root, tmp_path_factory.mktemp("mirror"), generate_rich_corpus(), params)
+    run(["dvc", "repro", "encode"], root, env)  # the shared data stages once; experiments rerun what they change
+    return root, env
+
+
+def _params(command: str) -> list[str]:
+    return [part for part in shlex.split(command)[3:] if part != "--queue"]
+
+
+def _param(command: str):
+    needs_gpu = "train.device=cuda" in command and not torch.cuda.is_available()
+    return pytest.param(command, marks=pytest.mark.skipif(needs_gpu, reason="needs a CUDA GPU"))
+
+
+@pytest.mark.parametrize("command", [_param(c) for c in readme_commands()])
+def test_readme_command_runs(project, command):
+    root, env = project
+    try:
+        if "--queue" in command:
+            _run_queued(root, env, command)
+        else:
+            out = run(["dvc", "exp", "run", *_params(command), *FEW_STEPS], root, env)
+            assert "Running stage 'evaluate'" in out or "Stage 'evaluate' is cached" in out
+            assert json.loads((root / "metrics/train.json").read_text())["trained_steps"] == 2
+    finally:
+        run(["git", "checkout", "--", "params.yaml"], root, env)
+
+
+def _run_queued(root: Path, env: dict[str, str], command: str) -> None:
+    grid = [part.split("=", 1)[1].split(",") for part in _params(command) if "=" in part]
+    expected = 1
+    for values in grid:
+        expected *= len(values)
+    run(["dvc", "exp", "run", "--queue", *_params(command), *FEW_STEPS], root, env)
+    run(["dvc", "queue", "start"], root, env)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], root, env)
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(2)
+    assert "Failed" not in status, status + _failed_logs(root, env)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], root, env))
+    names = [exp for rev in shown for exp in (rev.get("experiments") or [])]
+    assert len(names) >= expected, status
+
+
+def _failed_logs(root: Path, env: dict[str, str]) -> str:
+    status = subprocess.run(["dvc", "queue", "status"], cwd=root, env=env, capture_output=True, text=True).stdout
+    logs = []
+    for line in status.splitlines():
+        if "Failed" in line:
+            task = line.split()[0]
+            logs.append(subprocess.run(["dvc", "queue", "logs", task], cwd=root, env=env,
+                                       capture_output=True, text=True).stdout[-3000:])  # fmt: skip
+    return "\n".join(logs)
