@@ -116,6 +116,29 @@ def test_killed_training_resumes_under_dvc_repro_to_the_same_metrics(project):
     }
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("model", "pos", "xpos", "model.pos: expected one of rope, abs, learned, alibi, abs_rel, nope; got 'xpos'"),
+        ("model", "size", "huge", "model.size: unknown size 'huge'; valid sizes: tiny, small, base, seed33m"),
+        ("model", "dim", 30, "model.dim: 30 is not divisible by model.n_heads=4"),
+    ],
+)
+def test_a_fresh_repro_refuses_a_bad_model_setting_in_its_first_stage(tmp_path, section, key, value, message):
+    params = base_params()
+    params[section][key] = value
+    params["model"]["size"] = params["model"]["size"] if key == "size" else "tiny"
+    root = tmp_path / "fresh"
+    root.mkdir()
+    (tmp_path / "mirror").mkdir()
+    env = make_dvc_project(root, tmp_path / "mirror", generate_corpus(n_speeches=50), params)
+    result = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "Running stage 'download'" in result.stdout and "Running stage 'tokenizer'" not in result.stdout
+    assert message in result.stderr + result.stdout and "Traceback" not in result.stderr
+    assert not (root / "data").exists()
+
+
 def test_bad_param_fails_the_stage_with_a_clear_message(project, tmp_path):
     root, env = project
     params = yaml.safe_load((root / "params.yaml").read_text())
