@@ -116,6 +116,18 @@ def test_killed_training_resumes_under_dvc_repro_to_the_same_metrics(project):
     }
 
 
+def test_the_documented_command_trains_again_from_scratch_and_reevaluates(project):
+    root, env = project
+    run(["dvc", "repro"], root, env)
+    out = run(["dvc", "repro", "-f", "--downstream", "train"], root, env)
+    assert "models/last.pt holds a finished run (step 150): training from scratch" in out
+    for stage in ("train", "evaluate", "plot"):
+        assert f"Running stage '{stage}'" in out
+    for stage in ("download", "tokenizer", "encode"):
+        assert f"Running stage '{stage}'" not in out
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], root, env)
+
+
 @pytest.mark.parametrize(
     ("section", "key", "value", "message"),
     [
@@ -231,7 +243,7 @@ def test_a_damaged_best_checkpoint_is_one_clear_line_in_evaluate_and_export(proj
             assert len(errors) == 1, result.stderr
             expected = "is not a llama-pe checkpoint" if kind == "foreign" else "is not a readable checkpoint"
             assert str(checkpoint) in errors[0] and expected in errors[0]
-            assert "the `train` stage writes it" in errors[0] and "dvc repro -f train" in errors[0]
+            assert "the `train` stage writes it" in errors[0] and "dvc repro -f --downstream train" in errors[0]
         assert not (tmp_path / "hf").exists()
 
 

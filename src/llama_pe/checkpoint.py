@@ -21,6 +21,23 @@ REQUIRED_KEYS = ("model_args", "model", "tokenizer_model")
 class CheckpointError(LlamaPeError, ValueError):
     """A checkpoint file is damaged or is not one this version of llama-pe can read."""
 
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path} {reason}; {_REBUILD.format(path=path)}")
+
+
+# train writes both checkpoints; only best.pt is in DVC's cache (last.pt is cache: false), so only it can be restored.
+_REBUILD = (
+    "the `train` stage writes it: train again with `dvc repro -f --downstream train` "
+    "or restore it from DVC's cache with `dvc checkout {path}`"
+)
+_MAX_REASON = 160  # torch's messages for a damaged zip run to several hundred characters
+
+
+def _short(err: BaseException) -> str:
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return reason if len(reason) <= _MAX_REASON else reason[: _MAX_REASON - 1] + "…"
+
 
 def save_checkpoint(path: str | Path, model: nn.Module, tokenizer_model: bytes, **extra: Any) -> None:
     """Write atomically: model_args, model weights, the SentencePiece model bytes, and any extra state."""
@@ -34,10 +51,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, tokenizer_model: bytes, 
         torch.save(state, tmp)
 
 
-def _rebuild_advice(path: Path) -> str:
-    return f"the `train` stage writes it: rerun it (`dvc repro -f train`) or restore it (`dvc checkout {path}`)"
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -45,15 +58,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint, truncated or damaged ({reason}); {_rebuild_advice(path)}"
-        ) from None
+        raise CheckpointError(path, f"is not a readable checkpoint, truncated or damaged ({_short(err)})") from None
     missing = [key for key in REQUIRED_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:
-        raise CheckpointError(
-            f"{path} is not a llama-pe checkpoint (it has no {', '.join(missing)}); {_rebuild_advice(path)}"
-        )
+        raise CheckpointError(path, f"is not a llama-pe checkpoint (it has no {', '.join(missing)})")
     return checkpoint
 
 
@@ -62,8 +70,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path = "the ch
         model = build_model(ModelArgs(**checkpoint["model_args"]))
         model.load_state_dict(checkpoint["model"])
     except (TypeError, ValueError, RuntimeError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise CheckpointError(
-            f"{path} holds a model this version of llama-pe cannot rebuild ({reason}); {_rebuild_advice(Path(path))}"
+            Path(path), f"holds a model this version of llama-pe cannot rebuild ({_short(err)})"
         ) from None
     return model.eval()

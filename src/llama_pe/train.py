@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import time
@@ -138,22 +136,28 @@ class TrainState:
         return self.step >= cfg.total_steps or bool(cfg.patience and self.evals_since_best >= cfg.patience)
 
 
-def config_hash(cfg: Config, meta: dict[str, Any]) -> str:
-    """Identifies the params and data a checkpoint was trained with."""
-    blob = json.dumps(
-        {"model": dataclasses.asdict(cfg.model), "train": dataclasses.asdict(cfg.train), "data": meta},
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def run_settings(cfg: Config, meta: dict[str, Any]) -> dict[str, Any]:
+    """The params and data a run trains with, flat ("model.pos": "rope", "data.vocab_size": 8192, ...)."""
+    return _flatten({"model": dataclasses.asdict(cfg.model), "train": dataclasses.asdict(cfg.train), "data": meta})
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def provenance(cfg: Config, meta: dict[str, Any]) -> dict[str, Any]:
-    """What made a checkpoint: its params and data (hashed) and every source file the train stage runs (by hash).
+    """What made a checkpoint: its params and data, and the sha256 of every source file the train stage runs.
 
     A checkpoint is resumed only when all of it is the same, so that dvc.lock never records new code beside
     weights that old code trained.
     """
-    return {"params": config_hash(cfg, meta), "code": code_fingerprint(__name__)}
+    return {"params": run_settings(cfg, meta), "code": code_fingerprint(__name__)}
 
 
 def rng_states(sampler: BatchSampler) -> dict[str, Any]:
@@ -407,9 +411,10 @@ def _resume(path: Path, made_by: dict[str, Any], cfg: TrainConfig, model, optimi
         checkpoint = load_checkpoint(path)
         state = TrainState(**checkpoint["state"])
     except (CheckpointError, KeyError, TypeError) as err:
+        reason = err.reason if isinstance(err, CheckpointError) else f"no valid training state: {err!r}"
         aside = path.with_name(path.name + ".damaged")
         path.replace(aside)  # kept for a post-mortem, out of the way of the fresh run
-        log.warning("%s cannot be resumed (%s); it is kept as %s and training starts from scratch", path, err, aside)
+        log.warning("%s cannot be resumed (%s); it is kept as %s and training starts from scratch", path, reason, aside)
         return TrainState()
     why_not = _why_not_resume(checkpoint.get("provenance"), made_by, state, cfg)
     if why_not:
@@ -423,15 +428,20 @@ def _resume(path: Path, made_by: dict[str, Any], cfg: TrainConfig, model, optimi
     return state
 
 
+def _differing(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+
+
 def _why_not_resume(saved: dict[str, Any] | None, made_by: dict[str, Any], state: TrainState, cfg: TrainConfig) -> str:
     if not isinstance(saved, dict) or "params" not in saved or "code" not in saved:
         return "records no provenance (an older version wrote it)"
     if saved["params"] != made_by["params"]:
-        return f"was made with other params or data (config {saved['params']}, now {made_by['params']})"
+        changes = [f"{key}: {saved['params'].get(key)!r} -> {made_by['params'].get(key)!r}"
+                   for key in _differing(saved["params"], made_by["params"])]  # fmt: skip
+        more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
+        return f"was made with other params or data ({'; '.join(changes[:5])}{more})"
     if saved["code"] != made_by["code"]:
-        changed = sorted(f for f in saved["code"].keys() | made_by["code"].keys()
-                         if saved["code"].get(f) != made_by["code"].get(f))  # fmt: skip
-        return f"was made by other code (changed since: {', '.join(changed)})"
+        return f"was made by other code (changed since: {', '.join(_differing(saved['code'], made_by['code']))})"
     if state.finished(cfg):
         # The train stage runs again on a finished run only when forced (`dvc repro -f train`) or when its
         # outputs were lost or altered: either way the answer is to train again, not to keep the old weights.
