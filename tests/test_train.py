@@ -199,6 +199,21 @@ def test_checkpoint_of_other_code_is_not_resumed(data_dirs, tmp_path, caplog, mo
     assert without_timing(metrics) == without_timing(train(tiny_config(), paths_in(tmp_path / "fresh", data_dirs)))
 
 
+@pytest.mark.parametrize("provenance", [None, {"params": "0123abcd", "code": "4567ef"}, {"params": {}}])
+def test_a_checkpoint_of_an_older_version_is_not_resumed(data_dirs, tmp_path, caplog, provenance):
+    paths = paths_in(tmp_path, data_dirs)
+    assert train(tiny_config(), paths, stop_after=30) is None
+    checkpoint = load_checkpoint(paths.last)
+    checkpoint["provenance"] = provenance
+    torch.save(checkpoint, paths.last)
+    with caplog.at_level(logging.INFO, logger="llama_pe.train"):
+        metrics = train(tiny_config(), paths)
+    assert "records no provenance this version can read (an older version wrote it): training from scratch" in (
+        caplog.text
+    )
+    assert metrics["trained_steps"] == 80
+
+
 def test_a_finished_run_is_trained_again_not_resumed(data_dirs, tmp_path, caplog):
     # The stage reruns on a finished run only when forced or when its outputs were lost: train, don't keep them.
     paths = paths_in(tmp_path, data_dirs)

@@ -433,8 +433,8 @@ def _differing(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def _why_not_resume(saved: dict[str, Any] | None, made_by: dict[str, Any], state: TrainState, cfg: TrainConfig) -> str:
-    if not isinstance(saved, dict) or "params" not in saved or "code" not in saved:
-        return "records no provenance (an older version wrote it)"
+    if not (isinstance(saved, dict) and isinstance(saved.get("params"), dict) and isinstance(saved.get("code"), dict)):
+        return "records no provenance this version can read (an older version wrote it)"
     if saved["params"] != made_by["params"]:
         changes = [f"{key}: {saved['params'].get(key)!r} -> {made_by['params'].get(key)!r}"
                    for key in _differing(saved["params"], made_by["params"])]  # fmt: skip
