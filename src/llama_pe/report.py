@@ -1,0 +1,278 @@
+"""The study's answer: experiments read from DVC, seeds aggregated with pandas, paired differences, figures.
+
+One row per experiment (its params and metrics, as `dvc exp show` has them); groups are the experiments that
+differ only in train.seed; each group's metrics get n, mean, std and a Student's t 95% interval; every group is
+compared with a baseline group seed by seed (same seed, same batches), so that a difference is set against the
+seed-to-seed noise of that difference, not against the noise of either side alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from llama_pe.errors import LlamaPeError
+from llama_pe.io import atomic_path, write_text
+
+log = logging.getLogger(__name__)
+
+SEED = "train.seed"
+PARAM_SECTIONS = ("data.", "tokenizer.", "model.", "train.", "eval.")
+# The metrics a report aggregates, in the order its tables show them.
+METRIC_PATTERNS = (
+    r"best_val_loss", r"best_val_bpc", r"(val|test|holdout)_(loss|ppl|bpc)", r"ppl_at_\w+", r"sliding_ppl_at_\w+",
+    r"tokens_per_sec", r"params",
+)  # fmt: skip
+# Which way is better, by metric name; a metric in neither gets no verdict (params: a count, not a score).
+LOWER_IS_BETTER = re.compile(r".*(loss|ppl|bpc)(_at_\w+)?$|^(sliding_)?ppl_at_\w+$")
+HIGHER_IS_BETTER = re.compile(r"^tokens_per_sec$")
+
+
+class ReportError(LlamaPeError, ValueError):
+    """The experiments cannot be reported as asked (none selected, an unknown key, no baseline)."""
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_experiments(repo: str | Path = ".", all_commits: bool = False) -> pd.DataFrame:
+    """One row per finished experiment of the repo (and each commit's own run), as `dvc exp show` lists them."""
+    import dvc.api  # slow to import; only reading needs it
+
+    records = dvc.api.exp_show(repo=str(repo), num=-1 if all_commits else 1)
+    return experiments_frame(records)
+
+
+def experiments_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """dvc.api.exp_show's records as a DataFrame: name, rev, every param and every metric; unfinished runs left out.
+
+    DVC gives some values as strings ("None", "True", "[0.5, 1]"); they are read back into values here, and a
+    metric that is null for a run (a learned table past its length) stays null, never a number.
+    """
+    rows = []
+    for record in records:
+        if record.get("rev") == "workspace":
+            continue  # the workspace repeats HEAD's run, or holds a run that no commit or experiment records
+        row = {"name": record.get("Experiment") or record.get("rev"), "rev": record.get("rev")}
+        row.update({key: _value(value) for key, value in record.items() if _is_param(key) or _is_metric(key)})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty or "best_val_loss" not in frame:
+        return frame
+    for metric in metric_columns(frame):
+        frame[metric] = pd.to_numeric(frame[metric], errors="coerce")  # null stays NaN, never a made-up number
+    frame = frame[frame["best_val_loss"].notna()]  # queued, running or failed: no metrics
+    # Commits that changed no param or metric repeat their parent's run (--all-commits lists each): count it once.
+    same_run = param_columns(frame) + metric_columns(frame)
+    return frame[~frame[same_run].astype(str).duplicated()].reset_index(drop=True)
+
+
+def _is_param(key: str) -> bool:
+    return key.startswith(PARAM_SECTIONS)
+
+
+def _is_metric(key: str) -> bool:
+    return any(re.fullmatch(pattern, key) for pattern in METRIC_PATTERNS)
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, str):
+        # "!" is how DVC marks a value the experiment does not have (a metric an older commit did not write).
+        return {"None": None, "True": True, "False": False, "": None, "!": None}.get(value, value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)  # DVC reads integers back as floats: 400.0 steps
+    return value
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The frame's metric columns, in METRIC_PATTERNS order."""
+    return [c for pattern in METRIC_PATTERNS for c in frame.columns if re.fullmatch(pattern, c)]
+
+
+def param_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if _is_param(c)]
+
+
+def select(frame: pd.DataFrame, only: Iterable[str]) -> pd.DataFrame:
+    """The experiments whose params match every KEY=VALUE (the value as a YAML scalar would read)."""
+    for condition in only:
+        key, value = _parse_condition(condition, frame)
+        frame = frame[frame[key].map(lambda v, want=value: _same(v, want))]
+    return frame.reset_index(drop=True)
+
+
+def _parse_condition(condition: str, frame: pd.DataFrame) -> tuple[str, Any]:
+    if "=" not in condition:
+        raise ReportError(f"--only/--baseline: expected KEY=VALUE, got {condition!r}")
+    key, value = condition.split("=", 1)
+    if key not in frame.columns:
+        raise ReportError(f"{key}: no such param among the experiments; params: {', '.join(param_columns(frame))}")
+    import yaml
+
+    return key, yaml.safe_load(value)
+
+
+def _same(value: Any, want: Any) -> bool:
+    if isinstance(want, (int, float)) and not isinstance(want, bool) and isinstance(value, (int, float)):
+        return math.isclose(float(value), float(want))
+    return value == want
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+
+
+def group_keys(frame: pd.DataFrame) -> list[str]:
+    """The params that vary among the experiments, train.seed aside: what tells one group from another."""
+    varying = [c for c in param_columns(frame) if c != SEED and frame[c].map(repr).nunique() > 1]
+    return varying
+
+
+def group_label(row: pd.Series | dict[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{k}={None if pd.isna(row[k]) else row[k]}" for k in keys) or "all"
+
+
+def t_interval(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean, sample std and the half-width of the Student's t 95% interval of the mean (NaN below n = 2)."""
+    n = len(values)
+    mean = float(np.mean(values)) if n else math.nan
+    if n < 2:
+        return mean, math.nan, math.nan
+    std = float(np.std(values, ddof=1))
+    return mean, std, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
+def summarize(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per group and metric: n (runs with a value), mean, std, and the 95% interval's bounds."""
+    rows = []
+    for label, group in _groups(frame, keys):
+        for metric in metric_columns(frame):
+            values = group[metric].dropna().astype(float).to_numpy()  # a null stays out: never averaged in
+            mean, std, half = t_interval(values)
+            rows.append({
+                "group": label, **{k: group[k].iloc[0] for k in keys}, "metric": metric, "n": len(values),
+                "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _groups(frame: pd.DataFrame, keys: list[str]):
+    if not keys:
+        yield "all", frame
+        return
+    for _, group in frame.groupby([frame[k].map(repr) for k in keys], sort=False):
+        yield group_label(group.iloc[0], keys), group
+
+
+NOISE = "not distinguishable from seed noise"
+
+
+def paired_differences(frame: pd.DataFrame, keys: list[str], baseline: dict[str, Any]) -> pd.DataFrame:
+    """Every group against the baseline group, seed by seed: the mean difference, its 95% interval, a verdict."""
+    is_baseline = np.logical_and.reduce([frame[k].map(lambda v, w=w: _same(v, w)) for k, w in baseline.items()])
+    base = frame[is_baseline]
+    if base.empty:
+        wanted = ", ".join(f"{k}={v}" for k, v in baseline.items())
+        raise ReportError(f"--baseline {wanted}: no experiment matches it; give --baseline KEY=VALUE of one group")
+    base_by_seed = base.set_index(SEED)
+    rows = []
+    for label, group in _groups(frame[~is_baseline], keys):
+        for metric in metric_columns(frame):
+            paired = group.set_index(SEED)[metric].astype(float) - base_by_seed[metric].astype(float)
+            diffs = paired.dropna().to_numpy()  # only seeds where both runs have a value
+            mean, std, half = t_interval(diffs)
+            rows.append({
+                "group": label, "metric": metric, "n_pairs": len(diffs), "mean_diff": mean, "std_diff": std,
+                "ci95_low": mean - half, "ci95_high": mean + half, "verdict": verdict(metric, mean, half),
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def verdict(metric: str, mean_diff: float, half_width: float) -> str:
+    """better or worse when the 95% interval of the paired difference excludes 0; else seed noise."""
+    if math.isnan(mean_diff) or math.isnan(half_width):
+        return "too few pairs"
+    lower_better = bool(LOWER_IS_BETTER.match(metric))
+    if not lower_better and not HIGHER_IS_BETTER.match(metric):
+        return "-"
+    if abs(mean_diff) <= half_width:
+        return NOISE
+    improved = mean_diff < 0 if lower_better else mean_diff > 0
+    return "better" if improved else "worse"
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+DEFAULT_BASELINE = ("model.pos=rope", "model.impl=native")
+
+
+def report(repo: str | Path, out_dir: str | Path, all_commits: bool, only: list[str], baseline: list[str]) -> None:
+    """`llama-pe report`: read the experiments, select, aggregate and write the tables."""
+    frame = select(read_experiments(repo, all_commits), only)
+    if frame.empty:
+        raise ReportError("no finished experiments selected: run some (dvc exp run) or widen the selection")
+    conditions = baseline or [c for c in DEFAULT_BASELINE if c.split("=")[0] in group_keys(frame)]
+    wanted = dict(_parse_condition(c, frame) for c in conditions)
+    write_report(frame, Path(out_dir), wanted)
+
+
+def write_report(frame: pd.DataFrame, out_dir: Path, baseline: dict[str, Any]) -> dict[str, Path]:
+    """runs.csv, summary.csv and comparison.md in out_dir; returns the paths written."""
+    if frame.empty:
+        raise ReportError("no finished experiments selected: run some (dvc exp run) or widen the selection")
+    keys = group_keys(frame)
+    summary = summarize(frame, keys)
+    diffs = paired_differences(frame, keys, baseline) if keys else pd.DataFrame()
+    paths = {name: out_dir / name for name in ("runs.csv", "summary.csv", "comparison.md")}
+    for name, table in (("runs.csv", frame), ("summary.csv", summary)):
+        with atomic_path(paths[name]) as tmp:
+            table.to_csv(tmp, index=False)
+    write_text(paths["comparison.md"], comparison_markdown(summary, diffs, keys, baseline))
+    log.info("%d experiments in %d groups by %s: wrote %s", len(frame), summary["group"].nunique(),
+             ", ".join(keys) or "nothing", ", ".join(map(str, paths.values())))  # fmt: skip
+    return paths
+
+
+def comparison_markdown(summary: pd.DataFrame, diffs: pd.DataFrame, keys: list[str], baseline: dict[str, Any]) -> str:
+    def cell(row: pd.Series) -> str:
+        if row["n"] == 0:
+            return "null"
+        std = "" if math.isnan(row["std"]) else f" ± {row['std']:.4g}"
+        return f"{row['mean']:.4g}{std} (n={row['n']})"
+
+    table = summary.assign(cell=summary.apply(cell, axis=1)).pivot(index="group", columns="metric", values="cell")
+    table = table[[m for m in dict.fromkeys(summary["metric"])]]
+    parts = [
+        "# Position encodings compared\n",
+        f"Groups by {', '.join(f'`{k}`' for k in keys) or 'nothing'}; each cell is mean ± std over seeds (n runs).\n",
+        markdown_table(table.reset_index()),
+    ]
+    if not diffs.empty:
+        wanted = ", ".join(f"{k}={v}" for k, v in baseline.items())
+        interval = diffs.apply(lambda r: f"{r['mean_diff']:+.4g} [{r['ci95_low']:+.4g}, {r['ci95_high']:+.4g}]", axis=1)
+        shown = diffs.assign(difference=interval)[["group", "metric", "n_pairs", "difference", "verdict"]]
+        parts += [
+            f"\n## Against {wanted}, paired by seed\n",
+            "Mean difference (group − baseline) with its Student's t 95% interval; *better* or *worse* only when the "
+            "interval excludes 0.\n",
+            markdown_table(shown),
+        ]
+    return "\n".join(parts) + "\n"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub table of the frame's cells as text (pandas' to_markdown needs the tabulate package)."""
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += [
+        "| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""The report's aggregation on synthetic experiment records, checked against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from llama_pe.report import (
+    NOISE,
+    ReportError,
+    experiments_frame,
+    group_keys,
+    paired_differences,
+    select,
+    summarize,
+    write_report,
+)
+
+T_975 = {2: 4.302652729749462, 1: 12.706204736174707}  # Student's t 0.975 quantiles by degrees of freedom
+
+
+def record(name: str, pos: str, seed: int, loss: float, ppl_8x: float | str | None = None, **params) -> dict:
+    """A record as dvc.api.exp_show gives it: strings for None and booleans, floats for integers."""
+    return {
+        "Experiment": name, "rev": f"{name}-rev", "typ": "branch_commit", "State": "Success",
+        "best_val_loss": loss, "test_ppl": math.exp(loss), "ppl_at_8x": "None" if ppl_8x is None else ppl_8x,
+        "params": 1000.0, "tokens_per_sec": 100.0 + seed,
+        "model.pos": pos, "train.seed": float(seed), "model.dim": "None", "train.compile": "False",
+        "model.size": "small", **params,
+    }  # fmt: skip
+
+
+ROPE = [record(f"rope{s}", "rope", s, loss) for s, loss in enumerate([5.0, 5.2, 5.1])]
+ALIBI = [record(f"alibi{s}", "alibi", s, loss, ppl_8x=280.0 + s) for s, loss in enumerate([4.8, 5.1, 4.95])]
+
+
+def test_records_become_one_row_per_finished_experiment_with_values_read_back():
+    queued = {"Experiment": "later", "rev": "x", "best_val_loss": None, "model.pos": "nope", "train.seed": 0.0}
+    workspace = {**ROPE[0], "rev": "workspace", "Experiment": None}
+    frame = experiments_frame([*ROPE, queued, workspace])
+    assert list(frame["name"]) == ["rope0", "rope1", "rope2"]
+    assert frame["train.seed"].tolist() == [0, 1, 2] and frame["model.dim"].isna().all()
+    assert frame["train.compile"].tolist() == [False] * 3 and "typ" not in frame and "State" not in frame
+
+
+def test_a_run_that_commits_repeat_is_counted_once():
+    # With --all-commits every commit lists its own run; one that changed no param or metric is its parent's run.
+    repeated = {**ROPE[0], "Experiment": None, "rev": "abc1234", "typ": "baseline"}
+    frame = experiments_frame([*ROPE, repeated, {**ALIBI[0], "tokens_per_sec": "!"}])
+    assert list(frame["name"]) == ["rope0", "rope1", "rope2", "alibi0"]
+    assert math.isnan(frame.loc[3, "tokens_per_sec"])  # DVC's "!" (no such value) is null, not a string
+
+
+def test_summary_by_hand():
+    frame = experiments_frame(ROPE + ALIBI)
+    assert group_keys(frame) == ["model.pos"]  # model.size and the rest do not vary; train.seed never groups
+    summary = summarize(frame, ["model.pos"]).set_index(["group", "metric"])
+    row = summary.loc[("model.pos=rope", "best_val_loss")]
+    # Mean 5.1; deviations -0.1, 0.1, 0: sample variance 0.02 / 2 = 0.01, std 0.1; 95% half-width t(2) * 0.1 / sqrt 3.
+    assert row["n"] == 3 and row["mean"] == pytest.approx(5.1) and row["std"] == pytest.approx(0.1)
+    assert row["ci95_high"] - row["mean"] == pytest.approx(T_975[2] * 0.1 / math.sqrt(3))
+
+
+def test_a_null_metric_stays_null_and_is_not_averaged():
+    frame = experiments_frame(ROPE + ALIBI)
+    summary = summarize(frame, ["model.pos"]).set_index(["group", "metric"])
+    assert summary.loc[("model.pos=rope", "ppl_at_8x"), "n"] == 0
+    assert math.isnan(summary.loc[("model.pos=rope", "ppl_at_8x"), "mean"])
+    alibi = summary.loc[("model.pos=alibi", "ppl_at_8x")]
+    assert alibi["n"] == 3 and alibi["mean"] == pytest.approx(281.0)
+
+
+def test_paired_differences_by_seed_against_the_baseline():
+    frame = experiments_frame(ROPE + ALIBI)
+    diffs = paired_differences(frame, ["model.pos"], {"model.pos": "rope"}).set_index(["group", "metric"])
+    loss = diffs.loc[("model.pos=alibi", "best_val_loss")]
+    # Per seed: -0.2, -0.1, -0.15: mean -0.15, std 0.05, half-width t(2) * 0.05 / sqrt 3 = 0.124: better.
+    assert (
+        loss["n_pairs"] == 3 and loss["mean_diff"] == pytest.approx(-0.15) and loss["std_diff"] == pytest.approx(0.05)
+    )
+    assert loss["ci95_low"] == pytest.approx(-0.15 - T_975[2] * 0.05 / math.sqrt(3))
+    assert loss["verdict"] == "better"
+    assert diffs.loc[("model.pos=alibi", "tokens_per_sec"), "verdict"] == NOISE  # the same speed, seed by seed
+    assert diffs.loc[("model.pos=alibi", "ppl_at_8x"), "n_pairs"] == 0  # rope has no value to pair with
+    assert diffs.loc[("model.pos=alibi", "params"), "verdict"] == "-"
+
+
+def test_a_difference_inside_the_seed_noise_is_called_so():
+    noisy = [record(f"abs{s}", "abs", s, loss) for s, loss in enumerate([5.3, 4.9, 5.15])]  # -0.3 .. +0.3 around 0
+    frame = experiments_frame(ROPE + noisy)
+    diffs = paired_differences(frame, ["model.pos"], {"model.pos": "rope"}).set_index(["group", "metric"])
+    assert diffs.loc[("model.pos=abs", "best_val_loss"), "verdict"] == NOISE
+
+
+def test_a_two_param_sweep_groups_by_both_and_mixes_nothing():
+    records = [
+        record(f"{pos}-{impl}-{s}", pos, s, 5.0 + s / 10 + (0.5 if impl == "hf" else 0), **{"model.impl": impl})
+        for pos, impl in (("rope", "native"), ("rope", "hf"), ("alibi", "native"))
+        for s in range(2)
+    ]
+    frame = experiments_frame(records)
+    keys = group_keys(frame)
+    assert keys == ["model.pos", "model.impl"]
+    summary = summarize(frame, keys)
+    assert sorted(summary["group"].unique()) == [
+        "model.pos=alibi, model.impl=native", "model.pos=rope, model.impl=hf", "model.pos=rope, model.impl=native",
+    ]  # fmt: skip
+    hf = summary.set_index(["group", "metric"]).loc[("model.pos=rope, model.impl=hf", "best_val_loss")]
+    assert hf["n"] == 2 and hf["mean"] == pytest.approx(5.55)
+
+
+def test_only_selects_and_a_bad_key_or_baseline_is_named():
+    frame = experiments_frame(ROPE + ALIBI)
+    assert set(select(frame, ["model.pos=alibi"])["name"]) == {"alibi0", "alibi1", "alibi2"}
+    assert set(select(frame, ["train.seed=1"])["name"]) == {"rope1", "alibi1"}
+    with pytest.raises(ReportError, match=r"model\.posx: no such param among the experiments; params: "):
+        select(frame, ["model.posx=rope"])
+    with pytest.raises(ReportError, match=r"--baseline model\.pos=xpos: no experiment matches it"):
+        paired_differences(frame, ["model.pos"], {"model.pos": "xpos"})
+
+
+def test_written_report_holds_the_raw_runs_and_the_tables(tmp_path):
+    frame = experiments_frame(ROPE + ALIBI)
+    paths = write_report(frame, tmp_path / "reports", {"model.pos": "rope"})
+    runs = pd.read_csv(paths["runs.csv"])
+    assert len(runs) == 6 and {"name", "rev", "model.pos", "train.seed", "best_val_loss"} <= set(runs.columns)
+    summary = pd.read_csv(paths["summary.csv"])
+    assert {"group", "metric", "n", "mean", "std", "ci95_low", "ci95_high"} <= set(summary.columns)
+    markdown = paths["comparison.md"].read_text()
+    assert "| model.pos=alibi |" in markdown and "better" in markdown and "5.1 ± 0.1 (n=3)" in markdown
+    with pytest.raises(ReportError, match="no finished experiments selected"):
+        write_report(frame.iloc[0:0], tmp_path / "empty", {"model.pos": "rope"})
