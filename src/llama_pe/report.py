@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 from scipy import stats
 
 from llama_pe.errors import LlamaPeError
@@ -103,10 +104,16 @@ def param_columns(frame: pd.DataFrame) -> list[str]:
 
 def select(frame: pd.DataFrame, only: Iterable[str]) -> pd.DataFrame:
     """The experiments whose params match every KEY=VALUE (the value as a YAML scalar would read)."""
-    for condition in only:
-        key, value = _parse_condition(condition, frame)
-        frame = frame[frame[key].map(lambda v, want=value: _same(v, want))]
-    return frame.reset_index(drop=True)
+    wanted = dict(_parse_condition(condition, frame) for condition in only)
+    return frame[matching(frame, wanted)].reset_index(drop=True)
+
+
+def matching(frame: pd.DataFrame, wanted: dict[str, Any]) -> pd.Series:
+    """A mask of the rows whose params have every wanted value."""
+    mask = pd.Series(True, index=frame.index)
+    for key, value in wanted.items():
+        mask &= frame[key].map(lambda v, want=value: _same(v, want))
+    return mask
 
 
 def _parse_condition(condition: str, frame: pd.DataFrame) -> tuple[str, Any]:
@@ -115,8 +122,6 @@ def _parse_condition(condition: str, frame: pd.DataFrame) -> tuple[str, Any]:
     key, value = condition.split("=", 1)
     if key not in frame.columns:
         raise ReportError(f"{key}: no such param among the experiments; params: {', '.join(param_columns(frame))}")
-    import yaml
-
     return key, yaml.safe_load(value)
 
 
@@ -131,8 +136,7 @@ def _same(value: Any, want: Any) -> bool:
 
 def group_keys(frame: pd.DataFrame) -> list[str]:
     """The params that vary among the experiments, train.seed aside: what tells one group from another."""
-    varying = [c for c in param_columns(frame) if c != SEED and frame[c].map(repr).nunique() > 1]
-    return varying
+    return [c for c in param_columns(frame) if c != SEED and frame[c].map(repr).nunique() > 1]
 
 
 def group_label(row: pd.Series | dict[str, Any], keys: list[str]) -> str:
@@ -176,7 +180,7 @@ NOISE = "not distinguishable from seed noise"
 
 def paired_differences(frame: pd.DataFrame, keys: list[str], baseline: dict[str, Any]) -> pd.DataFrame:
     """Every group against the baseline group, seed by seed: the mean difference, its 95% interval, a verdict."""
-    is_baseline = np.logical_and.reduce([frame[k].map(lambda v, w=w: _same(v, w)) for k, w in baseline.items()])
+    is_baseline = matching(frame, baseline)
     base = frame[is_baseline]
     if base.empty:
         wanted = ", ".join(f"{k}={v}" for k, v in baseline.items())
@@ -217,8 +221,6 @@ DEFAULT_BASELINE = ("model.pos=rope", "model.impl=native")
 def report(repo: str | Path, out_dir: str | Path, all_commits: bool, only: list[str], baseline: list[str]) -> None:
     """`llama-pe report`: read the experiments, select, aggregate and write the tables."""
     frame = select(read_experiments(repo, all_commits), only)
-    if frame.empty:
-        raise ReportError("no finished experiments selected: run some (dvc exp run) or widen the selection")
     conditions = baseline or [c for c in DEFAULT_BASELINE if c.split("=")[0] in group_keys(frame)]
     wanted = dict(_parse_condition(c, frame) for c in conditions)
     write_report(frame, Path(out_dir), wanted)
