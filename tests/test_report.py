@@ -25,7 +25,8 @@ def record(name: str, pos: str, seed: int, loss: float, ppl_8x: float | str | No
     """A record as dvc.api.exp_show gives it: strings for None and booleans, floats for integers."""
     return {
         "Experiment": name, "rev": f"{name}-rev", "typ": "branch_commit", "State": "Success",
-        "best_val_loss": loss, "test_ppl": math.exp(loss), "ppl_at_8x": "None" if ppl_8x is None else ppl_8x,
+        "best_val_loss": loss, "test_ppl": math.exp(loss), "holdout_bpc": loss / 2, "ppl_at_1x": math.exp(loss),
+        "ppl_at_8x": "None" if ppl_8x is None else ppl_8x, "train.context": 64.0,
         "params": 1000.0, "tokens_per_sec": 100.0 + seed,
         "model.pos": pos, "train.seed": float(seed), "model.dim": "None", "train.compile": "False",
         "model.size": "small", **params,
@@ -132,3 +133,48 @@ def test_written_report_holds_the_raw_runs_and_the_tables(tmp_path):
     assert "| model.pos=alibi |" in markdown and "better" in markdown and "5.1 ± 0.1 (n=3)" in markdown
     with pytest.raises(ReportError, match="no finished experiments selected"):
         write_report(frame.iloc[0:0], tmp_path / "empty", {"model.pos": "rope"})
+
+
+def test_runs_of_other_code_are_other_groups_and_a_repeat_of_the_same_code_counts_once():
+    # exp_show lists each stage dependency's hash; experiments of two versions of the model code must not mix.
+    old = [{**r, "src/llama_pe/model": "aaa.dir"} for r in ROPE]
+    new = [{**r, "src/llama_pe/model": "bbb.dir", "Experiment": r["Experiment"] + "-new", "best_val_loss": 4.0}
+           for r in ROPE]  # fmt: skip
+    repeat = {**old[0], "Experiment": "rope0-again", "tokens_per_sec": 999.0}  # only the timing differs
+    frame = experiments_frame(old + new + [repeat])
+    assert len(frame) == 6 and "rope0-again" not in set(frame["name"])
+    assert group_keys(frame) == ["code"]
+    summary = summarize(frame, group_keys(frame))
+    assert sorted(summary.loc[summary["metric"] == "best_val_loss", "n"]) == [3, 3]
+
+
+def test_two_different_runs_of_one_seed_in_a_group_are_refused(tmp_path):
+    twice = {**ROPE[0], "Experiment": "rope0-b", "best_val_loss": 4.5}
+    frame = experiments_frame(ROPE + ALIBI + [twice])
+    with pytest.raises(ReportError, match=r"model\.pos=rope: several runs with train\.seed=0 \(rope0, rope0-b\)"):
+        write_report(frame, tmp_path, {"model.pos": "rope"})
+
+
+def test_a_group_with_no_seed_in_common_with_the_baseline_is_named():
+    other_seeds = [record(f"abs{s}", "abs", s, 5.0) for s in (5, 6)]
+    frame = experiments_frame(ROPE + other_seeds)
+    with pytest.raises(ReportError, match=r"model\.pos=abs: none of its runs \(train\.seed 5, 6\) pairs with a run of "
+                       r"the baseline \(train\.seed 0, 1, 2\)"):  # fmt: skip
+        paired_differences(frame, ["model.pos"], {"model.pos": "rope"})
+
+
+def test_the_figures_are_drawn_from_every_group(tmp_path):
+    from PIL import Image
+
+    frame = experiments_frame(ROPE + ALIBI)
+    curves = pd.DataFrame(
+        [{"name": name, "step": step, "tokens": step * 100, "loss": 6.0 - step / 10} for name in frame["name"]
+         for step in (1, 2, 3)]
+    )  # fmt: skip
+    paths = write_report(frame, tmp_path, {"model.pos": "rope"}, curves)
+    for name in ("extrapolation.png", "val_curves.png", "bpc.png"):
+        with Image.open(paths[name]) as image:
+            assert image.format == "PNG" and image.width > 600
+            colours = len(image.convert("RGB").getcolors(maxcolors=1 << 24))
+            assert colours > 50  # lines, bands and text, not an empty canvas
+    assert pd.read_csv(paths["val_curves.csv"]).shape == (18, 4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from llama_pe.stage import run_stage
 
@@ -25,7 +26,22 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="the group the others are compared with (default: model.pos=rope, model.impl=native)",
     )
-    report.add_argument("--out", default="reports", help="folder for runs.csv, summary.csv and comparison.md")
+    report.add_argument("--out", default="reports", help="folder for the tables (CSV, Markdown) and figures")
+    study = commands.add_parser(
+        "study", help="queue a grid of experiments on DVC's queue, wait for them and write the report"
+    )
+    study.add_argument("--pos", default="rope", help="encodings, comma-separated (model.pos), e.g. rope,alibi")
+    study.add_argument("--hf", action="store_true", help="add transformers' LlamaForCausalLM (model.impl=hf, rope)")
+    study.add_argument("--seeds", default="0", help="train.seed values, comma-separated, e.g. 0,1,2")
+    study.add_argument(
+        "-S", "--set-param", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+        help="a params.yaml override for every experiment of the grid, as dvc exp run -S takes it",
+    )  # fmt: skip
+    study.add_argument("-j", "--jobs", type=int, default=1, help="DVC queue workers (dvc queue start -j)")
+    study.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE", help="as for report")
+    study.add_argument("--out", default="reports", help="folder for the report")
+    study.add_argument("--poll", type=float, default=15.0, help="seconds between looks at the queue")
+    study.add_argument("--dry-run", action="store_true", help="say what exists and what would be queued, only")
     args = parser.parse_args(argv)
 
     def export_command() -> None:
@@ -38,7 +54,14 @@ def main(argv: list[str] | None = None) -> None:
 
         report(".", args.out, args.all_commits, args.only, args.baseline)
 
-    run_stage({"export-hf": export_command, "report": report_command}[args.command])
+    def study_command() -> None:
+        from llama_pe.study import study
+
+        study(Path("."), args.pos, args.seeds, args.hf, args.sets, args.jobs, Path(args.out), args.baseline,
+              args.poll, args.dry_run)  # fmt: skip
+
+    commands_by_name = {"export-hf": export_command, "report": report_command, "study": study_command}
+    run_stage(commands_by_name[args.command])
 
 
 if __name__ == "__main__":

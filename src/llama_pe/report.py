@@ -3,11 +3,14 @@
 One row per experiment (its params and metrics, as `dvc exp show` has them); groups are the experiments that
 differ only in train.seed; each group's metrics get n, mean, std and a Student's t 95% interval; every group is
 compared with a baseline group seed by seed (same seed, same batches), so that a difference is set against the
-seed-to-seed noise of that difference, not against the noise of either side alone.
+seed-to-seed noise of that difference, not against the noise of either side alone. Experiments that ran other
+code (the hashes of the stages' source files that DVC records) are other groups, never averaged together.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import math
 import re
@@ -26,12 +29,16 @@ from llama_pe.io import atomic_path, write_text
 log = logging.getLogger(__name__)
 
 SEED = "train.seed"
+CODE = "code"  # a short hash of the source files the experiment's stages ran, from the dep hashes DVC records
+CODE_PREFIXES = ("stages/", "src/")
 PARAM_SECTIONS = ("data.", "tokenizer.", "model.", "train.", "eval.")
 # The metrics a report aggregates, in the order its tables show them.
 METRIC_PATTERNS = (
     r"best_val_loss", r"best_val_bpc", r"(val|test|holdout)_(loss|ppl|bpc)", r"ppl_at_\w+", r"sliding_ppl_at_\w+",
     r"tokens_per_sec", r"params",
 )  # fmt: skip
+# Timings vary from run to run of the same code and params; everything else repeats exactly on a CPU.
+TIMING_METRICS = ("tokens_per_sec",)
 # Which way is better, by metric name; a metric in neither gets no verdict (params: a count, not a score).
 LOWER_IS_BETTER = re.compile(r".*(loss|ppl|bpc)(_at_\w+)?$|^(sliding_)?ppl_at_\w+$")
 HIGHER_IS_BETTER = re.compile(r"^tokens_per_sec$")
@@ -64,6 +71,7 @@ def experiments_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             continue  # the workspace repeats HEAD's run, or holds a run that no commit or experiment records
         row = {"name": record.get("Experiment") or record.get("rev"), "rev": record.get("rev")}
         row.update({key: _value(value) for key, value in record.items() if _is_param(key) or _is_metric(key)})
+        row[CODE] = code_hash(record)
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty or "best_val_loss" not in frame:
@@ -71,9 +79,16 @@ def experiments_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     for metric in metric_columns(frame):
         frame[metric] = pd.to_numeric(frame[metric], errors="coerce")  # null stays NaN, never a made-up number
     frame = frame[frame["best_val_loss"].notna()]  # queued, running or failed: no metrics
-    # Commits that changed no param or metric repeat their parent's run (--all-commits lists each): count it once.
-    same_run = param_columns(frame) + metric_columns(frame)
+    # The same params and code give the same losses on a CPU: a commit that changed neither repeats its parent's
+    # run (--all-commits lists each), as does an experiment of the committed params. Count such a run once.
+    same_run = [*param_columns(frame), CODE, *(m for m in metric_columns(frame) if m not in TIMING_METRICS)]
     return frame[~frame[same_run].astype(str).duplicated()].reset_index(drop=True)
+
+
+def code_hash(record: dict[str, Any]) -> str | None:
+    """A short hash of the source files' hashes that the record's dvc.lock holds (None when it holds none)."""
+    code = sorted(f"{key}={value}" for key, value in record.items() if key.startswith(CODE_PREFIXES))
+    return hashlib.sha256("\n".join(code).encode()).hexdigest()[:8] if code else None
 
 
 def _is_param(key: str) -> bool:
@@ -135,12 +150,32 @@ def _same(value: Any, want: Any) -> bool:
 
 
 def group_keys(frame: pd.DataFrame) -> list[str]:
-    """The params that vary among the experiments, train.seed aside: what tells one group from another."""
-    return [c for c in param_columns(frame) if c != SEED and frame[c].map(repr).nunique() > 1]
+    """The params that vary among the experiments, train.seed aside, and the code if it varies: what tells one
+    group from another."""
+    candidates = [*param_columns(frame), *([CODE] if CODE in frame else [])]
+    return [c for c in candidates if c != SEED and frame[c].map(repr).nunique() > 1]
+
+
+def check_one_run_per_seed(frame: pd.DataFrame, keys: list[str]) -> None:
+    """Pairing by seed needs one run per group and seed; two runs that differ in their results are not one run."""
+    for label, group in iter_groups(frame, keys):
+        repeated = group[group[SEED].duplicated(keep=False)]
+        if not repeated.empty:
+            seed = repeated[SEED].iloc[0]
+            names = ", ".join(repeated.loc[repeated[SEED] == seed, "name"].astype(str))
+            raise ReportError(
+                f"{label}: several runs with {SEED}={seed} ({names}) of the same params and code but other results; "
+                "keep one: remove the others with `dvc exp remove NAME`, or select with --only"
+            )
 
 
 def group_label(row: pd.Series | dict[str, Any], keys: list[str]) -> str:
     return ", ".join(f"{k}={None if pd.isna(row[k]) else row[k]}" for k in keys) or "all"
+
+
+def short_label(row: pd.Series | dict[str, Any], keys: list[str]) -> str:
+    """The group's values alone (`rope native`), for the legends of the figures."""
+    return " ".join(f"code {row[k]}" if k == CODE else str(row[k]) for k in keys) or "all"
 
 
 def t_interval(values: np.ndarray) -> tuple[float, float, float]:
@@ -156,7 +191,7 @@ def t_interval(values: np.ndarray) -> tuple[float, float, float]:
 def summarize(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """One row per group and metric: n (runs with a value), mean, std, and the 95% interval's bounds."""
     rows = []
-    for label, group in _groups(frame, keys):
+    for label, group in iter_groups(frame, keys):
         for metric in metric_columns(frame):
             values = group[metric].dropna().astype(float).to_numpy()  # a null stays out: never averaged in
             mean, std, half = t_interval(values)
@@ -167,7 +202,7 @@ def summarize(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _groups(frame: pd.DataFrame, keys: list[str]):
+def iter_groups(frame: pd.DataFrame, keys: list[str]):
     if not keys:
         yield "all", frame
         return
@@ -187,7 +222,12 @@ def paired_differences(frame: pd.DataFrame, keys: list[str], baseline: dict[str,
         raise ReportError(f"--baseline {wanted}: no experiment matches it; give --baseline KEY=VALUE of one group")
     base_by_seed = base.set_index(SEED)
     rows = []
-    for label, group in _groups(frame[~is_baseline], keys):
+    for label, group in iter_groups(frame[~is_baseline], keys):
+        if not set(group[SEED]) & set(base_by_seed.index):
+            raise ReportError(
+                f"{label}: none of its runs ({SEED} {_seeds(group)}) pairs with a run of the baseline "
+                f"({SEED} {_seeds(base)}); run the same seeds for both, or choose another --baseline"
+            )
         for metric in metric_columns(frame):
             paired = group.set_index(SEED)[metric].astype(float) - base_by_seed[metric].astype(float)
             diffs = paired.dropna().to_numpy()  # only seeds where both runs have a value
@@ -197,6 +237,10 @@ def paired_differences(frame: pd.DataFrame, keys: list[str], baseline: dict[str,
                 "ci95_low": mean - half, "ci95_high": mean + half, "verdict": verdict(metric, mean, half),
             })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _seeds(frame: pd.DataFrame) -> str:
+    return ", ".join(str(seed) for seed in sorted(frame[SEED].unique()))
 
 
 def verdict(metric: str, mean_diff: float, half_width: float) -> str:
@@ -216,28 +260,67 @@ def verdict(metric: str, mean_diff: float, half_width: float) -> str:
 
 
 DEFAULT_BASELINE = ("model.pos=rope", "model.impl=native")
+# Where the train stage's DVCLive files put the validation curve (dvc.yaml: --live plots/train).
+VAL_CURVE = "plots/train/plots/metrics/val"
 
 
 def report(repo: str | Path, out_dir: str | Path, all_commits: bool, only: list[str], baseline: list[str]) -> None:
-    """`llama-pe report`: read the experiments, select, aggregate and write the tables."""
+    """`llama-pe report`: read the experiments, select, aggregate and write the tables and figures."""
     frame = select(read_experiments(repo, all_commits), only)
+    wanted = baseline_conditions(frame, baseline)
+    write_report(frame, Path(out_dir), wanted, read_val_curves(repo, frame))
+
+
+def baseline_conditions(frame: pd.DataFrame, baseline: list[str]) -> dict[str, Any]:
+    """--baseline KEY=VALUE as a dict; by default native rope, on the keys that vary among the experiments."""
     conditions = baseline or [c for c in DEFAULT_BASELINE if c.split("=")[0] in group_keys(frame)]
-    wanted = dict(_parse_condition(c, frame) for c in conditions)
-    write_report(frame, Path(out_dir), wanted)
+    return dict(_parse_condition(c, frame) for c in conditions)
 
 
-def write_report(frame: pd.DataFrame, out_dir: Path, baseline: dict[str, Any]) -> dict[str, Path]:
-    """runs.csv, summary.csv and comparison.md in out_dir; returns the paths written."""
+def read_val_curves(repo: str | Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """Each experiment's validation loss by tokens seen, read from its own DVCLive files at its own revision."""
+    from dvc.api import DVCFileSystem
+
+    curves = []
+    for name, rev in zip(frame["name"], frame["rev"], strict=True):
+        fs = DVCFileSystem(str(repo), rev=rev)
+        try:
+            loss, tokens = (
+                pd.read_csv(io.StringIO(fs.read_text(f"{VAL_CURVE}/{column}.tsv")), sep="\t")[["step", column]]
+                for column in ("loss", "tokens")
+            )
+        except FileNotFoundError:
+            log.warning("%s (%s) has no validation curve at %s: left out of val_curves.png", name, rev, VAL_CURVE)
+            continue
+        curves.append(loss.merge(tokens, on="step").assign(name=name))
+    return pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=["name", "step", "tokens", "loss"])
+
+
+def write_report(
+    frame: pd.DataFrame, out_dir: Path, baseline: dict[str, Any], curves: pd.DataFrame | None = None
+) -> dict[str, Path]:
+    """The tables (runs.csv, summary.csv, comparison.md) and, given the curves, the figures; returns their paths."""
+    from llama_pe import report_figures  # matplotlib is slow to import
+
     if frame.empty:
         raise ReportError("no finished experiments selected: run some (dvc exp run) or widen the selection")
     keys = group_keys(frame)
+    check_one_run_per_seed(frame, keys)
     summary = summarize(frame, keys)
     diffs = paired_differences(frame, keys, baseline) if keys else pd.DataFrame()
     paths = {name: out_dir / name for name in ("runs.csv", "summary.csv", "comparison.md")}
-    for name, table in (("runs.csv", frame), ("summary.csv", summary)):
+    tables = {"runs.csv": frame, "summary.csv": summary}
+    if curves is not None:
+        paths["val_curves.csv"] = out_dir / "val_curves.csv"
+        tables["val_curves.csv"] = curves
+    for name, table in tables.items():
         with atomic_path(paths[name]) as tmp:
             table.to_csv(tmp, index=False)
     write_text(paths["comparison.md"], comparison_markdown(summary, diffs, keys, baseline))
+    paths["extrapolation.png"] = report_figures.extrapolation(frame, keys, out_dir / "extrapolation.png")
+    paths["bpc.png"] = report_figures.bits_per_character(frame, keys, out_dir / "bpc.png")
+    if curves is not None:
+        paths["val_curves.png"] = report_figures.val_curves(frame, keys, curves, out_dir / "val_curves.png")
     log.info("%d experiments in %d groups by %s: wrote %s", len(frame), summary["group"].nunique(),
              ", ".join(keys) or "nothing", ", ".join(map(str, paths.values())))  # fmt: skip
     return paths

@@ -1,0 +1,115 @@
+"""The report's figures: one line (or bar) per group, with the spread over seeds drawn around it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import ScalarFormatter
+
+from llama_pe.io import atomic_path
+from llama_pe.report import iter_groups, short_label, t_interval
+
+# ppl_at_0p5x: the test perplexity with windows of 0.5 × train.context (llama_pe.evaluate.metric_suffix).
+CONTEXT_METRIC = re.compile(r"^(?P<mode>sliding_)?ppl_at_(?P<multiple>\d+(p\d+)?)x$")
+BAND = "mean ± std over seeds"
+
+
+def extrapolation(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
+    """Test perplexity against evaluation context, non-overlapping and sliding windows side by side."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=120, sharey=True)
+    contexts = set()
+    for ax, mode, title in ((axes[0], "", "non-overlapping windows"), (axes[1], "sliding_", "sliding windows")):
+        for _label, group in iter_groups(frame, keys):
+            points = _context_points(group, mode)
+            if points.empty:
+                continue
+            contexts |= set(points["context"])
+            line = ax.plot(points["context"], points["mean"], marker="o", label=short_label(group.iloc[0], keys))
+            ax.fill_between(points["context"], points["low"], points["high"], color=line[0].get_color(), alpha=0.2)
+        for train_context in sorted(frame["train.context"].unique()):
+            ax.axvline(train_context, color="grey", linestyle="--", lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.set_xlabel("evaluation context (tokens); dashed: training context")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+    ticks = sorted(contexts)
+    for ax in axes:
+        ax.set_xticks(ticks, [f"{c:g}" for c in ticks])
+    axes[0].set_ylabel(f"test perplexity ({BAND})")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Length extrapolation")
+    return _save(fig, out)
+
+
+def _context_points(group: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """The group's mean and band at each evaluation context; a context with no value in any run is left out."""
+    rows = []
+    for column in group.columns:
+        match = CONTEXT_METRIC.match(column)
+        if not match or bool(match["mode"]) != bool(mode):
+            continue
+        values = group[column].dropna().astype(float).to_numpy()  # learned past its table: null, left out
+        if len(values) == 0:
+            continue
+        multiple = float(match["multiple"].replace("p", "."))
+        mean, std = float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        context = multiple * float(group["train.context"].iloc[0])
+        rows.append({"context": context, "mean": mean, "low": mean - std, "high": mean + std})
+    return pd.DataFrame(rows, columns=["context", "mean", "low", "high"]).sort_values("context")
+
+
+def val_curves(frame: pd.DataFrame, keys: list[str], curves: pd.DataFrame, out: Path) -> Path:
+    """Validation loss against tokens seen, each group's mean over seeds with its spread."""
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for _label, group in iter_groups(frame, keys):
+        runs = curves[curves["name"].isin(group["name"])]
+        if runs.empty:
+            continue
+        by_tokens = runs.groupby("tokens")["loss"].agg(["mean", "std", "count"]).reset_index()
+        spread = by_tokens["std"].where(by_tokens["count"] > 1, 0.0)
+        line = ax.plot(by_tokens["tokens"], by_tokens["mean"], marker=".", label=short_label(group.iloc[0], keys))
+        ax.fill_between(by_tokens["tokens"], by_tokens["mean"] - spread, by_tokens["mean"] + spread,
+                        color=line[0].get_color(), alpha=0.2)  # fmt: skip
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel(f"validation loss, nats per token ({BAND})")
+    ax.set_title("Validation loss during training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def bits_per_character(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
+    """Held-out (val ∪ test) bits per character per group: the mean, its 95% interval and each seed's run."""
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    labels = []
+    for index, (_, group) in enumerate(iter_groups(frame, keys)):
+        values = group["holdout_bpc"].dropna().astype(float).to_numpy()
+        mean, _, half = t_interval(values)
+        ax.errorbar(index, mean, yerr=None if np.isnan(half) else half, fmt="o", markersize=8, capsize=8)
+        ax.scatter(np.full(len(values), index + 0.15), values, color="black", s=10, zorder=3)
+        ax.annotate(f"{mean:.3f}", (index, mean), textcoords="offset points", xytext=(-10, 0), ha="right", fontsize=8)
+        labels.append(short_label(group.iloc[0], keys))
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.set_ylabel("held-out bits per character")
+    ax.set_title("Held-out bits per character (mean with 95% t interval; small dots: seeds)")
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, out)
+
+
+def _save(fig, out: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out

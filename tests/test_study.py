@@ -1,0 +1,135 @@
+"""`llama-pe study`: the grid it builds and checks, and end to end on DVC's queue in a temporary repo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from llama_pe.study import StudyError, parse_grid
+from tests.conftest import REPO_ROOT, base_params, generate_corpus, make_dvc_project, run
+
+PARAMS = REPO_ROOT / "params.yaml"
+
+
+def test_the_grid_goes_seed_by_seed_and_sets_each_point_as_dvc_would():
+    points = parse_grid("rope,alibi", "0,1", True, ["train.max_steps=7", "model.dim=288"], PARAMS)
+    assert [p.label for p in points] == [
+        "rope native seed 0", "alibi native seed 0", "rope hf seed 0",
+        "rope native seed 1", "alibi native seed 1", "rope hf seed 1",
+    ]  # fmt: skip
+    hf = points[2]
+    assert hf.overrides == ("model.impl=hf", "model.pos=rope", "train.seed=0", "train.max_steps=7", "model.dim=288")
+    assert hf.params["model"]["impl"] == "hf" and hf.params["train"]["max_steps"] == 7
+    assert points[4].params["model"]["pos"] == "alibi" and points[4].params["train"]["seed"] == 1
+    unchanged = yaml.safe_load(PARAMS.read_text())
+    assert points[0].params["eval"] == unchanged["eval"] and points[0].params["data"] == unchanged["data"]
+
+
+def test_a_repeated_encoding_or_seed_is_one_point():
+    assert len(parse_grid("rope,rope", "0,0,1", False, [], PARAMS)) == 2
+
+
+@pytest.mark.parametrize(
+    ("pos", "seeds", "sets", "message"),
+    [
+        ("rope,xpos", "0", [], r"--pos: unknown encoding 'xpos'; valid: rope, abs, learned, alibi, abs_rel, nope"),
+        ("", "0", [], r"--pos: expected encodings separated by commas; valid: rope"),
+        ("rope", "0,one", [], r"--seeds: expected integers separated by commas, such as 0,1,2; got '0,one'"),
+        ("rope", "0", ["train.steps=3"], r"-S train\.steps=3: params\.yaml has no train\.steps; valid keys: "),
+        ("rope", "0", ["train.max_steps"], r"-S train\.max_steps: expected KEY=VALUE"),
+        ("rope", "0", ["model.pos=alibi"], r"-S model\.pos=alibi: the grid sets model\.pos; use --pos"),
+        ("rope", "0", ["train.seed=3"], r"the grid sets train\.seed; use --seeds"),
+        ("rope", "0", ["model.size=huge"], r"rope native seed 0: model\.size: unknown size 'huge'; valid sizes: tiny"),
+        ("rope", "0", ["model.dim=250"], r"rope native seed 0: model\.dim: 250 is not divisible by model\.n_heads=6"),
+    ],
+)  # fmt: skip
+def test_bad_grids_are_refused_before_anything_is_queued(pos, seeds, sets, message):
+    with pytest.raises(StudyError, match=message):
+        parse_grid(pos, seeds, False, sets, PARAMS)
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A copy of the pipeline on a generated corpus with a tiny model and a few steps."""
+    root = tmp_path_factory.mktemp("study")
+    params = base_params()
+    params["tokenizer"]["vocab_size"] = 400
+    params["model"].update(size="tiny", dim=32, n_heads=4, n_kv_heads=2)
+    params["eval"].update(stride=4, sample_tokens=4)
+    params["train"].update(
+        context=16, batch_size=8, max_steps=6, warmup_steps=2, eval_interval=2, device="cpu", patience=None
+    )
+    env = make_dvc_project(root, tmp_path_factory.mktemp("mirror"), generate_corpus(n_speeches=600, seed=1), params)
+    run(["dvc", "repro", "encode"], root, env)  # the data stages once; every experiment checks them out
+    return root, env
+
+
+def study(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "llama_pe.cli", "study", "--poll", "2", *args]
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+
+
+def experiment_names(root: Path, env: dict[str, str]) -> set[str]:
+    return set(run(["dvc", "exp", "list", "--all-commits", "--name-only"], root, env).split())
+
+
+@pytest.mark.slow
+def test_study_runs_the_grid_on_dvcs_queue_then_reports_every_group_over_its_seeds(project):
+    root, env = project
+    done = study(root, env, "--pos", "rope,alibi", "--seeds", "0,1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4 to queue" in done.stderr and len(experiment_names(root, env)) == 4
+
+    reports = root / "reports"
+    expected = ("runs.csv", "summary.csv", "comparison.md", "val_curves.csv", "extrapolation.png", "val_curves.png",
+                "bpc.png")  # fmt: skip
+    assert all((reports / name).stat().st_size > 0 for name in expected)
+    runs = pd.read_csv(reports / "runs.csv")
+    assert sorted(zip(runs["model.pos"], runs["train.seed"], strict=True)) == [
+        ("alibi", 0), ("alibi", 1), ("rope", 0), ("rope", 1)
+    ]  # fmt: skip
+    summary = pd.read_csv(reports / "summary.csv")
+    assert set(summary["group"]) == {"model.pos=rope", "model.pos=alibi"}
+    assert (summary.loc[summary["metric"] == "best_val_loss", "n"] == 2).all()
+    curves = pd.read_csv(reports / "val_curves.csv")
+    assert set(curves["name"]) == set(runs["name"]) and set(curves["step"]) == {2, 4, 6}
+    assert "## Against model.pos=rope, paired by seed" in (reports / "comparison.md").read_text()
+
+    again = study(root, env, "--pos", "rope,alibi", "--seeds", "0,1")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "4 already have an experiment, 0 to queue" in again.stderr
+    assert len(experiment_names(root, env)) == 4  # nothing trained again
+
+
+@pytest.mark.slow
+def test_an_experiment_made_by_other_code_is_not_reused(project):
+    root, env = project
+    model_file = root / "src/llama_pe/model/transformer.py"
+    original = model_file.read_text()
+    try:
+        model_file.write_text(original + "\n# changed\n")
+        planned = study(root, env, "--pos", "rope,alibi", "--seeds", "0,1", "--dry-run")
+        assert planned.returncode == 0, planned.stderr
+        assert "0 already have an experiment, 4 to queue" in planned.stderr
+    finally:
+        model_file.write_text(original)
+
+
+@pytest.mark.slow
+def test_a_failed_experiment_is_named_with_the_end_of_its_log(project):
+    root, env = project
+    # Valid params, but a window longer than the generated corpus' val split: the train stage refuses it before
+    # step one, inside the queued experiment.
+    failed = study(root, env, "--pos", "nope", "--seeds", "0", "-S", "train.context=2000")
+    assert failed.returncode == 1
+    assert "nope native seed 0: experiment" in failed.stderr and "failed; the end of its log:" in failed.stderr
+    assert "train.context: 2000 tokens do not fit the val split" in failed.stderr
+    assert "1 of 1 experiments failed (nope native seed 0)" in failed.stderr
