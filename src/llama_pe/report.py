@@ -303,7 +303,10 @@ def write_report(
     from llama_pe import report_figures  # matplotlib is slow to import
 
     if frame.empty:
-        raise ReportError("no finished experiments selected: run some (dvc exp run) or widen the selection")
+        raise ReportError(
+            "no finished experiments selected: run some (dvc exp run, llama-pe study) or widen the selection "
+            "(--all-commits for the experiments of every commit, fewer --only)"
+        )
     keys = group_keys(frame)
     check_one_run_per_seed(frame, keys)
     summary = summarize(frame, keys)

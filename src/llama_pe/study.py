@@ -312,6 +312,8 @@ def study(
                       failure_log(repo, record["Experiment"]))  # fmt: skip
     if result.finished:
         frame = experiments_frame(finished_records(repo, result.finished.values()))
+        order = {record["rev"][:7]: index for index, record in enumerate(result.finished.values())}
+        frame = frame.sort_values("rev", key=lambda revs: revs.str[:7].map(order)).reset_index(drop=True)  # grid order
         write_report(frame, out_dir, baseline_conditions(frame, baseline), read_val_curves(repo, frame))
     if result.failed:
         names = ", ".join(point.label for point in result.failed)
