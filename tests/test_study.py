@@ -84,7 +84,8 @@ def experiment_names(root: Path, env: dict[str, str]) -> set[str]:
 @pytest.mark.slow
 def test_study_runs_the_grid_on_dvcs_queue_then_reports_every_group_over_its_seeds(project):
     root, env = project
-    done = study(root, env, "--pos", "rope,alibi", "--seeds", "0,1")
+    # Two queue workers: each experiment runs in its own copy of the repo, so parallel runs share no file.
+    done = study(root, env, "--pos", "rope,alibi", "--seeds", "0,1", "--jobs", "2")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 to queue" in done.stderr and len(experiment_names(root, env)) == 4
 

@@ -4,8 +4,9 @@ A grid point is a set of `-S KEY=VALUE` overrides. DVC does the work: `dvc exp r
 `dvc queue start` runs the queue, `dvc exp show` tells each experiment's state and `dvc queue logs` why one
 failed. This module only decides what to queue and waits. A point is not queued again when an experiment for it
 already exists (finished, queued or running): one whose params.yaml is what the overrides make of the
-workspace's, and whose source files (every git-tracked dependency in dvc.yaml, and dvc.yaml itself) are the
-workspace's. An experiment made by other code is not the same experiment, even with the same params.
+workspace's, whose stages run the same commands on the same dependencies and params (dvc.yaml), and whose source
+files (every git-tracked dependency of those stages) are the workspace's. An experiment made by other code is not
+the same experiment, even with the same params.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class Experiments:
     def __init__(self, repo: Path) -> None:
         self.repo = repo
         self.code_paths = _code_paths(repo)
+        self.pipeline = _pipeline((repo / "dvc.yaml").read_text(encoding="utf-8"))
         self._params: dict[str, Any] = {}  # rev -> its params.yaml (a revision never changes)
         self._same_code: dict[str, bool] = {}
 
@@ -165,7 +167,10 @@ class Experiments:
         if self._params[rev] != point.params:
             return False
         if rev not in self._same_code:
-            self._same_code[rev] = self._git("diff", "--quiet", rev, "--", *self.code_paths).returncode == 0
+            shown = self._git("show", f"{rev}:dvc.yaml")
+            same_stages = shown.returncode == 0 and _pipeline(shown.stdout) == self.pipeline
+            same_files = self._git("diff", "--quiet", rev, "--", *self.code_paths).returncode == 0
+            self._same_code[rev] = same_stages and same_files
         return self._same_code[rev]
 
     def status(self, points: list[Point]) -> dict[Point, tuple[str, dict[str, Any] | None]]:
@@ -188,15 +193,21 @@ class Experiments:
         return done.stdout
 
 
+def _pipeline(dvc_yaml: str) -> dict[str, Any]:
+    """What makes a stage's results: its command, dependencies and params (not how its outputs are stored)."""
+    stages = yaml.safe_load(dvc_yaml).get("stages", {})
+    return {name: {key: stage.get(key) for key in ("cmd", "deps", "params")} for name, stage in stages.items()}
+
+
 def _code_paths(repo: Path) -> list[str]:
-    """dvc.yaml and every dependency of its stages that git tracks and no stage makes: the code an experiment runs."""
+    """Every dependency of the stages that git tracks and no stage makes: the source files an experiment runs."""
     stages = yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     made = {_path(out) for stage in stages.values() for kind in ("outs", "metrics", "plots")
             for out in stage.get(kind, [])}  # fmt: skip
     deps = {dep for stage in stages.values() for dep in stage.get("deps", [])}
     deps = sorted(d for d in deps if not any(d == m or d.startswith(f"{m}/") for m in made))
     tracked = subprocess.run(["git", "ls-files", "--", *deps], cwd=repo, capture_output=True, text=True, check=True)
-    return ["dvc.yaml", *sorted(set(tracked.stdout.split()))]
+    return sorted(set(tracked.stdout.split()))
 
 
 def _path(entry: str | dict[str, Any]) -> str:
