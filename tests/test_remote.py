@@ -42,7 +42,12 @@ def s3_endpoint() -> Iterator[str]:
 
 def aws_env(env: dict[str, str]) -> dict[str, str]:
     # Credentials come from the environment, as the README says; moto accepts any.
-    return {**env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    return {
+        **env,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
 
 
 @pytest.fixture(scope="module")
