@@ -178,3 +178,24 @@ def test_the_figures_are_drawn_from_every_group(tmp_path):
             colours = len(image.convert("RGB").getcolors(maxcolors=1 << 24))
             assert colours > 50  # lines, bands and text, not an empty canvas
     assert pd.read_csv(paths["val_curves.csv"]).shape == (18, 4)
+
+
+def test_a_dvc_exp_show_that_hangs_is_given_up_with_a_reason(monkeypatch):
+    import threading
+
+    import dvc.api
+
+    from llama_pe.report import exp_show
+
+    release = threading.Event()
+    monkeypatch.setattr(dvc.api, "exp_show", lambda **kwargs: release.wait(5))
+    with pytest.raises(ReportError, match=r"dvc exp show gave no answer in 0 s .*run the command again"):
+        exp_show(".", num=1, timeout=0.2)
+    release.set()
+
+    def broken(**kwargs):
+        raise RuntimeError("not a DVC repository")
+
+    monkeypatch.setattr(dvc.api, "exp_show", broken)
+    with pytest.raises(RuntimeError, match="not a DVC repository"):
+        exp_show(".", num=1)

@@ -14,6 +14,7 @@ import io
 import logging
 import math
 import re
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,36 @@ class ReportError(LlamaPeError, ValueError):
 
 def read_experiments(repo: str | Path = ".", all_commits: bool = False) -> pd.DataFrame:
     """One row per finished experiment of the repo (and each commit's own run), as `dvc exp show` lists them."""
+    return experiments_frame(exp_show(repo, num=-1 if all_commits else 1))
+
+
+def exp_show(repo: str | Path, num: int, timeout: float = 300.0) -> list[dict[str, Any]]:
+    """dvc.api.exp_show, given up on after `timeout` seconds.
+
+    While a queued experiment finishes, DVC 3.67 can read its temporary repository as it is being deleted and
+    wait forever; a report should fail with a reason instead. The call runs in a daemon thread, left behind if
+    it hangs.
+    """
     import dvc.api  # slow to import; only reading needs it
 
-    records = dvc.api.exp_show(repo=str(repo), num=-1 if all_commits else 1)
-    return experiments_frame(records)
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(_call(dvc.api.exp_show, repo=str(repo), num=num)),
+                              daemon=True)  # fmt: skip
+    worker.start()
+    worker.join(timeout)
+    if not result:
+        raise ReportError(f"dvc exp show gave no answer in {timeout:.0f} s (DVC can hang while a queued experiment "
+                          "finishes); run the command again")  # fmt: skip
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+def _call(function, **kwargs) -> Any:
+    try:
+        return function(**kwargs)
+    except BaseException as err:  # handed to the caller's thread
+        return err
 
 
 def experiments_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:

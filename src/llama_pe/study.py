@@ -288,10 +288,10 @@ def run_study(
 
 def finished_records(repo: Path, finished: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The finished experiments' params and metrics as `dvc exp show` has them (nothing of the grid runs now)."""
-    import dvc.api
+    from llama_pe.report import exp_show
 
     revs = {record["rev"][:7] for record in finished}
-    return [r for r in dvc.api.exp_show(repo=str(repo), num=-1) if r.get("Experiment") and r["rev"][:7] in revs]
+    return [r for r in exp_show(repo, num=-1) if r.get("Experiment") and r["rev"][:7] in revs]
 
 
 def study(
