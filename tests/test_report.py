@@ -199,3 +199,15 @@ def test_a_dvc_exp_show_that_hangs_is_given_up_with_a_reason(monkeypatch):
     monkeypatch.setattr(dvc.api, "exp_show", broken)
     with pytest.raises(RuntimeError, match="not a DVC repository"):
         exp_show(".", num=1)
+
+
+def test_a_metric_that_dvc_names_by_file_is_one_column():
+    # --all-commits: an older train.json also had val_loss, so DVC names both files' columns by file.
+    renamed = [
+        {**{k: v for k, v in r.items() if k != "test_ppl"}, "metrics/train.json:test_ppl": "!",
+         "metrics/eval.json:test_ppl": r["test_ppl"]}
+        for r in ROPE
+    ]  # fmt: skip
+    frame = experiments_frame(renamed)
+    assert frame["test_ppl"].tolist() == pytest.approx([r["test_ppl"] for r in ROPE])
+    assert not [c for c in frame.columns if ":" in c]

@@ -97,7 +97,12 @@ def experiments_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         if record.get("rev") == "workspace":
             continue  # the workspace repeats HEAD's run, or holds a run that no commit or experiment records
         row = {"name": record.get("Experiment") or record.get("rev"), "rev": record.get("rev")}
-        row.update({key: _value(value) for key, value in record.items() if _is_param(key) or _is_metric(key)})
+        for key, value in record.items():
+            # When two metrics files of any listed commit share a name, DVC names both by file
+            # (metrics/eval.json:val_loss); a metric is one column whichever file holds it.
+            name = key.rsplit(":", 1)[-1] if key.startswith("metrics/") else key
+            if (_is_param(name) or _is_metric(name)) and row.get(name) is None:
+                row[name] = _value(value)
         row[CODE] = code_hash(record)
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -356,6 +361,10 @@ def write_report(
     return paths
 
 
+# The first table's columns: the answer at a glance.
+HEADLINE = ("best_val_loss", "test_ppl", "holdout_bpc", "ppl_at_8x", "sliding_ppl_at_8x", "tokens_per_sec")
+
+
 def comparison_markdown(summary: pd.DataFrame, diffs: pd.DataFrame, keys: list[str], baseline: dict[str, Any]) -> str:
     def cell(row: pd.Series) -> str:
         if row["n"] == 0:
@@ -363,23 +372,38 @@ def comparison_markdown(summary: pd.DataFrame, diffs: pd.DataFrame, keys: list[s
         std = "" if math.isnan(row["std"]) else f" ± {row['std']:.4g}"
         return f"{row['mean']:.4g}{std} (n={row['n']})"
 
-    table = summary.assign(cell=summary.apply(cell, axis=1)).pivot(index="group", columns="metric", values="cell")
-    table = table[[m for m in dict.fromkeys(summary["metric"])]]
+    groups = list(dict.fromkeys(summary["group"]))  # the experiments' order, not the alphabet's
+    metrics = list(dict.fromkeys(summary["metric"]))
+    cells = summary.assign(cell=summary.apply(cell, axis=1)).pivot(index="group", columns="metric", values="cell")
+    cells = cells.reindex(index=groups, columns=metrics)
+    headline = [m for m in HEADLINE if m in metrics]
+    by_context = [m for m in metrics if re.fullmatch(r"(sliding_)?ppl_at_\w+", m)]
     parts = [
         "# Position encodings compared\n",
         f"Groups by {', '.join(f'`{k}`' for k in keys) or 'nothing'}; each cell is mean ± std over seeds (n runs).\n",
-        markdown_table(table.reset_index()),
+        "## Headline\n",
+        markdown_table(cells[headline].reset_index()),
     ]
+    if by_context:
+        parts += ["\n## Test perplexity by evaluation context (multiples of train.context)\n",
+                  markdown_table(cells[by_context].reset_index())]  # fmt: skip
     if not diffs.empty:
         wanted = ", ".join(f"{k}={v}" for k, v in baseline.items())
         interval = diffs.apply(lambda r: f"{r['mean_diff']:+.4g} [{r['ci95_low']:+.4g}, {r['ci95_high']:+.4g}]", axis=1)
-        shown = diffs.assign(difference=interval)[["group", "metric", "n_pairs", "difference", "verdict"]]
+        diffs = diffs.assign(difference=interval)
+        verdicts = diffs.assign(cell=diffs["difference"] + " " + diffs["verdict"])
+        verdicts = verdicts.pivot(index="group", columns="metric", values="cell")
+        verdicts = verdicts.reindex(index=[g for g in groups if g in verdicts.index], columns=headline)
         parts += [
             f"\n## Against {wanted}, paired by seed\n",
-            "Mean difference (group − baseline) with its Student's t 95% interval; *better* or *worse* only when the "
-            "interval excludes 0.\n",
-            markdown_table(shown),
+            "Mean difference (group − baseline) over the seeds both ran, with its Student's t 95% interval; *better* "
+            "or *worse* only when the interval excludes 0.\n",
+            markdown_table(verdicts.reset_index()),
         ]
+    parts += ["\n## Every metric\n", markdown_table(cells.reset_index())]
+    if not diffs.empty:
+        parts += ["\n## Every paired difference\n",
+                  markdown_table(diffs[["group", "metric", "n_pairs", "difference", "verdict"]])]  # fmt: skip
     return "\n".join(parts) + "\n"
 
 
