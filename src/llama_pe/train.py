@@ -142,7 +142,8 @@ class TrainState:
     best_step: int = 0
     best_tokens: int = 0
     evals_since_best: int = 0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # training steps only: what tokens_per_sec divides by
+    val_seconds: float = 0.0  # validations and the checkpoints written after them
     history: list[dict[str, float]] = field(default_factory=list)  # every logged point, replayed on resume
 
     def finished(self, cfg: TrainConfig) -> bool:
@@ -381,9 +382,11 @@ class Loop:
                 state.tokens += cfg.tokens_per_step
                 point = {"step": state.step, "train/loss": loss, "train/lr": lr, "train/tokens": state.tokens}
                 self._record(state, point)
-                if state.step % cfg.eval_interval == 0 or state.step == cfg.total_steps:
-                    self._evaluate(state)
                 state.train_seconds += time.perf_counter() - started
+                if state.step % cfg.eval_interval == 0 or state.step == cfg.total_steps:
+                    started = time.perf_counter()
+                    self._evaluate(state)
+                    state.val_seconds += time.perf_counter() - started
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{state.tokens / state.train_seconds:,.0f}")
         return True
@@ -439,8 +442,9 @@ def final_metrics(
         "trained_steps": state.step,
         "trained_tokens": state.tokens,
         "stopped_early": state.step < cfg.total_steps,
-        "tokens_per_sec": round(state.tokens / max(state.train_seconds, 1e-9), 1),
-        "wall_time_s": round(state.train_seconds, 2),
+        "tokens_per_sec": round(state.tokens / max(state.train_seconds, 1e-9), 1),  # training steps only
+        "wall_time_s": round(state.train_seconds + state.val_seconds, 2),
+        "val_time_s": round(state.val_seconds, 2),  # validations and checkpoints, inside wall_time_s
         "params": model.num_params(),
         "device": device.type,
         "precision": precision,
