@@ -24,10 +24,9 @@ def write_params(root: Path, nproc: int, **train) -> Path:
     params = copy.deepcopy(base_params())
     params["tokenizer"]["vocab_size"] = 400
     params["model"].update(size="tiny", dim=32, n_heads=4, n_kv_heads=2, dropout=0.0)
-    params["train"].update(
-        context=16, batch_size=8, max_steps=8, warmup_steps=2, eval_interval=4, device="cpu", precision="fp32",
-        patience=None, nproc=nproc, **train,
-    )  # fmt: skip
+    defaults = dict(context=16, batch_size=8, max_steps=8, warmup_steps=2, eval_interval=4, device="cpu",
+                    precision="fp32", patience=None)  # fmt: skip
+    params["train"].update({**defaults, **train, "nproc": nproc})
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
@@ -101,3 +100,41 @@ def test_a_world_size_that_does_not_divide_the_batch_stops_every_rank_with_the_r
     done = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "train.batch_size: 8 windows cannot be split evenly between 3 processes" in done.stdout + done.stderr
+
+
+def _rank_process(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's child with LOCAL_RANK=rank."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and f"LOCAL_RANK={rank}".encode() in environ:
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
+def test_one_failing_rank_stops_the_whole_run_instead_of_hanging(tmp_path, data_dirs):
+    write_params(tmp_path, nproc=2, **{"max_steps": 5000, "eval_interval": 1000})
+    process = subprocess.Popen(train_command(tmp_path, data_dirs), cwd=tmp_path, env=environment(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        rank1 = None
+        while rank1 is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            rank1 = _rank_process(process.pid, 1)
+        assert rank1 is not None, "rank 1 never started"
+        time.sleep(3)  # inside the training loop, waiting on rank 1 at every all-reduce
+        os.kill(rank1, signal.SIGKILL)
+        output, _ = process.communicate(timeout=120)  # a hang would end here, as a failure
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0
+    assert "local_rank: 1" in output or "rank: 1" in output, output[-2000:]
