@@ -1,8 +1,10 @@
 """Stage `train`: train the model that params.yaml describes; resume the last checkpoint when it matches."""
 
 import argparse
+import sys
 from pathlib import Path
 
+from llama_pe import distributed
 from llama_pe.config import load_config
 from llama_pe.stage import run_stage
 from llama_pe.train import Paths, train
@@ -19,7 +21,13 @@ def main() -> None:
     parser.add_argument("--live", required=True, help="DVCLive folder for the step-wise curves")
     args = parser.parse_args()
     paths = Paths(*(Path(p) for p in (args.encoded, args.tokenizer, args.best, args.last, args.metrics, args.live)))
-    train(load_config(args.params), paths)
+    cfg = load_config(args.params)
+    if cfg.train.nproc > 1 and not distributed.launched_by_torchrun():
+        distributed.relaunch_under_torchrun(cfg.train.nproc, sys.argv)  # this script again, once per process
+    try:
+        train(cfg, paths)
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import math
 
@@ -7,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from llama_pe.config import ConfigError
+from llama_pe.data.tokens import load_splits
 from llama_pe.errors import DataError, MissingInputError
 from llama_pe.evaluate import Score, evaluate_checkpoint, metric_suffix, split_plan, total_loss, window_plan
 from llama_pe.plotting import extrapolation_figure, training_figure
@@ -189,3 +191,18 @@ def test_data_encoded_for_another_split_is_refused_before_training(data_dirs, tm
         DataError, match=r"made with data\.split=contiguous .* params ask for data\.split=random_chunks"
     ):
         train(cfg, paths_in(tmp_path, data_dirs))
+
+
+def test_sliding_scores_use_only_the_logits_they_need_and_match_the_full_forward(data_dirs):
+    # total_loss asks the model for the scored positions' logits only; the sum must be the full forward's.
+    splits, _ = load_splits(data_dirs / "encoded")
+    tokens = splits["test"]
+    model = tiny_model(pos="alibi", vocab_size=400, max_seq_len=32).eval()
+    plan = split_plan(len(tokens), 32, 8, None)
+    fast = total_loss(model, tokens, plan, 16, torch.device("cpu"), contextlib.nullcontext())
+    slow = 0.0
+    for w in plan:
+        row = torch.from_numpy(tokens[w.start : w.end + 1].astype(np.int64))[None]
+        logits, _ = model(row[:, :-1])
+        slow += float(F.cross_entropy(logits[0, -w.scored :], row[0, -w.scored :], reduction="sum"))
+    assert fast == pytest.approx(slow, rel=1e-5)

@@ -110,7 +110,7 @@ def test_killed_training_resumes_under_dvc_repro_to_the_same_metrics(project):
     out = run(["dvc", "repro"], root, env)
     assert re.search(r"resuming from models/last\.pt at step (\d+)", out)
     resumed = json.loads((root / "metrics/train.json").read_text())
-    timing = ("tokens_per_sec", "wall_time_s")
+    timing = ("tokens_per_sec", "wall_time_s", "val_time_s")
     assert {k: v for k, v in resumed.items() if k not in timing} == {
         k: v for k, v in uninterrupted.items() if k not in timing
     }

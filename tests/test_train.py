@@ -33,7 +33,7 @@ TINY_TRAIN = dict(
     eval_interval=20, eval_windows=None, eval_batch_size=32, patience=None, device="cpu", precision="fp32",
 )  # fmt: skip
 TINY_MODEL = {"size": "tiny", "dim": 32, "n_heads": 4, "n_kv_heads": 2}
-TIMING = ("tokens_per_sec", "wall_time_s")
+TIMING = ("tokens_per_sec", "wall_time_s", "val_time_s")
 
 
 def paths_in(tmp_path, data_dirs) -> Paths:
@@ -126,6 +126,10 @@ def test_a_tiny_run_lowers_the_loss_and_writes_its_outputs(data_dirs, tmp_path):
     tsvs = curves(paths)
     assert {"plots/metrics/train/loss.tsv", "plots/metrics/val/loss.tsv", "plots/metrics/train/lr.tsv"} <= set(tsvs)
     assert len(tsvs["plots/metrics/val/loss.tsv"].splitlines()) == 1 + 4  # header and one row per evaluation
+    # tokens_per_sec counts the training steps only; validations and checkpoints are timed on their own.
+    train_seconds = metrics["wall_time_s"] - metrics["val_time_s"]
+    assert 0 < metrics["val_time_s"] < metrics["wall_time_s"]
+    assert metrics["tokens_per_sec"] == pytest.approx(80 * 128 / train_seconds, rel=0.01)
 
 
 @pytest.mark.parametrize(
@@ -258,6 +262,8 @@ def test_early_stopping_ends_the_run(data_dirs, tmp_path):
         ({"max_steps": 0}, r"train\.max_steps: expected a positive integer or null, got 0"),
         ({"max_steps": None}, r"train\.max_steps / train\.max_tokens: expected exactly one budget"),
         ({"max_tokens": 1000}, r"expected exactly one budget"),
+        ({"nproc": 0}, r"train\.nproc: expected a positive integer, got 0"),
+        ({"nproc": 3}, r"train\.batch_size: expected a multiple of train\.nproc=3 .*, got 8"),
     ],
 )
 def test_bad_training_settings(changes, message):

@@ -42,6 +42,20 @@ def main(argv: list[str] | None = None) -> None:
     study.add_argument("--out", default="reports", help="folder for the report")
     study.add_argument("--poll", type=float, default=15.0, help="seconds between looks at the queue")
     study.add_argument("--dry-run", action="store_true", help="say what exists and what would be queued, only")
+    bench = commands.add_parser("bench", help="training and evaluation speed, memory and MFU, side by side with HF")
+    bench.add_argument("--size", default="small", help="model.size preset")
+    bench.add_argument("--pos", default="rope,abs,learned,alibi,abs_rel,nope", help="encodings, comma-separated")
+    bench.add_argument("--no-hf", action="store_true", help="leave out transformers' LlamaForCausalLM")
+    bench.add_argument("--dropout", default="0,0.1", help="dropout values, comma-separated")
+    bench.add_argument("--context", type=int, default=64)
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--rounds", type=int, default=5, help="interleaved rounds; figures are their medians")
+    bench.add_argument("--steps", type=int, default=5, help="steps timed per variant and round")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--precision", default="auto")
+    bench.add_argument("--generate-tokens", type=int, default=512, help="0: no generation benchmark")
+    bench.add_argument("--out", default="benchmarks/results/bench.json")
     args = parser.parse_args(argv)
 
     def export_command() -> None:
@@ -60,7 +74,20 @@ def main(argv: list[str] | None = None) -> None:
         study(Path("."), args.pos, args.seeds, args.hf, args.sets, args.jobs, Path(args.out), args.baseline,
               args.poll, args.dry_run)  # fmt: skip
 
-    commands_by_name = {"export-hf": export_command, "report": report_command, "study": study_command}
+    def bench_command() -> None:
+        from llama_pe.bench import bench, table
+
+        results = bench(
+            Path(args.out), size=args.size, encodings=args.pos.split(","), hf=not args.no_hf,
+            dropouts=[float(d) for d in args.dropout.split(",")], context=args.context, batch_size=args.batch_size,
+            rounds=args.rounds, steps=args.steps, warmup=args.warmup, device_setting=args.device,
+            precision_setting=args.precision, generate_tokens=args.generate_tokens, params_file=Path("params.yaml"),
+        )  # fmt: skip
+        print(table(results))  # the command's output
+
+    commands_by_name = {
+        "export-hf": export_command, "report": report_command, "study": study_command, "bench": bench_command,
+    }  # fmt: skip
     run_stage(commands_by_name[args.command])
 
 

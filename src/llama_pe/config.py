@@ -180,6 +180,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda", "mps"]
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     compile: bool
+    nproc: int
     context: int
     batch_size: int
     grad_accum: int
@@ -198,8 +199,13 @@ class TrainConfig:
     patience: int | None
 
     def __post_init__(self) -> None:
-        for name in ("context", "batch_size", "grad_accum", "eval_interval", "eval_batch_size"):
+        for name in ("nproc", "context", "batch_size", "grad_accum", "eval_interval", "eval_batch_size"):
             _require(getattr(self, name) > 0, f"train.{name}", "a positive integer", getattr(self, name))
+        _require(
+            self.batch_size % self.nproc == 0, "train.batch_size",
+            f"a multiple of train.nproc={self.nproc} (the global batch is split evenly between the processes)",
+            self.batch_size,
+        )  # fmt: skip
         _require(self.lr > 0, "train.lr", "a positive number", self.lr)
         _require(0 <= self.min_lr <= self.lr, "train.min_lr", f"a number in [0, train.lr={self.lr}]", self.min_lr)
         _require(self.warmup_steps >= 0, "train.warmup_steps", "0 or more", self.warmup_steps)

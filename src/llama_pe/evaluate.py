@@ -77,17 +77,18 @@ def total_loss(model: nn.Module, tokens: np.ndarray, plan: list[Window], batch_s
     by_length: dict[int, list[Window]] = {}
     for window in plan:  # windows of one length batch together; only the last one or two differ
         by_length.setdefault(window.end - window.start, []).append(window)
-    for length, windows in by_length.items():
+    for windows in by_length.values():
         for i in range(0, len(windows), batch_size):
             batch = windows[i : i + batch_size]
             rows = np.stack([tokens[w.start : w.end + 1] for w in batch]).astype(np.int64)
             rows = torch.from_numpy(rows).to(device)  # (B, length + 1)
+            keep = max(w.scored for w in batch)  # logits only where some window scores: a sliding window scores few
             with amp:
-                logits, _ = model(rows[:, :-1])
-            losses = F.cross_entropy(logits.float().transpose(1, 2), rows[:, 1:], reduction="none")  # (B, length)
+                logits, _ = model(rows[:, :-1], last=keep)  # (B, keep, vocab)
+            losses = F.cross_entropy(logits.float().transpose(1, 2), rows[:, -keep:], reduction="none")  # (B, keep)
             scored = (
-                torch.arange(length, device=device)[None, :]
-                >= torch.tensor([length - w.scored for w in batch], device=device)[:, None]
+                torch.arange(keep, device=device)[None, :]
+                >= torch.tensor([keep - w.scored for w in batch], device=device)[:, None]
             )
             total += float(losses[scored].sum())
     return total

@@ -38,7 +38,7 @@ def generate(
             elif window and cache.length + len(pending) > window:
                 # A learned table is full: start again on the last `window` tokens, as the uncached path does.
                 cache, pending = model.new_cache(), tokens[-window:]
-            logits, _ = model(torch.tensor([pending], device=device), cache=cache)
+            logits, _ = model(torch.tensor([pending], device=device), cache=cache, last=1)  # only the next token
             tokens.append(_sample(logits[0, -1].float(), temperature, top_k, generator))
             pending = tokens[-1:]
     finally:

@@ -17,12 +17,14 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from llama_pe import distributed
 from llama_pe.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from llama_pe.config import Config, TrainConfig
 from llama_pe.data.tokenizer import MODEL_FILE, read_tokenizer_model
 from llama_pe.data.tokens import check_tokenizer, load_splits
 from llama_pe.device import autocast, resolve_device, resolve_precision
-from llama_pe.errors import DataError, LlamaPeError
+from llama_pe.distributed import ONE_PROCESS, Ranks
+from llama_pe.errors import ConfigError, DataError, LlamaPeError
 from llama_pe.io import write_json
 from llama_pe.model import build_model, model_args_from_config
 from llama_pe.provenance import code_fingerprint
@@ -69,13 +71,17 @@ class BatchSampler:
 
     chunk_tokens (data.split=random_chunks): the split is a file of shuffled chunks of context + 1 tokens, and
     each window is one whole chunk, so that no sample runs into the unrelated chunk after it.
+    ranks: with several processes each draws the same global batch and keeps its own contiguous share of it.
     """
 
     def __init__(
-        self, tokens: np.ndarray, context: int, batch_size: int, seed: int, chunk_tokens: int | None = None
-    ) -> None:
+        self, tokens: np.ndarray, context: int, batch_size: int, seed: int, chunk_tokens: int | None = None,
+        ranks: Ranks = ONE_PROCESS,
+    ) -> None:  # fmt: skip
         self.tokens, self.context, self.batch_size, self.chunk_tokens = tokens, context, batch_size, chunk_tokens
         self.generator = torch.Generator().manual_seed(seed)
+        share = batch_size // ranks.world_size
+        self.rows = slice(ranks.rank * share, (ranks.rank + 1) * share)
 
     def next(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.chunk_tokens is None:
@@ -83,6 +89,7 @@ class BatchSampler:
         else:
             n_chunks = len(self.tokens) // self.chunk_tokens
             starts = torch.randint(n_chunks, (self.batch_size,), generator=self.generator) * self.chunk_tokens
+        starts = starts[self.rows]  # every rank drew the whole batch, so the generators stay in step
         windows = np.stack([self.tokens[s : s + self.context + 1] for s in starts.tolist()]).astype(np.int64)
         windows = torch.from_numpy(windows).to(device)  # (B, context + 1)
         return windows[:, :-1], windows[:, 1:]
@@ -102,17 +109,24 @@ def eval_windows(tokens: np.ndarray, context: int, limit: int | None, chunk_toke
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device, amp) -> float:
-    """Mean loss in nats per token over the windows (all the same length, so the mean of means is exact)."""
+def evaluate(
+    model: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device, amp, ranks: Ranks = ONE_PROCESS
+) -> float:
+    """Mean loss in nats per token over the windows (all the same length, so the mean of means is exact).
+
+    With several processes each scores every world_size-th window and the sums are added up.
+    """
     model.eval()
     total = 0.0
-    for batch in windows.split(batch_size):
+    mine = windows[ranks.rank :: ranks.world_size]
+    for batch in mine.split(batch_size):
         batch = batch.to(device)
         with amp:
             _, loss = model(batch[:, :-1], batch[:, 1:])
         total += loss.item() * batch.shape[0]
     model.train()
-    return total / windows.shape[0]
+    total, count = distributed.sum_over_ranks([total, float(mine.shape[0])], ranks, device)
+    return total / count
 
 
 # ---------------------------------------------------------------------------------------------- state
@@ -128,7 +142,8 @@ class TrainState:
     best_step: int = 0
     best_tokens: int = 0
     evals_since_best: int = 0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # training steps only: what tokens_per_sec divides by
+    val_seconds: float = 0.0  # validations and the checkpoints written after them
     history: list[dict[str, float]] = field(default_factory=list)  # every logged point, replayed on resume
 
     def finished(self, cfg: TrainConfig) -> bool:
@@ -160,18 +175,21 @@ def provenance(cfg: Config, meta: dict[str, Any]) -> dict[str, Any]:
     return {"params": run_settings(cfg, meta), "code": code_fingerprint(__name__)}
 
 
-def rng_states(sampler: BatchSampler) -> dict[str, Any]:
-    states = {"torch": torch.get_rng_state(), "sampler": sampler.generator.get_state()}
+def rng_states(sampler: BatchSampler, ranks: Ranks = ONE_PROCESS) -> dict[str, Any]:
+    """The random states to resume from; dropout's differ between ranks, so every rank's is kept (a collective)."""
+    own = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
+        own["cuda"] = torch.cuda.get_rng_state_all()
+    by_rank = distributed.gather_to_main(own, ranks)
+    return {**by_rank[0], "sampler": sampler.generator.get_state(), "ranks": by_rank}
 
 
-def restore_rng_states(states: dict[str, Any], sampler: BatchSampler) -> None:
-    torch.set_rng_state(states["torch"])
+def restore_rng_states(states: dict[str, Any], sampler: BatchSampler, ranks: Ranks = ONE_PROCESS) -> None:
+    own = states["ranks"][ranks.rank] if len(states.get("ranks", [])) == ranks.world_size else states
+    torch.set_rng_state(own["torch"])
     sampler.generator.set_state(states["sampler"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if "cuda" in own and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(own["cuda"])
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -239,17 +257,28 @@ def train(cfg: Config, paths: Paths, stop_after: int | None = None) -> dict[str,
     precision = resolve_precision(tcfg.precision, device)
     tokenizer_model = read_tokenizer_model(paths.tokenizer)
     check_tokenizer(tokenizer_model, meta, str(paths.tokenizer / MODEL_FILE))
+    ranks = distributed.init(device)
+    device = distributed.device_for(device, ranks)
+    if tcfg.batch_size % ranks.world_size:
+        raise ConfigError(
+            f"train.batch_size: {tcfg.batch_size} windows cannot be split evenly between {ranks.world_size} "
+            f"processes (torchrun's world size); use a multiple of {ranks.world_size}"
+        )
 
     torch.manual_seed(tcfg.seed)
     args = model_args_from_config(cfg.model, vocab_size=meta["vocab_size"], context=tcfg.context)
     model = build_model(args).to(device)
+    if ranks.distributed:
+        torch.manual_seed(tcfg.seed + 1_000_003 * ranks.rank)  # the same weights everywhere, dropout masks of its own
     optimizer = make_optimizer(model, tcfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    sampler = BatchSampler(splits["train"], tcfg.context, tcfg.batch_size, tcfg.seed, cfg.chunk_tokens)
+    sampler = BatchSampler(splits["train"], tcfg.context, tcfg.batch_size, tcfg.seed, cfg.chunk_tokens, ranks)
     val_windows = eval_windows(splits["val"], tcfg.context, tcfg.eval_windows, cfg.chunk_tokens)
     made_by = provenance(cfg, meta)
-    state = _resume(paths.last, made_by, tcfg, model, optimizer, scaler, sampler)
-    forward = torch.compile(model) if tcfg.compile else model
+    state = _resume(paths.last, made_by, tcfg, model, optimizer, scaler, sampler, ranks)
+    # DDP averages the gradients of the ranks' shares in backward, so each step is the global batch's step.
+    trained = torch.nn.parallel.DistributedDataParallel(model) if ranks.distributed else model
+    forward = torch.compile(trained) if tcfg.compile else trained
     amp = autocast(device, precision)
     log.info(
         "model.impl=%s model.pos=%s: %s parameters on %s (%s); %d steps of %d tokens",
@@ -258,23 +287,42 @@ def train(cfg: Config, paths: Paths, stop_after: int | None = None) -> dict[str,
 
     def checkpoint(path: Path) -> None:
         # The best checkpoint is for evaluation and export; only the last one carries the resume state.
+        # Every rank comes here at the same steps (their losses are the same), so the gather inside can run.
         resume = {} if path == paths.best else {
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states(sampler),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states(sampler, ranks),
         }  # fmt: skip
-        save_checkpoint(path, model, tokenizer_model, state=dataclasses.asdict(state), provenance=made_by, **resume)
+        if ranks.is_main:
+            save_checkpoint(path, model, tokenizer_model, state=dataclasses.asdict(state), provenance=made_by, **resume)
 
-    with _live(paths.live) as live:
+    with _live(paths.live) if ranks.is_main else _NoLive() as live:
         for point in state.history:  # a resumed run rewrites the curves it had, so they match an unbroken run
             _log_point(live, point)
-        loop = Loop(forward, optimizer, scaler, sampler, val_windows, tcfg, device, amp, live, checkpoint, paths)
+        loop = Loop(forward, optimizer, scaler, sampler, val_windows, tcfg, device, amp, live, checkpoint, paths,
+                    ranks)  # fmt: skip
         finished = loop.run(state, stop_after)
     if not finished:
         return None
     metrics = final_metrics(state, tcfg, meta, splits, model, device, precision)
-    write_json(paths.metrics, metrics)
+    if ranks.is_main:
+        write_json(paths.metrics, metrics)
     log.info("best val loss %.4f nats/token (%.4f bits/char) at step %d",
              metrics["best_val_loss"], metrics["best_val_bpc"], metrics["best_step"])  # fmt: skip
     return metrics
+
+
+class _NoLive:
+    """DVCLive's place on the ranks that do not write: rank 0 writes the curves."""
+
+    step = 0
+
+    def __enter__(self) -> _NoLive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def log_metric(self, name: str, value: float) -> None:
+        return None
 
 
 def _live(directory: Path):
@@ -311,11 +359,13 @@ class Loop:
     live: Any
     checkpoint: Callable[[Path], None]
     paths: Paths
+    ranks: Ranks = ONE_PROCESS
 
     def run(self, state: TrainState, stop_after: int | None) -> bool:
         """Step until the budget or early stopping; False if stop_after ended it first."""
         cfg = self.cfg
-        bar = tqdm(total=cfg.total_steps, initial=state.step, desc="train", unit="step", mininterval=1.0)
+        bar = tqdm(total=cfg.total_steps, initial=state.step, desc="train", unit="step", mininterval=1.0,
+                   disable=not self.ranks.is_main)  # fmt: skip
         steps_here = 0
         with logging_redirect_tqdm(), bar:  # log lines print above the bar instead of through it
             while not state.finished(cfg):
@@ -325,15 +375,18 @@ class Loop:
                 lr = lr_at(state.step, cfg)
                 loss = train_step(self.forward, self.optimizer, self.scaler, self.sampler, cfg, lr, self.device,
                                   self.amp)  # fmt: skip
+                loss = distributed.mean_over_ranks(loss, self.ranks, self.device)  # the global batch's loss
                 if not math.isfinite(loss):
                     self._diverged(state, "training", loss)
                 state.step, steps_here = state.step + 1, steps_here + 1
                 state.tokens += cfg.tokens_per_step
                 point = {"step": state.step, "train/loss": loss, "train/lr": lr, "train/tokens": state.tokens}
                 self._record(state, point)
-                if state.step % cfg.eval_interval == 0 or state.step == cfg.total_steps:
-                    self._evaluate(state)
                 state.train_seconds += time.perf_counter() - started
+                if state.step % cfg.eval_interval == 0 or state.step == cfg.total_steps:
+                    started = time.perf_counter()
+                    self._evaluate(state)
+                    state.val_seconds += time.perf_counter() - started
                 bar.update()
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{state.tokens / state.train_seconds:,.0f}")
         return True
@@ -350,7 +403,8 @@ class Loop:
         _log_point(self.live, point)
 
     def _evaluate(self, state: TrainState) -> None:
-        val_loss = evaluate(self.forward, self.val_windows, self.cfg.eval_batch_size, self.device, self.amp)
+        val_loss = evaluate(self.forward, self.val_windows, self.cfg.eval_batch_size, self.device, self.amp,
+                            self.ranks)  # fmt: skip
         if not math.isfinite(val_loss):
             self._diverged(state, "validation", val_loss)
         self._record(state, {"step": state.step, "val/loss": val_loss, "val/tokens": state.tokens})
@@ -388,8 +442,9 @@ def final_metrics(
         "trained_steps": state.step,
         "trained_tokens": state.tokens,
         "stopped_early": state.step < cfg.total_steps,
-        "tokens_per_sec": round(state.tokens / max(state.train_seconds, 1e-9), 1),
-        "wall_time_s": round(state.train_seconds, 2),
+        "tokens_per_sec": round(state.tokens / max(state.train_seconds, 1e-9), 1),  # training steps only
+        "wall_time_s": round(state.train_seconds + state.val_seconds, 2),
+        "val_time_s": round(state.val_seconds, 2),  # validations and checkpoints, inside wall_time_s
         "params": model.num_params(),
         "device": device.type,
         "precision": precision,
@@ -403,8 +458,14 @@ def unigram_loss(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab_size: i
     return float(-log_probs[np.asarray(val_tokens, dtype=np.int64)].mean())
 
 
-def _resume(path: Path, made_by: dict[str, Any], cfg: TrainConfig, model, optimizer, scaler, sampler) -> TrainState:
-    """The state to continue from: path's, if it is an unfinished run of these params, data and code; else fresh."""
+def _resume(
+    path: Path, made_by: dict[str, Any], cfg: TrainConfig, model, optimizer, scaler, sampler, ranks: Ranks = ONE_PROCESS
+) -> TrainState:
+    """The state to continue from: path's, if it is an unfinished run of these params, data and code; else fresh.
+
+    Every rank reads the file and comes to the same answer; only rank 0 moves a damaged one aside (a rank that
+    looks after the move finds no file: a fresh start too).
+    """
     if not path.is_file():
         return TrainState()
     try:
@@ -413,7 +474,8 @@ def _resume(path: Path, made_by: dict[str, Any], cfg: TrainConfig, model, optimi
     except (CheckpointError, KeyError, TypeError) as err:
         reason = err.reason if isinstance(err, CheckpointError) else f"no valid training state: {err!r}"
         aside = path.with_name(path.name + ".damaged")
-        path.replace(aside)  # kept for a post-mortem, out of the way of the fresh run
+        if ranks.is_main:
+            path.replace(aside)  # kept for a post-mortem, out of the way of the fresh run
         log.warning("%s cannot be resumed (%s); it is kept as %s and training starts from scratch", path, reason, aside)
         return TrainState()
     why_not = _why_not_resume(checkpoint.get("provenance"), made_by, state, cfg)
@@ -423,7 +485,7 @@ def _resume(path: Path, made_by: dict[str, Any], cfg: TrainConfig, model, optimi
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])
-    restore_rng_states(checkpoint["rng"], sampler)
+    restore_rng_states(checkpoint["rng"], sampler, ranks)
     log.info("resuming from %s at step %d (%s tokens)", path, state.step, f"{state.tokens:,}")
     return state
 

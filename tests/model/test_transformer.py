@@ -119,3 +119,13 @@ def test_bad_model_settings_are_named(changes, message):
 def test_unknown_impl_is_a_config_error():
     with pytest.raises(ConfigError, match=r"model\.impl: expected one of native, hf; got 'jax'"):
         make_config(model={"impl": "jax"})
+
+
+@pytest.mark.parametrize("impl", ["native", "hf"])
+def test_logits_of_the_last_positions_are_those_of_the_full_forward(impl):
+    model = tiny_model(impl=impl, pos="rope").eval()
+    tokens = torch.randint(0, VOCAB, (2, 12))
+    full, _ = model(tokens)
+    last, _ = model(tokens, last=3)
+    assert last.shape == (2, 3, VOCAB)
+    torch.testing.assert_close(last, full[:, -3:], rtol=1e-5, atol=1e-6)

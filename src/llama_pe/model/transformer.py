@@ -64,9 +64,14 @@ class Transformer(nn.Module):
         return KVCache(self.args.n_layers)
 
     def forward(
-        self, tokens: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab) for tokens (B, T), and the mean cross-entropy when targets are given."""
+        self, tokens: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+        last: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """Logits (B, T, vocab) for tokens (B, T), and the mean cross-entropy when targets are given.
+
+        last: logits of the last `last` positions only, (B, last, vocab): the output head is a large share of a
+        small model's work, and a sliding evaluation window or a sampling step needs few of them.
+        """
         seq = tokens.shape[1]
         start = cache.length if cache is not None else 0  # absolute position of tokens[:, 0]
         self.positions.check_length(start + seq)
@@ -74,7 +79,9 @@ class Transformer(nn.Module):
         mask = self._attention_mask(seq, start + seq, start, x.device)
         for layer in self.layers:
             x = layer(x, self.positions, mask, start, cache)
-        logits = self.output(self.norm(x))  # (B, T, vocab)
+        if last is not None:
+            x = x[:, -last:]  # (B, last, dim)
+        logits = self.output(self.norm(x))  # (B, T or last, vocab)
         if targets is None:
             return logits, None
         return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))

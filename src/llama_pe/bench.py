@@ -1,0 +1,316 @@
+"""`llama-pe bench`: speed, memory and MFU of every encoding and of Hugging Face's Llama, measured side by side.
+
+Everything is measured in one process and interleaved (A B C ... A B C ..., after a warm-up), and each figure is
+the median over rounds, so that the machine's drift and noise fall on every variant alike. MFU is the achieved
+FLOP/s (nanoGPT's estimate: 6 N + 12 L H Q T per token, N the parameters that multiply) over the peak of a
+large matrix multiply measured in the same run (fp32 on a CPU, bf16 on a GPU). A benchmark measures; it asserts
+nothing (the figures of record are in benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import logging
+import multiprocessing
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from llama_pe.config import config_from_dict
+from llama_pe.device import autocast, resolve_device, resolve_precision
+from llama_pe.generate import generate
+from llama_pe.io import write_json
+from llama_pe.model import build_model, model_args_from_config
+
+log = logging.getLogger(__name__)
+
+VOCAB = 8192  # the default tokenizer's
+
+
+@dataclass(frozen=True)
+class Variant:
+    impl: str
+    pos: str
+    dropout: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.pos} {self.impl} dropout {self.dropout:g}"
+
+
+@dataclass
+class Figures:
+    train_tokens_per_sec: list[float] = field(default_factory=list)
+    eval_tokens_per_sec: list[float] = field(default_factory=list)
+    peak_memory_mb: float | None = None
+    flops_per_token: float = 0.0
+    params: int = 0
+
+
+def model_for(params: dict[str, Any], variant: Variant, context: int, device: torch.device) -> nn.Module:
+    params = copy.deepcopy(params)
+    params["model"].update(impl=variant.impl, pos=variant.pos, dropout=variant.dropout)
+    cfg = config_from_dict(params)  # the same checks as the pipeline's
+    return build_model(model_args_from_config(cfg.model, vocab_size=VOCAB, context=context)).to(device)
+
+
+def flops_per_token(model: nn.Module, context: int) -> float:
+    """nanoGPT's estimate_mfu: 6 N (forward and backward of every weight that multiplies) plus attention."""
+    weights = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)}  # tied: once
+    args = model.args
+    head_dim = args.dim // args.n_heads
+    return 6 * sum(weights.values()) + 12 * args.n_layers * args.n_heads * head_dim * context
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, rounds: int = 5) -> float:
+    """FLOP/s of a large square matrix multiply: the machine's practical peak for this dtype."""
+    n = 4096 if device.type == "cuda" else 1536
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    timings = []
+    for _ in range(rounds + 1):
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        _sync(device)
+        timings.append((time.perf_counter() - started) / 4)
+    return 2 * n**3 / statistics.median(timings[1:])  # the first is a warm-up
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_seconds(model, optimizer, batch, steps: int, amp, device) -> float:
+    """Seconds per training step (forward, backward, AdamW), averaged over `steps` steps."""
+    model.train()
+    x, y = batch
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        with amp:
+            _, loss = model(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    _sync(device)
+    return (time.perf_counter() - started) / steps
+
+
+@torch.no_grad()
+def eval_seconds(model, batch, steps: int, amp, device) -> float:
+    model.eval()
+    x, y = batch
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        with amp:
+            model(x, y)
+    _sync(device)
+    return (time.perf_counter() - started) / steps
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _peak_rss_mb(params: dict, variant: Variant, context: int, batch_size: int, queue) -> None:
+    """In a child process: how far resident memory rises above its level before the model, over two steps."""
+    import threading
+
+    import llama_pe.model.hf  # noqa: F401  (transformers: its memory is counted before, not as the model's)
+
+    torch.manual_seed(0)
+    batch = torch.randint(VOCAB, (2, batch_size, context)).unbind(0)
+    before, peak, done = _rss_mb(), [0.0], threading.Event()
+
+    def sample() -> None:  # the peak inside a step (activations) is gone by its end: sample every millisecond
+        while not done.wait(0.001):
+            peak[0] = max(peak[0], _rss_mb())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    model = model_for(params, variant, context, torch.device("cpu"))
+    optimizer = torch.optim.AdamW(model.parameters())
+    train_seconds(model, optimizer, batch, 2, torch.autocast("cpu", enabled=False), torch.device("cpu"))
+    done.set()
+    sampler.join()
+    queue.put(max(peak[0], _rss_mb()) - before)
+
+
+def cpu_peak_memory_mb(params: dict, variant: Variant, context: int, batch_size: int) -> float | None:
+    """A CPU has no per-model allocator statistics: each variant's peak is measured in a process of its own (Linux)."""
+    if not Path("/proc/self/statm").exists():
+        return None
+    context_ = multiprocessing.get_context("spawn")
+    queue = context_.Queue()
+    child = context_.Process(target=_peak_rss_mb, args=(params, variant, context, batch_size, queue))
+    child.start()
+    peak = queue.get(timeout=600)
+    child.join()
+    return peak
+
+
+def run_bench(
+    size: str, encodings: list[str], hf: bool, dropouts: list[float], context: int, batch_size: int, rounds: int,
+    steps: int, warmup: int, device_setting: str, precision_setting: str, generate_tokens: int, params_file: Path,
+) -> dict[str, Any]:  # fmt: skip
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["model"]["size"] = size
+    device = resolve_device(device_setting)
+    precision = resolve_precision(precision_setting, device)
+    amp = autocast(device, precision)
+    torch.set_float32_matmul_precision("high")
+    variants = [Variant("native", pos, d) for d in dropouts for pos in encodings]
+    variants += [Variant("hf", "rope", d) for d in dropouts] if hf else []
+    peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = matmul_peak(device, peak_dtype)
+    log.info("%s, %s: matmul peak %.1f GFLOP/s (%s)", device, precision, peak / 1e9, peak_dtype)
+
+    torch.manual_seed(0)
+    batch = tuple(t.to(device) for t in torch.randint(VOCAB, (2, batch_size, context)).unbind(0))
+    models, optimizers, figures = {}, {}, {}
+    for variant in variants:
+        torch.manual_seed(0)
+        model = model_for(params, variant, context, device)
+        models[variant] = model
+        optimizers[variant] = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        figures[variant] = Figures(flops_per_token=flops_per_token(model, context), params=model.num_params())
+        train_seconds(model, optimizers[variant], batch, warmup, amp, device)
+        eval_seconds(model, batch, warmup, amp, device)
+    tokens = batch_size * context
+    for round_ in range(rounds):
+        for variant in variants:  # interleaved: A B C ... then again
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            seconds = train_seconds(models[variant], optimizers[variant], batch, steps, amp, device)
+            figures[variant].train_tokens_per_sec.append(tokens / seconds)
+            if device.type == "cuda":
+                figures[variant].peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
+        for variant in variants:
+            figures[variant].eval_tokens_per_sec.append(tokens / eval_seconds(models[variant], batch, steps, amp,
+                                                                              device))  # fmt: skip
+        log.info("round %d of %d done", round_ + 1, rounds)
+    if device.type == "cpu":
+        for variant in variants:
+            figures[variant].peak_memory_mb = cpu_peak_memory_mb(params, variant, context, batch_size)
+    generation = _generation(models, variants, generate_tokens, device) if generate_tokens else {}
+    return _results(variants, figures, peak, device, precision, generation, dict(
+        size=size, context=context, batch_size=batch_size, rounds=rounds, steps=steps, warmup=warmup,
+    ))  # fmt: skip
+
+
+def _generation(models, variants: list[Variant], n_tokens: int, device: torch.device) -> dict[str, float]:
+    """KV-cached against uncached greedy generation of n_tokens from one token, native rope (interleaved)."""
+    rope = next((v for v in variants if v.impl == "native" and v.pos == "rope"), None)
+    if rope is None:
+        return {}
+    model = models[rope]
+    timings: dict[bool, list[float]] = {True: [], False: []}
+    generate(model, [1], 8, temperature=0)  # warm-up
+    for _ in range(2):
+        for use_cache in (True, False):
+            _sync(device)
+            started = time.perf_counter()
+            generate(model, [1], n_tokens, temperature=0, use_cache=use_cache)
+            _sync(device)
+            timings[use_cache].append(time.perf_counter() - started)
+    cached, uncached = statistics.median(timings[True]), statistics.median(timings[False])
+    return {"tokens": n_tokens, "cached_s": cached, "uncached_s": uncached, "speedup": uncached / cached}
+
+
+def _results(variants, figures, peak, device, precision, generation, settings) -> dict[str, Any]:
+    rows = []
+    reference = {v.dropout: figures[v] for v in variants if v.impl == "hf"}
+    rope = {v.dropout: figures[v] for v in variants if v.impl == "native" and v.pos == "rope"}
+    for variant in variants:
+        fig = figures[variant]
+        train = statistics.median(fig.train_tokens_per_sec)
+        evaluation = statistics.median(fig.eval_tokens_per_sec)
+        hf, native = reference.get(variant.dropout), rope.get(variant.dropout)
+        rows.append({
+            **asdict(variant), "params": fig.params, "train_tokens_per_sec": train,
+            "eval_tokens_per_sec": evaluation, "peak_memory_mb": fig.peak_memory_mb,
+            "mfu": train * fig.flops_per_token / peak,
+            "train_vs_hf": train / statistics.median(hf.train_tokens_per_sec) if hf else None,
+            "train_vs_rope": train / statistics.median(native.train_tokens_per_sec) if native else None,
+            "eval_vs_hf": evaluation / statistics.median(hf.eval_tokens_per_sec) if hf else None,
+        })  # fmt: skip
+    dropout_cost = {}
+    for variant in variants:
+        zero = figures.get(Variant(variant.impl, variant.pos, 0.0))
+        if variant.dropout > 0 and zero:
+            cost = 1 - statistics.median(figures[variant].train_tokens_per_sec) / statistics.median(
+                zero.train_tokens_per_sec)  # fmt: skip
+            dropout_cost[variant.name] = cost
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["llama-pe", *sys.argv[1:]]),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": torch.get_num_threads(),
+            "device": _device_name(device),
+        },
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "precision": precision,
+        "matmul_peak_flops": peak,
+        "settings": settings,
+        "rows": rows,
+        "dropout_cost": dropout_cost,
+        "generation": generation,
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+
+def table(results: dict[str, Any]) -> str:
+    """The results as a Markdown table, for the terminal and benchmarks/README.md."""
+
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}×"
+
+    lines = [
+        f"{results['machine']['device']}, {results['precision']}, torch {results['versions']['torch']}, "
+        f"matmul peak {results['matmul_peak_flops'] / 1e9:.1f} GFLOP/s; {results['settings']}",
+        "",
+        "| variant | params | train tok/s | vs HF | vs rope | MFU | eval tok/s | eval vs HF | peak MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in results["rows"]:
+        memory = "-" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.0f}"
+        lines.append(
+            f"| {row['pos']} {row['impl']} dropout {row['dropout']:g} | {row['params']:,} | "
+            f"{row['train_tokens_per_sec']:,.0f} | {ratio(row['train_vs_hf'])} | {ratio(row['train_vs_rope'])} | "
+            f"{row['mfu']:.0%} | {row['eval_tokens_per_sec']:,.0f} | {ratio(row['eval_vs_hf'])} | {memory} |"
+        )
+    if results["dropout_cost"]:
+        lines.append("\ndropout cost (share of the dropout-0 training speed lost): " + ", ".join(
+            f"{name}: {cost:.1%}" for name, cost in results["dropout_cost"].items()))  # fmt: skip
+    if results["generation"]:
+        g = results["generation"]
+        lines.append(f"\ngeneration of {g['tokens']} tokens (native rope, greedy): cached {g['cached_s']:.2f} s, "
+                     f"uncached {g['uncached_s']:.2f} s: {g['speedup']:.1f}× faster with the KV cache")  # fmt: skip
+    return "\n".join(lines)
+
+
+def bench(out: Path, **settings: Any) -> dict[str, Any]:
+    """Run the benchmark and write its JSON; the caller shows table(results)."""
+    results = run_bench(**settings)
+    write_json(out, results)
+    log.info("wrote %s", out)
+    return results
