@@ -211,3 +211,14 @@ def test_a_metric_that_dvc_names_by_file_is_one_column():
     frame = experiments_frame(renamed)
     assert frame["test_ppl"].tolist() == pytest.approx([r["test_ppl"] for r in ROPE])
     assert not [c for c in frame.columns if ":" in c]
+
+
+def test_a_baseline_that_matches_two_groups_is_refused():
+    tiny = [record(f"tiny-rope{s}", "rope", s, 6.0, **{"model.size": "tiny"}) for s in range(2)]
+    frame = experiments_frame(ROPE + ALIBI + tiny)
+    keys = group_keys(frame)
+    with pytest.raises(ReportError, match=r"--baseline model\.pos=rope: matches 2 groups \(model\.pos=rope, "
+                       r"model\.size=small; model\.pos=rope, model\.size=tiny\); add --baseline"):  # fmt: skip
+        paired_differences(frame, keys, {"model.pos": "rope"})
+    diffs = paired_differences(frame, keys, {"model.pos": "rope", "model.size": "small"})
+    assert set(diffs["group"]) == {"model.pos=alibi, model.size=small", "model.pos=rope, model.size=tiny"}

@@ -288,9 +288,10 @@ def table(results: dict[str, Any]) -> str:
         f"{results['machine']['device']}, {results['precision']}, torch {results['versions']['torch']}, "
         f"matmul peak {results['matmul_peak_flops'] / 1e9:.1f} GFLOP/s; {results['settings']}",
         "",
-        "| variant | params | train tok/s | vs HF | vs rope | MFU | eval tok/s | eval vs HF | peak MiB |",
+        "| variant | params | train tok/s | vs HF* | vs rope* | MFU | eval tok/s | eval vs HF* | peak MiB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    lines.insert(2, "(*: against the row of the same dropout)\n")
     for row in results["rows"]:
         memory = "-" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.0f}"
         lines.append(

@@ -249,9 +249,15 @@ def paired_differences(frame: pd.DataFrame, keys: list[str], baseline: dict[str,
     """Every group against the baseline group, seed by seed: the mean difference, its 95% interval, a verdict."""
     is_baseline = matching(frame, baseline)
     base = frame[is_baseline]
+    wanted = ", ".join(f"{k}={v}" for k, v in baseline.items())
     if base.empty:
-        wanted = ", ".join(f"{k}={v}" for k, v in baseline.items())
         raise ReportError(f"--baseline {wanted}: no experiment matches it; give --baseline KEY=VALUE of one group")
+    matched = [label for label, _ in iter_groups(base, keys)]
+    if len(matched) > 1:
+        raise ReportError(
+            f"--baseline {wanted}: matches {len(matched)} groups ({'; '.join(matched)}); add --baseline KEY=VALUE "
+            "until it names one, or select fewer experiments with --only"
+        )
     base_by_seed = base.set_index(SEED)
     rows = []
     for label, group in iter_groups(frame[~is_baseline], keys):
