@@ -54,8 +54,10 @@ def _params(command: str) -> list[str]:
 
 
 def _param(command: str):
-    needs_gpu = "train.device=cuda" in command and not torch.cuda.is_available()
-    return pytest.param(command, marks=pytest.mark.skipif(needs_gpu, reason="needs a CUDA GPU"))
+    nproc = re.search(r"train\.nproc=(\d+)", command)
+    gpus = int(nproc.group(1)) if nproc else 1
+    needs_gpus = "train.device=cuda" in command and torch.cuda.device_count() < gpus
+    return pytest.param(command, marks=pytest.mark.skipif(needs_gpus, reason=f"needs {gpus} CUDA GPU(s)"))
 
 
 @pytest.mark.parametrize("command", [_param(c) for c in readme_commands()])
