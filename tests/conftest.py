@@ -77,6 +77,17 @@ def data_dirs(corpus, tmp_path_factory) -> Path:
     return make_data_dirs(corpus, tmp_path_factory.mktemp("data"), make_config(tokenizer={"vocab_size": 400}))
 
 
+def tiny_pipeline_params(sample_tokens: int = 4, **train: Any) -> dict[str, Any]:
+    """The repo's params.yaml for a tiny model on a generated corpus: what the tests that run DVC train."""
+    params = base_params()
+    params["tokenizer"]["vocab_size"] = 400
+    params["model"].update(size="tiny", dim=32, n_heads=4, n_kv_heads=2)
+    params["eval"].update(stride=4, sample_tokens=sample_tokens)
+    defaults = dict(context=16, batch_size=8, max_steps=6, warmup_steps=2, eval_interval=2, device="cpu", patience=None)
+    params["train"].update({**defaults, **train})
+    return params
+
+
 def make_data_dirs(corpus: str, root: Path, cfg: Config) -> Path:
     from llama_pe.data.encode import encode_corpus
     from llama_pe.data.tokenizer import save_tokenizer, train_tokenizer

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import base_params, generate_corpus, make_dvc_project, run
+from tests.conftest import base_params, generate_corpus, make_dvc_project, run, tiny_pipeline_params
 
 pytestmark = pytest.mark.slow
 
@@ -25,13 +25,7 @@ pytestmark = pytest.mark.slow
 def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A copy of the pipeline with params for a small generated corpus and a tiny model."""
     root = tmp_path_factory.mktemp("project")
-    params = base_params()
-    params["tokenizer"]["vocab_size"] = 400
-    params["model"].update(size="tiny", dim=32, n_heads=4, n_kv_heads=2)
-    params["eval"].update(stride=4, sample_tokens=10)
-    params["train"].update(
-        context=16, batch_size=8, max_steps=150, warmup_steps=5, eval_interval=10, device="cpu", patience=None
-    )
+    params = tiny_pipeline_params(sample_tokens=10, max_steps=150, warmup_steps=5, eval_interval=10)
     env = make_dvc_project(root, tmp_path_factory.mktemp("mirror"), generate_corpus(n_speeches=600, seed=1), params)
     return root, env
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import base_params, generate_corpus, make_dvc_project, run
+from tests.conftest import generate_corpus, make_dvc_project, run, tiny_pipeline_params
 
 pytestmark = pytest.mark.slow
 
@@ -55,13 +55,7 @@ def project(tmp_path_factory, s3_endpoint) -> tuple[Path, dict[str, str], Path]:
     """A pipeline repo with the S3 remote as its default DVC remote and a bare repo as its git remote."""
     root = tmp_path_factory.mktemp("remote") / "origin-work"
     root.mkdir()
-    params = base_params()
-    params["tokenizer"]["vocab_size"] = 400
-    params["model"].update(size="tiny", dim=32, n_heads=4, n_kv_heads=2)
-    params["eval"].update(stride=4, sample_tokens=4)
-    params["train"].update(
-        context=16, batch_size=8, max_steps=6, warmup_steps=2, eval_interval=2, device="cpu", patience=None
-    )
+    params = tiny_pipeline_params()
     env = aws_env(make_dvc_project(root, tmp_path_factory.mktemp("mirror"), generate_corpus(600, seed=1), params))
     # The README's commands: an S3 remote, its endpoint for an S3-compatible store.
     run(["dvc", "remote", "add", "-d", "storage", f"s3://{BUCKET}/dvcstore"], root, env)

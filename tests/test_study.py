@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from llama_pe.study import StudyError, parse_grid
-from tests.conftest import REPO_ROOT, base_params, generate_corpus, make_dvc_project, run
+from tests.conftest import REPO_ROOT, generate_corpus, make_dvc_project, run, tiny_pipeline_params
 
 PARAMS = REPO_ROOT / "params.yaml"
 
@@ -60,13 +60,7 @@ def test_bad_grids_are_refused_before_anything_is_queued(pos, seeds, sets, messa
 def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A copy of the pipeline on a generated corpus with a tiny model and a few steps."""
     root = tmp_path_factory.mktemp("study")
-    params = base_params()
-    params["tokenizer"]["vocab_size"] = 400
-    params["model"].update(size="tiny", dim=32, n_heads=4, n_kv_heads=2)
-    params["eval"].update(stride=4, sample_tokens=4)
-    params["train"].update(
-        context=16, batch_size=8, max_steps=6, warmup_steps=2, eval_interval=2, device="cpu", patience=None
-    )
+    params = tiny_pipeline_params()
     env = make_dvc_project(root, tmp_path_factory.mktemp("mirror"), generate_corpus(n_speeches=600, seed=1), params)
     run(["dvc", "repro", "encode"], root, env)  # the data stages once; every experiment checks them out
     return root, env
