@@ -92,33 +92,41 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def seconds_per_call(step, steps: int, device: torch.device) -> float:
+    """Wall seconds of one call of step(), averaged over `steps` calls, the device's queue drained at both ends."""
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return (time.perf_counter() - started) / steps
+
+
 def train_seconds(model, optimizer, batch, steps: int, amp, device) -> float:
     """Seconds per training step (forward, backward, AdamW), averaged over `steps` steps."""
     model.train()
     x, y = batch
-    _sync(device)
-    started = time.perf_counter()
-    for _ in range(steps):
+
+    def step() -> None:
         with amp:
             _, loss = model(x, y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    _sync(device)
-    return (time.perf_counter() - started) / steps
+
+    return seconds_per_call(step, steps, device)
 
 
 @torch.no_grad()
 def eval_seconds(model, batch, steps: int, amp, device) -> float:
     model.eval()
     x, y = batch
-    _sync(device)
-    started = time.perf_counter()
-    for _ in range(steps):
+
+    def step() -> None:
         with amp:
             model(x, y)
-    _sync(device)
-    return (time.perf_counter() - started) / steps
+
+    return seconds_per_call(step, steps, device)
 
 
 def _rss_mb() -> float:
