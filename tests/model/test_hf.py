@@ -65,7 +65,8 @@ def test_hf_impl_has_the_native_interface_and_init():
     model = build_model(args).eval()
     assert isinstance(model, HFLlama)
     tokens = torch.randint(0, args.vocab_size, (2, 10))
-    logits, loss = model(tokens, tokens)
+    logits, _ = model(tokens)
+    _, loss = model(tokens, tokens)
     assert logits.shape == (2, 10, args.vocab_size) and loss.ndim == 0
     torch.manual_seed(0)
     native = build_model(tiny_args(pos="rope")).eval()

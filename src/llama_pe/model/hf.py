@@ -76,7 +76,7 @@ def _hf_name(name: str) -> str:
 
 
 class HFLlama(nn.Module):
-    """LlamaForCausalLM with the native model's forward(tokens, targets, cache) -> (logits, loss).
+    """LlamaForCausalLM with the native model's forward: (logits, None), or (None, loss) given targets.
 
     Hugging Face's Llama has attention dropout only; the native model also drops out on the embeddings and the
     residual branches, so with model.dropout > 0 the two regularise differently.
@@ -114,7 +114,7 @@ class HFLlama(nn.Module):
         logits = out.logits  # (B, T, vocab)
         if targets is None:
             return logits, None
-        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        return None, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

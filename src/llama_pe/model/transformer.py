@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llama_pe.model.args import ModelArgs
+from llama_pe.model.dropout import Dropout
 from llama_pe.model.layers import Attention, FeedForward, KVCache, RMSNorm
+from llama_pe.model.loss import linear_cross_entropy
 from llama_pe.model.position import PositionEncoding, build_position_encoding
 
 
@@ -20,7 +21,7 @@ class TransformerBlock(nn.Module):
         self.attention = Attention(args, layer)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
-        self.dropout = nn.Dropout(args.dropout)  # on each residual branch, the same for every encoding
+        self.dropout = Dropout(args.dropout)  # on each residual branch, the same for every encoding
 
     def forward(
         self,
@@ -29,8 +30,11 @@ class TransformerBlock(nn.Module):
         mask: torch.Tensor | None,
         start: int,
         cache: KVCache | None,
+        queries: int | None = None,
     ) -> torch.Tensor:
-        h = x + self.dropout(self.attention(self.attention_norm(x), positions, mask, start, cache))
+        """queries: this block's outputs at the last `queries` positions only, (B, queries, dim)."""
+        attended = self.attention(self.attention_norm(x), positions, mask, start, cache, queries)
+        h = (x if queries is None else x[:, -queries:]) + self.dropout(attended)
         return h + self.dropout(self.feed_forward(self.ffn_norm(h)))
 
 
@@ -40,7 +44,7 @@ class Transformer(nn.Module):
         self.args = args
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.positions = build_position_encoding(args)
-        self.dropout = nn.Dropout(args.dropout)
+        self.dropout = Dropout(args.dropout)
         self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
@@ -67,8 +71,9 @@ class Transformer(nn.Module):
         self, tokens: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
         last: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
-        """Logits (B, T, vocab) for tokens (B, T), and the mean cross-entropy when targets are given.
+        """Logits (B, T, vocab) for tokens (B, T); with targets, (None, mean cross-entropy) instead.
 
+        With targets the head and the loss run fused (model/loss.py), so no logits are made to return.
         last: logits of the last `last` positions only, (B, last, vocab): the output head is a large share of a
         small model's work, and a sliding evaluation window or a sampling step needs few of them.
         """
@@ -77,14 +82,19 @@ class Transformer(nn.Module):
         self.positions.check_length(start + seq)
         x = self.dropout(self.positions.embed(self.tok_embeddings(tokens), start))  # (B, T, dim)
         mask = self._attention_mask(seq, start + seq, start, x.device)
-        for layer in self.layers:
+        *body, final = self.layers
+        for layer in body:
             x = layer(x, self.positions, mask, start, cache)
-        if last is not None:
-            x = x[:, -last:]  # (B, last, dim)
-        logits = self.output(self.norm(x))  # (B, T or last, vocab)
-        if targets is None:
-            return logits, None
-        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        if targets is not None:
+            x = self.norm(final(x, self.positions, mask, start, cache))
+            return None, linear_cross_entropy(x.view(-1, x.shape[-1]), self.output.weight, targets.reshape(-1))
+        if last is None or last >= seq:
+            return self.output(self.norm(final(x, self.positions, mask, start, cache))), None  # (B, T, vocab)
+        # Only the last `last` positions' logits are wanted: the final block attends from those positions alone
+        # (its keys and values still cover every position), so its feed-forward runs on `last` rows, not T.
+        final_mask = self._attention_mask(last, start + seq, start + seq - last, x.device)
+        x = final(x, self.positions, final_mask, start, cache, queries=last)  # (B, last, dim)
+        return self.output(self.norm(x)), None  # (B, last, vocab)
 
     def _attention_mask(self, q_len: int, k_len: int, start: int, device: torch.device) -> torch.Tensor | None:
         """Causal mask plus the encoding's bias, (n_heads or 1, q_len, k_len); None when SDPA's own will do."""
