@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llama_pe.model.args import ModelArgs
+from llama_pe.model.dropout import attention_with_dropout
 from llama_pe.model.position import PositionEncoding
 
 
@@ -77,10 +78,13 @@ class Attention(nn.Module):
         mask: torch.Tensor | None,
         start: int,
         cache: KVCache | None = None,
+        queries: int | None = None,
     ) -> torch.Tensor:
+        """queries: attend from the last `queries` positions only (keys and values cover all): (B, queries, dim)."""
         batch, seq, _ = x.shape
         # (B, T, heads * head_dim) -> (B, heads, T, head_dim)
-        q = self.wq(x).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
+        q = self.wq(x if queries is None else x[:, -queries:]).view(batch, -1, self.n_heads, self.head_dim)
+        q = q.transpose(1, 2)
         k = self.wk(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = positions.rotate(q, k, start)
@@ -88,13 +92,14 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer, k, v)
         if mask is not None and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)  # SDPA wants a float mask in the dtype of the queries (bf16 under autocast)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=mask is None,  # no bias and no cache: the fused causal kernel
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_heads != self.n_heads,  # each kv head serves n_heads / n_kv_heads query heads
-        )
-        return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))  # (B, T, dim)
+        if self.training and self.dropout > 0 and q.device.type == "cpu":
+            # SDPA would take its math path here anyway (its CPU kernel has no dropout): the same math, cheaper masks
+            out = attention_with_dropout(q, k, v, mask, self.dropout)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask,
+                is_causal=mask is None,  # no bias, no cache, every query: the fused causal kernel
+                dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv_heads != self.n_heads,  # each kv head serves n_heads / n_kv_heads query heads
+            )  # fmt: skip
+        return self.wo(out.transpose(1, 2).reshape(batch, q.shape[-2], -1))  # (B, T or queries, dim)
