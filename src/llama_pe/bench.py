@@ -27,7 +27,7 @@ import yaml
 from torch import nn
 
 from llama_pe.config import config_from_dict
-from llama_pe.device import autocast, resolve_device, resolve_precision
+from llama_pe.device import FUSED_ADAMW_DEVICES, autocast, resolve_device, resolve_precision
 from llama_pe.generate import generate
 from llama_pe.io import write_json
 from llama_pe.model import build_model, model_args_from_config
@@ -151,7 +151,7 @@ def _peak_rss_mb(params: dict, variant: Variant, context: int, batch_size: int, 
     sampler = threading.Thread(target=sample)
     sampler.start()
     model = model_for(params, variant, context, torch.device("cpu"))
-    optimizer = torch.optim.AdamW(model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), fused=True)
     train_seconds(model, optimizer, batch, 2, torch.autocast("cpu", enabled=False), torch.device("cpu"))
     done.set()
     sampler.join()
@@ -194,7 +194,7 @@ def run_bench(
         torch.manual_seed(0)
         model = model_for(params, variant, context, device)
         models[variant] = model
-        optimizers[variant] = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        optimizers[variant] = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in FUSED_ADAMW_DEVICES)
         figures[variant] = Figures(flops_per_token=flops_per_token(model, context), params=model.num_params())
         train_seconds(model, optimizers[variant], batch, warmup, amp, device)
         eval_seconds(model, batch, warmup, amp, device)

@@ -9,6 +9,9 @@ import torch
 
 from llama_pe.errors import ConfigError
 
+# Devices with a fused AdamW kernel (one pass over all parameters instead of a dozen foreach kernels).
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":

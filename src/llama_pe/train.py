@@ -22,7 +22,7 @@ from llama_pe.checkpoint import CheckpointError, load_checkpoint, save_checkpoin
 from llama_pe.config import Config, TrainConfig
 from llama_pe.data.tokenizer import MODEL_FILE, read_tokenizer_model
 from llama_pe.data.tokens import check_tokenizer, load_splits
-from llama_pe.device import autocast, resolve_device, resolve_precision
+from llama_pe.device import FUSED_ADAMW_DEVICES, autocast, resolve_device, resolve_precision
 from llama_pe.distributed import ONE_PROCESS, Ranks
 from llama_pe.errors import ConfigError, DataError, LlamaPeError
 from llama_pe.io import write_json
@@ -60,7 +60,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
         # Norm gains, biases and ALiBi slopes (1-D) are not decayed either.
         (no_decay if param.ndim < 2 or id(param) in tables else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type in FUSED_ADAMW_DEVICES)
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -129,3 +129,17 @@ def test_logits_of_the_last_positions_are_those_of_the_full_forward(impl):
     last, _ = model(tokens, last=3)
     assert last.shape == (2, 3, VOCAB)
     torch.testing.assert_close(last, full[:, -3:], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("last", [1, 5, 11])
+def test_the_final_block_attending_from_the_last_positions_only_changes_nothing(pos, last):
+    """The final block runs its queries and feed-forward on the last positions only; every encoding, cached too."""
+    model = tiny_model(pos=pos).eval()
+    tokens = torch.randint(0, VOCAB, (2, 12))
+    full, _ = model(tokens)
+    pruned, _ = model(tokens, last=last)
+    torch.testing.assert_close(pruned, full[:, -last:], rtol=1e-5, atol=1e-5)
+    cache = model.new_cache()
+    model(tokens[:, :4], cache=cache, last=1)  # a prompt, pruned, still fills every layer's cache
+    continued, _ = model(tokens[:, 4:], cache=cache, last=last)  # 8 new tokens: at most 8 logits
+    torch.testing.assert_close(continued, full[:, -min(last, 8) :], rtol=1e-5, atol=1e-5)

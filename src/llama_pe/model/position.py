@@ -26,7 +26,9 @@ class PositionEncoding(nn.Module):
         return x
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return q, k  # q: (B, n_heads, T, head_dim), k: (B, n_kv_heads, T, head_dim)
+        # k: (B, n_kv_heads, S, head_dim) at positions start .. start + S - 1; q: (B, n_heads, T, head_dim) at the
+        # last T of them (T = S but when a model wants the last layer's outputs at a few positions only)
+        return q, k
 
     def attn_bias(self, q_len: int, k_len: int, start: int) -> torch.Tensor | None:
         return None  # else (n_heads, q_len, k_len), added to the logits before the softmax
@@ -60,11 +62,12 @@ class Rotary(PositionEncoding):
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (head_dim / 2,)
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = torch.arange(start, start + q.shape[-2], device=q.device, dtype=torch.float32)
-        angles = torch.outer(positions, self.inv_freq)  # (T, head_dim / 2)
-        angles = torch.cat((angles, angles), dim=-1)  # (T, head_dim): dims i and i + head_dim/2 form a pair
+        positions = torch.arange(start, start + k.shape[-2], device=q.device, dtype=torch.float32)
+        angles = torch.outer(positions, self.inv_freq)  # (S, head_dim / 2)
+        angles = torch.cat((angles, angles), dim=-1)  # (S, head_dim): dims i and i + head_dim/2 form a pair
         cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        q_cos, q_sin = cos[-q.shape[-2] :], sin[-q.shape[-2] :]  # queries: the last T positions
+        return q * q_cos + _rotate_half(q) * q_sin, k * cos + _rotate_half(k) * sin
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
