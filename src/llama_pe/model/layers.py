@@ -8,6 +8,7 @@ from torch import nn
 
 from llama_pe.model.args import ModelArgs
 from llama_pe.model.dropout import attention_with_dropout
+from llama_pe.model.flex import biased_causal_attention, wants_flex
 from llama_pe.model.position import PositionEncoding
 
 
@@ -92,7 +93,11 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer, k, v)
         if mask is not None and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)  # SDPA wants a float mask in the dtype of the queries (bf16 under autocast)
-        if self.training and self.dropout > 0 and q.device.type == "cpu":
+        dropout_active = self.training and self.dropout > 0
+        score_mod = positions.score_mod()
+        if wants_flex(q.device, score_mod, dropout_active, cached=cache is not None):
+            out = biased_causal_attention(q, k, v, score_mod)  # the bias inside a fused kernel, not in memory
+        elif dropout_active and q.device.type == "cpu":
             # SDPA would take its math path here anyway (its CPU kernel has no dropout): the same math, cheaper masks
             out = attention_with_dropout(q, k, v, mask, self.dropout)
         else:

@@ -16,6 +16,7 @@ from torch import nn
 from llama_pe.config import PositionName
 from llama_pe.errors import ConfigError, ContextLengthError
 from llama_pe.model.args import ModelArgs
+from llama_pe.model.flex import ScoreMod
 
 
 class PositionEncoding(nn.Module):
@@ -32,6 +33,10 @@ class PositionEncoding(nn.Module):
 
     def attn_bias(self, q_len: int, k_len: int, start: int) -> torch.Tensor | None:
         return None  # else (n_heads, q_len, k_len), added to the logits before the softmax
+
+    def score_mod(self) -> ScoreMod | None:
+        """attn_bias as FlexAttention's score_mod(score, batch, head, q_pos, k_pos), for its fused kernel on a GPU."""
+        return None
 
     def check_length(self, end: int) -> None:
         if self.max_positions is not None and end > self.max_positions:
@@ -146,6 +151,14 @@ class ALiBi(PositionEncoding):
         distance = (q_pos[:, None] - k_pos[None, :]).clamp(min=0).float()  # (q_len, k_len); future is masked
         return -self.slopes[:, None, None] * distance  # (n_heads, q_len, k_len)
 
+    def score_mod(self) -> ScoreMod:
+        slopes = self.slopes
+
+        def alibi(score, batch, head, q_pos, k_pos):
+            return score - slopes[head] * (q_pos - k_pos)  # the future is masked by the caller
+
+        return alibi
+
 
 class AbsoluteRelative(PositionEncoding):
     """Sinusoidal absolute positions plus the ALiBi bias: the original study's "absolute + relative"."""
@@ -160,6 +173,9 @@ class AbsoluteRelative(PositionEncoding):
 
     def attn_bias(self, q_len: int, k_len: int, start: int) -> torch.Tensor:
         return self.relative.attn_bias(q_len, k_len, start)
+
+    def score_mod(self) -> ScoreMod:
+        return self.relative.score_mod()
 
 
 POSITION_ENCODINGS: dict[str, type[PositionEncoding]] = {
