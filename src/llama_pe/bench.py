@@ -129,6 +129,34 @@ def eval_seconds(model, batch, steps: int, amp, device) -> float:
     return seconds_per_call(step, steps, device)
 
 
+# The dense matrix multiplies of the linear layers (the 6 N of the FLOP estimate); attention kernels are apart.
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::addmm_")
+
+
+def profile_training(model, optimizer, batch, amp, device, steps: int = 3) -> tuple[str, dict[str, float]]:
+    """torch.profiler over `steps` training steps: the table of the costliest ops, and where the time went.
+
+    gemm_share: the share of the profiled op time spent in the linear layers' matrix multiplies; gemm_efficiency:
+    their achieved FLOP/s (6 N per token) over the square-matmul peak is given by the caller. The rest of a step
+    (softmax, attention, norms, dropout, optimizer) is what an MFU short of the GEMMs' own efficiency pays for.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        seconds = train_seconds(model, optimizer, batch, steps, amp, device)
+    events = prof.key_averages()
+    own = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total = sum(getattr(e, own) for e in events)
+    gemm = sum(getattr(e, own) for e in events if e.key in GEMM_OPS)
+    weights = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)}
+    gemm_flops = 6 * sum(weights.values()) * batch[0].numel() * steps
+    table = events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=18)
+    summary = {"step_s": seconds, "gemm_share": gemm / total, "gemm_flops_per_sec": gemm_flops / (gemm / 1e6)}
+    return table, summary
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
@@ -174,6 +202,7 @@ def cpu_peak_memory_mb(params: dict, variant: Variant, context: int, batch_size:
 def run_bench(
     size: str, encodings: list[str], hf: bool, dropouts: list[float], context: int, batch_size: int, rounds: int,
     steps: int, warmup: int, device_setting: str, precision_setting: str, generate_tokens: int, params_file: Path,
+    profile: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     params["model"]["size"] = size
@@ -215,9 +244,18 @@ def run_bench(
         for variant in variants:
             figures[variant].peak_memory_mb = cpu_peak_memory_mb(params, variant, context, batch_size)
     generation = _generation(models, variants, generate_tokens, device) if generate_tokens else {}
-    return _results(variants, figures, peak, device, precision, generation, dict(
+    profiles = {}
+    for variant in variants if profile else []:  # after the timings: the profiler's overhead falls on no figure
+        profiles[variant.name] = profile_training(models[variant], optimizers[variant], batch, amp, device)
+    results = _results(variants, figures, peak, device, precision, generation, dict(
         size=size, context=context, batch_size=batch_size, rounds=rounds, steps=steps, warmup=warmup,
     ))  # fmt: skip
+    for row in results["rows"]:
+        name = Variant(row["impl"], row["pos"], row["dropout"]).name
+        if name in profiles:
+            table_, summary = profiles[name]
+            row["profile"] = {**summary, "gemm_efficiency": summary["gemm_flops_per_sec"] / peak, "table": table_}
+    return results
 
 
 def _generation(models, variants: list[Variant], n_tokens: int, device: torch.device) -> dict[str, float]:
@@ -314,6 +352,15 @@ def table(results: dict[str, Any]) -> str:
         g = results["generation"]
         lines.append(f"\ngeneration of {g['tokens']} tokens (native rope, greedy): cached {g['cached_s']:.2f} s, "
                      f"uncached {g['uncached_s']:.2f} s: {g['speedup']:.1f}× faster with the KV cache")  # fmt: skip
+    profiled = [row for row in results["rows"] if "profile" in row]
+    if profiled:
+        lines += ["", "torch.profiler, training steps (the tables are in the JSON):", "",
+                  "| variant | share of op time in the linear layers' GEMMs | their FLOP/s / matmul peak |",
+                  "| --- | --- | --- |"]  # fmt: skip
+        for row in profiled:
+            p = row["profile"]
+            lines.append(f"| {row['pos']} {row['impl']} dropout {row['dropout']:g} | {p['gemm_share']:.0%} | "
+                         f"{p['gemm_efficiency']:.0%} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--device", default="auto")
     bench.add_argument("--precision", default="auto")
     bench.add_argument("--generate-tokens", type=int, default=512, help="0: no generation benchmark")
+    bench.add_argument("--profile", action="store_true", help="then profile each variant's training steps")
     bench.add_argument("--out", default="benchmarks/results/bench.json")
     args = parser.parse_args(argv)
 
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             dropouts=[float(d) for d in args.dropout.split(",")], context=args.context, batch_size=args.batch_size,
             rounds=args.rounds, steps=args.steps, warmup=args.warmup, device_setting=args.device,
             precision_setting=args.precision, generate_tokens=args.generate_tokens, params_file=Path("params.yaml"),
+            profile=args.profile,
         )  # fmt: skip
         print(table(results))  # the command's output
 

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from llama_pe.model.args import ModelArgs
-from llama_pe.model.dropout import attention_with_dropout
 from llama_pe.model.flex import biased_causal_attention, wants_flex
 from llama_pe.model.position import PositionEncoding
 
@@ -97,9 +96,6 @@ class Attention(nn.Module):
         score_mod = positions.score_mod()
         if wants_flex(q.device, score_mod, dropout_active, cached=cache is not None):
             out = biased_causal_attention(q, k, v, score_mod)  # the bias inside a fused kernel, not in memory
-        elif dropout_active and q.device.type == "cpu":
-            # SDPA would take its math path here anyway (its CPU kernel has no dropout): the same math, cheaper masks
-            out = attention_with_dropout(q, k, v, mask, self.dropout)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask,

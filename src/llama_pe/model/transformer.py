@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from llama_pe.model.args import ModelArgs
-from llama_pe.model.dropout import Dropout
 from llama_pe.model.layers import Attention, FeedForward, KVCache, RMSNorm
 from llama_pe.model.loss import linear_cross_entropy
 from llama_pe.model.position import PositionEncoding, build_position_encoding
@@ -21,7 +20,7 @@ class TransformerBlock(nn.Module):
         self.attention = Attention(args, layer)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
-        self.dropout = Dropout(args.dropout)  # on each residual branch, the same for every encoding
+        self.dropout = nn.Dropout(args.dropout)  # on each residual branch, the same for every encoding
 
     def forward(
         self,
@@ -44,7 +43,7 @@ class Transformer(nn.Module):
         self.args = args
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.positions = build_position_encoding(args)
-        self.dropout = Dropout(args.dropout)
+        self.dropout = nn.Dropout(args.dropout)
         self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
