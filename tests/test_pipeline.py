@@ -86,6 +86,33 @@ def test_exp_run_with_another_encoding_writes_its_metrics(project):
     run(["dvc", "checkout", "--force"], root, env)
 
 
+def _generate(root: Path, env: dict[str, str], *source: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "llama_pe.cli", "generate", *source, "--prompt", "First", "--tokens", "12",
+               "--temperature", "0"]  # fmt: skip
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+
+
+def test_generate_reads_an_experiments_checkpoint_from_dvc_cache(project):
+    root, env = project
+    if "alibi" not in run(["dvc", "exp", "list", "--name-only"], root, env).split():
+        run(["dvc", "exp", "run", "-n", "alibi", "-S", "model.pos=alibi"], root, env)
+    run(["git", "checkout", "--", "."], root, env)
+    run(["dvc", "checkout", "--force"], root, env)
+    from_exp = _generate(root, env, "--exp", "alibi")
+    assert from_exp.returncode == 0, from_exp.stderr
+    run(["dvc", "exp", "apply", "alibi"], root, env)
+    run(["dvc", "checkout", "--force"], root, env)
+    applied = _generate(root, env, "--checkpoint", "models/best.pt")
+    run(["git", "checkout", "--", "."], root, env)
+    run(["dvc", "checkout", "--force"], root, env)
+    assert from_exp.stdout == applied.stdout and from_exp.stdout.startswith("First")
+    assert len(from_exp.stdout) > len("First\n")
+    missing = _generate(root, env, "--exp", "no-such-exp")
+    assert missing.returncode == 1
+    assert "--exp: no experiment or git revision named 'no-such-exp'" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
 def test_killed_training_resumes_under_dvc_repro_to_the_same_metrics(project):
     root, env = project
     run(["dvc", "repro"], root, env)

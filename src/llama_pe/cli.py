@@ -42,6 +42,16 @@ def main(argv: list[str] | None = None) -> None:
     study.add_argument("--out", default="reports", help="folder for the report")
     study.add_argument("--poll", type=float, default=15.0, help="seconds between looks at the queue")
     study.add_argument("--dry-run", action="store_true", help="say what exists and what would be queued, only")
+    gen = commands.add_parser("generate", help="continue a prompt with a trained model, streaming the text")
+    gen.add_argument("--checkpoint", help="a checkpoint file (default: models/best.pt)")
+    gen.add_argument(
+        "--exp", help="a DVC experiment's name (or any git revision): its models/best.pt, from DVC's cache"
+    )
+    gen.add_argument("--prompt", required=True, help="the text to continue; - reads it from stdin")
+    gen.add_argument("--tokens", type=int, default=200, help="new tokens to sample")
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
+    gen.add_argument("--top-k", type=int, default=40, help="sample among the k likeliest tokens; 0: all")
+    gen.add_argument("--seed", type=int, default=0)
     bench = commands.add_parser("bench", help="training and evaluation speed, memory and MFU, side by side with HF")
     bench.add_argument("--size", default="small", help="model.size preset")
     bench.add_argument("--pos", default="rope,abs,learned,alibi,abs_rel,nope", help="encodings, comma-separated")
@@ -75,6 +85,12 @@ def main(argv: list[str] | None = None) -> None:
         study(Path("."), args.pos, args.seeds, args.hf, args.sets, args.jobs, Path(args.out), args.baseline,
               args.poll, args.dry_run)  # fmt: skip
 
+    def generate_command() -> None:
+        from llama_pe.generate_command import generate_text
+
+        generate_text(args.checkpoint, args.exp, args.prompt, args.tokens, args.temperature, args.top_k or None,
+                      args.seed)  # fmt: skip
+
     def bench_command() -> None:
         from llama_pe.bench import bench, table
 
@@ -89,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
 
     commands_by_name = {
         "export-hf": export_command, "report": report_command, "study": study_command, "bench": bench_command,
+        "generate": generate_command,
     }  # fmt: skip
     run_stage(commands_by_name[args.command])
 

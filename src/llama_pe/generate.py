@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
 
-@torch.no_grad()
 def generate(
     model: nn.Module,
     prompt_ids: Sequence[int],
@@ -19,6 +18,19 @@ def generate(
     use_cache: bool = True,
 ) -> list[int]:
     """Continue prompt_ids by max_new_tokens tokens; temperature 0 is greedy. Returns only the new tokens."""
+    return list(stream_tokens(model, prompt_ids, max_new_tokens, temperature, top_k, seed, use_cache))
+
+
+def stream_tokens(
+    model: nn.Module,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    use_cache: bool = True,
+) -> Iterator[int]:
+    """The new tokens of generate(), each as soon as it is sampled."""
     if len(prompt_ids) == 0:
         raise ValueError("generate: the prompt must hold at least one token")
     if temperature < 0 or (top_k is not None and top_k < 1):
@@ -33,17 +45,18 @@ def generate(
     model.eval()
     try:
         for _ in range(max_new_tokens):
-            if cache is None:
-                pending = tokens[-window:] if window else tokens
-            elif window and cache.length + len(pending) > window:
-                # A learned table is full: start again on the last `window` tokens, as the uncached path does.
-                cache, pending = model.new_cache(), tokens[-window:]
-            logits, _ = model(torch.tensor([pending], device=device), cache=cache, last=1)  # only the next token
-            tokens.append(_sample(logits[0, -1].float(), temperature, top_k, generator))
+            with torch.no_grad():
+                if cache is None:
+                    pending = tokens[-window:] if window else tokens
+                elif window and cache.length + len(pending) > window:
+                    # A learned table is full: start again on the last `window` tokens, as the uncached path does.
+                    cache, pending = model.new_cache(), tokens[-window:]
+                logits, _ = model(torch.tensor([pending], device=device), cache=cache, last=1)  # the next token only
+                tokens.append(_sample(logits[0, -1].float(), temperature, top_k, generator))
             pending = tokens[-1:]
+            yield tokens[-1]
     finally:
         model.train(was_training)
-    return tokens[len(prompt_ids) :]
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator) -> int:

@@ -1,0 +1,111 @@
+"""`llama-pe generate`: continue a prompt with a trained model, the text streamed to stdout as it is sampled."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import sentencepiece as spm
+import torch
+
+from llama_pe.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from llama_pe.errors import ConfigError
+from llama_pe.generate import stream_tokens
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "models/best.pt"  # the train stage's output (dvc.yaml)
+
+
+def experiment_checkpoint(name: str, repo: str | Path = ".") -> dict:
+    """The best checkpoint of DVC experiment `name` (or of any git revision), read from DVC's cache at its commit."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+    from dvc.scm import RevError, resolve_rev
+
+    try:
+        with Repo(str(repo)) as dvc_repo:
+            rev = resolve_rev(dvc_repo.scm, name)
+    except (RevError, DvcException) as err:
+        raise ConfigError(
+            f"--exp: no experiment or git revision named {name!r} ({err}); `dvc exp list --all-commits` names them"
+        ) from None
+    try:
+        with dvc.api.open(CHECKPOINT, repo=str(repo), rev=rev, mode="rb") as f:
+            data = f.read()
+    except (DvcException, FileNotFoundError) as err:
+        raise ConfigError(
+            f"--exp {name}: its {CHECKPOINT} is in neither the workspace's DVC cache nor a remote ({err}); "
+            f"run `dvc exp pull origin {name}` or `dvc pull` first"
+        ) from None
+    path = Path(f"{name}:{CHECKPOINT}")
+    return load_checkpoint_bytes(data, path)
+
+
+def load_checkpoint_bytes(data: bytes, path: Path) -> dict:
+    try:
+        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for damaged bytes
+        raise CheckpointError(path, f"is not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(checkpoint, dict) or "model_args" not in checkpoint or "tokenizer_model" not in checkpoint:
+        raise CheckpointError(path, "is not a llama-pe checkpoint")
+    return checkpoint
+
+
+def read_prompt(prompt: str, stdin: TextIO) -> str:
+    return stdin.read() if prompt == "-" else prompt
+
+
+def generate_text(
+    checkpoint: str | None, exp: str | None, prompt: str, tokens: int, temperature: float, top_k: int | None,
+    seed: int, out: TextIO = sys.stdout, stdin: TextIO = sys.stdin,
+) -> str:  # fmt: skip
+    """Write the prompt, then each new piece of text as soon as its token is sampled; returns the continuation."""
+    if checkpoint and exp:
+        raise ConfigError("--checkpoint and --exp name two models; give one")
+    if tokens < 1:
+        raise ConfigError(f"--tokens: expected a positive number of tokens, got {tokens}")
+    if temperature < 0:
+        raise ConfigError(f"--temperature: expected 0 (greedy) or more, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"--top-k: expected a positive integer, or 0 for no limit; got {top_k}")
+    text = read_prompt(prompt, stdin)
+    saved = experiment_checkpoint(exp) if exp else load_checkpoint(checkpoint or CHECKPOINT)
+    sp = spm.SentencePieceProcessor(model_proto=saved["tokenizer_model"])
+    prompt_ids = sp.encode(text)
+    if not prompt_ids:
+        raise ConfigError(f"--prompt: {text!r} tokenizes to no token; give some text to continue")
+    model = model_from_checkpoint(saved, exp or checkpoint or CHECKPOINT)
+    out.write(text)
+    out.flush()
+    return _stream_text(sp, prompt_ids, stream_tokens(model, prompt_ids, tokens, temperature, top_k, seed), out)
+
+
+def _stream_text(sp: spm.SentencePieceProcessor, prompt_ids: list[int], new_tokens, out: TextIO) -> str:
+    """Decode prompt + new tokens after each token and write what was added since the last write.
+
+    Decoding the new tokens alone would lose the space that a "▁word" piece starts with, and a character that
+    byte-fallback spells in several tokens is written once all of its bytes are there (until then it decodes as
+    U+FFFD).
+    """
+    prefix = sp.decode(prompt_ids)
+    ids, written = list(prompt_ids), ""
+    for token in new_tokens:
+        ids.append(token)
+        continuation = sp.decode(ids)[len(prefix) :]
+        if continuation.endswith("\ufffd") or not continuation.startswith(written):
+            continue  # an incomplete character, or a re-segmentation: wait for the next token
+        out.write(continuation[len(written) :])
+        out.flush()
+        written = continuation
+    final = sp.decode(ids)[len(prefix) :]
+    if final.startswith(written) and final != written:  # what was held back at the end
+        out.write(final[len(written) :])
+        written = final
+    out.write("\n")
+    out.flush()
+    return written
