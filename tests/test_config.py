@@ -175,7 +175,11 @@ def test_yaml_infinity_is_refused_as_loaded_from_a_file(tmp_path):
     ("model", "message"),
     [
         ({"size": "huge"}, r"model\.size: unknown size 'huge'; valid sizes: tiny, small, base, seed33m"),
-        ({"pos": "xpos"}, r"model\.pos: expected one of rope, abs, learned, alibi, abs_rel, nope; got 'xpos'"),
+        (
+            {"pos": "xpos"},
+            r"model\.pos: expected one of rope, abs, learned, alibi, abs_rel, nope, t5, fire; "
+            r"got 'xpos'",
+        ),
         ({"dim": 256}, r"model\.dim: 256 is not divisible by model\.n_heads=6"),  # small has 6 heads
         ({"n_kv_heads": 4}, r"model\.n_heads: 6 is not a multiple of model\.n_kv_heads=4"),
         ({"impl": "hf", "pos": "alibi"}, r"model\.impl=hf supports model\.pos=rope only"),
@@ -187,3 +191,19 @@ def test_model_settings_are_checked_when_params_are_loaded(model, message):
     # No vocabulary or data is needed: the first stage that loads params (download) already refuses them.
     with pytest.raises(ConfigError, match=message):
         make_config(model=model)
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("model", {"t5_buckets": 2}, r"model\.t5_buckets: expected an integer of at least 4 .*got 2"),
+        ("model", {"t5_max_distance": 16}, r"model\.t5_max_distance: expected more than half of model\.t5_buckets "
+                                           r"\(16\), where the log-spaced buckets start, got 16"),
+        ("eval", {"rope_scaling": ["yarn", "ntk"]}, r"eval\.rope_scaling.*expected one of linear, dynamic, yarn; "
+                                                    r"got 'ntk'"),
+        ("eval", {"rope_scaling": ["yarn", "yarn"]}, r"eval\.rope_scaling: expected each method once"),
+    ],
+)  # fmt: skip
+def test_t5_and_rope_scaling_settings_are_checked(section, values, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(**{section: values})

@@ -1,5 +1,6 @@
 import contextlib
 import json
+import logging
 import math
 
 import numpy as np
@@ -104,6 +105,31 @@ def test_evaluation_metrics_and_extrapolation_to_4x(trained, tmp_path):
     assert [row["context"] for row in curve] == [8, 16, 32, 64, 128]
     samples = out["samples.txt"].read_text()
     assert samples.count("=== prompt:") == 3 and "ROMEO:\n" in samples
+
+
+def test_rope_is_scored_once_more_per_scaling_method_past_the_training_context(trained, tmp_path):
+    metrics, out = evaluate_run(trained["rope"], tmp_path, "rope")  # eval.rope_scaling: every method by default
+    assert {m for m in metrics if m.endswith(("_linear", "_dynamic", "_yarn"))} == {
+        f"ppl_at_{k}x_{method}" for k in (2, 4, 8) for method in ("linear", "dynamic", "yarn")
+    }  # past the training context only: up to it, each method is the identity
+    assert all(math.isfinite(metrics[f"ppl_at_8x_{m}"]) for m in ("linear", "dynamic", "yarn"))
+    assert len({metrics["ppl_at_8x"], metrics["ppl_at_8x_linear"], metrics["ppl_at_8x_yarn"]}) == 3
+    curve = json.loads(out["curve.json"].read_text())
+    assert curve[1]["yarn_ppl"] == curve[1]["nonoverlapping_ppl"]  # 1x: the identity, not scored again
+    assert curve[-1]["yarn_ppl"] == metrics["ppl_at_8x_yarn"]
+    only_yarn, _ = evaluate_run(trained["rope"], tmp_path, "rope", rope_scaling=["yarn"])
+    assert "ppl_at_8x_yarn" in only_yarn and "ppl_at_8x_linear" not in only_yarn
+    assert only_yarn["ppl_at_8x_yarn"] == metrics["ppl_at_8x_yarn"]
+    none, _ = evaluate_run(trained["rope"], tmp_path, "rope", rope_scaling=[])
+    assert not any(m.endswith("_yarn") for m in none)
+
+
+def test_scaling_is_skipped_with_a_reason_for_an_encoding_without_rotary_positions(trained, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        metrics, out = evaluate_run(trained["learned"], tmp_path, "learned")
+    assert not any(m.endswith(("_linear", "_dynamic", "_yarn")) for m in metrics)
+    assert "eval.rope_scaling: skipped, model.pos=learned has no rotary positions to scale" in caplog.text
+    assert all(row["yarn_ppl"] is None for row in json.loads(out["curve.json"].read_text()))
 
 
 def test_learned_positions_record_null_with_a_reason_past_their_table(trained, tmp_path):

@@ -152,7 +152,12 @@ def test_the_documented_command_trains_again_from_scratch_and_reevaluates(projec
 @pytest.mark.parametrize(
     ("section", "key", "value", "message"),
     [
-        ("model", "pos", "xpos", "model.pos: expected one of rope, abs, learned, alibi, abs_rel, nope; got 'xpos'"),
+        (
+            "model",
+            "pos",
+            "xpos",
+            "model.pos: expected one of rope, abs, learned, alibi, abs_rel, nope, t5, fire; got 'xpos'",
+        ),
         ("model", "size", "huge", "model.size: unknown size 'huge'; valid sizes: tiny, small, base, seed33m"),
         ("model", "dim", 30, "model.dim: 30 is not divisible by model.n_heads=4"),
     ],

@@ -222,3 +222,26 @@ def test_a_baseline_that_matches_two_groups_is_refused():
         paired_differences(frame, keys, {"model.pos": "rope"})
     diffs = paired_differences(frame, keys, {"model.pos": "rope", "model.size": "small"})
     assert set(diffs["group"]) == {"model.pos=alibi, model.size=small", "model.pos=rope, model.size=tiny"}
+
+
+def test_rope_scaled_evaluations_become_groups_of_their_own_against_the_rope_baseline(tmp_path):
+    from llama_pe.report import SCALING, with_rope_scaling_rows
+
+    rope = [{**r, "ppl_at_8x": 400.0 + s, "ppl_at_8x_yarn": 300.0 + 2 * s, "ppl_at_8x_linear": 500.0}
+            for s, r in enumerate(ROPE)]  # fmt: skip
+    alibi = [{**r, "ppl_at_8x_yarn": "None", "ppl_at_8x_linear": "None"} for r in ALIBI]  # no rotary positions
+    frame = with_rope_scaling_rows(experiments_frame(rope + alibi))
+    assert frame.groupby(["model.pos", SCALING]).size().to_dict() == {
+        ("alibi", "none"): 3, ("rope", "linear"): 3, ("rope", "none"): 3, ("rope", "yarn"): 3,
+    }  # fmt: skip
+    yarn = frame[frame[SCALING] == "yarn"]
+    assert yarn["ppl_at_8x"].tolist() == [300.0, 302.0, 304.0]  # the scaled figure, under the plain name
+    assert yarn["ppl_at_1x"].notna().all()  # up to the training context scaling is the identity: kept
+    assert yarn["best_val_loss"].isna().all() and yarn["tokens_per_sec"].isna().all()  # not the scaled run's own
+    assert not any(c.endswith(("_yarn", "_linear")) for c in frame.columns)
+    write_report(experiments_frame(rope + alibi), tmp_path, {"model.pos": "rope"})
+    comparison = (tmp_path / "comparison.md").read_text()
+    assert "model.pos=rope, eval.rope_scaling_method=yarn" in comparison
+    diffs = comparison.split("## Every paired difference")[1]
+    yarn_8x = next(line for line in diffs.splitlines() if "rope_scaling_method=yarn" in line and "ppl_at_8x" in line)
+    assert "-99 [" in yarn_8x and "better" in yarn_8x  # 300 + 2s against 400 + s, paired by seed: -100 to -98

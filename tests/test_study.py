@@ -37,7 +37,8 @@ def test_a_repeated_encoding_or_seed_is_one_point():
 @pytest.mark.parametrize(
     ("pos", "seeds", "sets", "message"),
     [
-        ("rope,xpos", "0", [], r"--pos: unknown encoding 'xpos'; valid: rope, abs, learned, alibi, abs_rel, nope"),
+        ("rope,xpos", "0", [],
+         r"--pos: unknown encoding 'xpos'; valid: rope, abs, learned, alibi, abs_rel, nope, t5, fire"),
         ("", "0", [], r"--pos: expected encodings separated by commas; valid: rope"),
         ("rope", "0,one", [], r"--seeds: expected integers separated by commas, such as 0,1,2; got '0,one'"),
         ("rope", "0", ["train.steps=3"], r"-S train\.steps=3: params\.yaml has no train\.steps; valid keys: "),

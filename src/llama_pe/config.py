@@ -29,7 +29,8 @@ REFUSED_TOKENIZER_TYPES = {
 }
 # The names of llama_pe.model.position's registry, here so that a bad model.pos fails when params are loaded, in
 # the first stage that runs, without importing torch; the registry checks at import that both name the same set.
-PositionName = Literal["rope", "abs", "learned", "alibi", "abs_rel", "nope"]
+PositionName = Literal["rope", "abs", "learned", "alibi", "abs_rel", "nope", "t5", "fire"]
+RopeScalingName = Literal["linear", "dynamic", "yarn"]  # model/rope_scaling.py implements each
 
 # Named model sizes: the fields each sets, every one overridable from params (model.<field>: null keeps it).
 SIZES: dict[str, dict[str, Any]] = {
@@ -105,6 +106,8 @@ class ModelConfig:
     pos: PositionName
     rope_theta: float
     alibi_learnable: bool
+    t5_buckets: int
+    t5_max_distance: int
     # Overrides of the size preset; null keeps the preset's value.
     dim: int | None
     n_layers: int | None
@@ -118,7 +121,8 @@ class ModelConfig:
         if self.size not in SIZES:
             raise ConfigError(f"model.size: unknown size {self.size!r}; valid sizes: {', '.join(SIZES)}")
         check_architecture(**self.sized(), pos=self.pos, impl=self.impl, rope_theta=self.rope_theta,
-                           alibi_learnable=self.alibi_learnable)  # fmt: skip
+                           alibi_learnable=self.alibi_learnable, t5_buckets=self.t5_buckets,
+                           t5_max_distance=self.t5_max_distance)  # fmt: skip
 
     def sized(self) -> dict[str, Any]:
         """The preset that model.size names, with every non-null override applied."""
@@ -143,6 +147,8 @@ def check_architecture(
     impl: str,
     rope_theta: float,
     alibi_learnable: bool,
+    t5_buckets: int,
+    t5_max_distance: int,
 ) -> None:
     """The rules a model's shape must follow; ModelConfig checks them at load time and ModelArgs again."""
     for name, value in (("dim", dim), ("n_layers", n_layers), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
@@ -167,6 +173,12 @@ def check_architecture(
             f"model.impl=hf supports model.pos=rope only (LlamaForCausalLM has rotary positions); "
             f"got model.pos={pos}. Use model.impl=native for {pos}."
         )
+    # T5's buckets: the first half exact distances, the second log-spaced from there to t5_max_distance.
+    _require(t5_buckets >= 4, "model.t5_buckets", "an integer of at least 4 (half exact distances, half log-spaced)",
+             t5_buckets)  # fmt: skip
+    _require(t5_max_distance > t5_buckets // 2, "model.t5_max_distance",
+             f"more than half of model.t5_buckets ({t5_buckets // 2}), where the log-spaced buckets start",
+             t5_max_distance)  # fmt: skip
     if alibi_learnable and pos not in ("alibi", "abs_rel"):
         raise ConfigError(
             f"model.alibi_learnable: true has no meaning for model.pos={pos} (it trains ALiBi's slopes, which only "
@@ -249,8 +261,11 @@ class EvalConfig:
     temperature: float
     top_k: int | None
     seed: int
+    rope_scaling: tuple[RopeScalingName, ...]  # RoPE context extension methods scored past train.context
 
     def __post_init__(self) -> None:
+        _require(len(set(self.rope_scaling)) == len(self.rope_scaling), "eval.rope_scaling", "each method once",
+                 list(self.rope_scaling))  # fmt: skip
         _require(len(self.contexts) > 0, "eval.contexts", "a non-empty list of multiples of train.context", [])
         for multiple in self.contexts:
             _require(multiple > 0, "eval.contexts", "positive multiples of train.context", list(self.contexts))

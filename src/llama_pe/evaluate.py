@@ -20,6 +20,7 @@ from llama_pe.data.tokens import check_tokenizer, load_splits
 from llama_pe.device import autocast, resolve_device, resolve_precision
 from llama_pe.generate import generate
 from llama_pe.io import write_json, write_text
+from llama_pe.model.rope_scaling import ROPE_SCALING_METHODS, RopeScaling
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ def extrapolation(model, tokens, chars, cfg: Config, device, amp, known: dict | 
     rows = []
     for multiple, context in zip(cfg.eval.contexts, cfg.eval_contexts, strict=True):
         row: dict[str, Any] = {"context": context, "multiple": multiple, **{f"{m}_ppl": None for m in MODES}}
+        row.update({f"{method}_ppl": None for method in ROPE_SCALING_METHODS})  # rope_scaled_ppls fills them
         row["reason"] = None
         # Recorded as null with the reason: neither a crash nor a made-up number.
         if model.max_positions is not None and context > model.max_positions:
@@ -174,9 +176,28 @@ def extrapolation(model, tokens, chars, cfg: Config, device, amp, known: dict | 
                     )
                 score = known[context, stride]
                 row[f"{mode}_ppl"] = round(score.ppl, 4)
+            row.update(rope_scaled_ppls(model, tokens, chars, context, cfg, device, amp, row["nonoverlapping_ppl"]))
         rows.append(row)
         log.info("context %d (%gx): %s", context, multiple, row)
     return rows
+
+
+def rope_scaled_ppls(model, tokens, chars, context: int, cfg: Config, device, amp, unscaled: float) -> dict:
+    """Test perplexity with non-overlapping windows of `context` tokens, once per eval.rope_scaling method with
+    the rotary frequencies stretched by context / train.context; null for a method not asked for or a model
+    without rotary positions. Up to the training length every method is the identity: the unscaled figure."""
+    ppls: dict[str, float | None] = {f"{method}_ppl": None for method in ROPE_SCALING_METHODS}
+    if not cfg.eval.rope_scaling or model.args.pos != "rope":
+        return ppls
+    for method in cfg.eval.rope_scaling:
+        if context <= cfg.train.context:
+            ppls[f"{method}_ppl"] = unscaled
+            continue
+        scaling = RopeScaling(method, factor=context / cfg.train.context, original_context=cfg.train.context)
+        with model.scaled_rope(scaling):
+            score = score_split(model, tokens, chars, context, None, cfg.eval.batch_size, device, amp, cfg.chunk_tokens)
+        ppls[f"{method}_ppl"] = round(score.ppl, 4)
+    return ppls
 
 
 def metric_suffix(multiple: float) -> str:
@@ -220,6 +241,11 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, encoded: Path, metrics: P
     for row in curve_rows:
         results[f"ppl_at_{metric_suffix(row['multiple'])}"] = row["nonoverlapping_ppl"]
         results[f"sliding_ppl_at_{metric_suffix(row['multiple'])}"] = row["sliding_ppl"]
+        for method in cfg.eval.rope_scaling if model.args.pos == "rope" else ():
+            if row["multiple"] > 1:  # the identity up to the training length: nothing new to record
+                results[f"ppl_at_{metric_suffix(row['multiple'])}_{method}"] = row[f"{method}_ppl"]
+    if cfg.eval.rope_scaling and model.args.pos != "rope":
+        log.info("eval.rope_scaling: skipped, model.pos=%s has no rotary positions to scale", model.args.pos)
     results = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}
     write_json(metrics, results)
     write_json(curve, curve_rows)

@@ -117,6 +117,37 @@ def experiments_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return frame[~frame[same_run].astype(str).duplicated()].reset_index(drop=True)
 
 
+# A column the report adds: a rope run evaluated with its frequencies scaled (eval.rope_scaling) is also a group of
+# its own per method, whose ppl_at_Kx are the run's ppl_at_Kx_<method>; "none" is the run as trained.
+SCALING = "eval.rope_scaling_method"
+SCALED_METRIC = re.compile(r"(ppl_at_\w+?x)_(linear|dynamic|yarn)")
+
+
+def with_rope_scaling_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each run with ppl_at_Kx_<method> metrics once more per method, as a row of SCALING=<method>.
+
+    A scaled row keeps the run's params and its perplexities up to the training context (where every method is
+    the identity); its other metrics are left out (null), being either the unscaled run's or not measured scaled.
+    """
+    scaled = {c: m for c in frame.columns if (m := SCALED_METRIC.fullmatch(c))}
+    if not scaled:
+        return frame
+    parts = [frame.drop(columns=list(scaled)).assign(**{SCALING: "none"})]
+    for method in dict.fromkeys(m.group(2) for m in scaled.values()):
+        columns = {c: m.group(1) for c, m in scaled.items() if m.group(2) == method}
+        rows = frame[frame[list(columns)].notna().any(axis=1)]
+        if rows.empty:
+            continue
+        part = rows.drop(columns=list(scaled)).copy()
+        for metric in metric_columns(part):
+            if not re.fullmatch(r"ppl_at_\w+", metric):
+                part[metric] = np.nan
+        for column, metric in columns.items():
+            part[metric] = rows[column]
+        parts.append(part.assign(**{SCALING: method}))
+    return pd.concat(parts, ignore_index=True)
+
+
 def code_hash(record: dict[str, Any]) -> str | None:
     """A short hash of the source files' hashes that the record's dvc.lock holds (None when it holds none)."""
     code = sorted(f"{key}={value}" for key, value in record.items() if key.startswith(CODE_PREFIXES))
@@ -345,6 +376,9 @@ def write_report(
             "no finished experiments selected: run some (dvc exp run, llama-pe study) or widen the selection "
             "(--all-commits for the experiments of every commit, fewer --only)"
         )
+    trained, frame = frame, with_rope_scaling_rows(frame)
+    if SCALING in frame and SCALING not in baseline and baseline:
+        baseline = {**baseline, SCALING: "none"}  # the baseline as trained, not one of its scaled evaluations
     keys = group_keys(frame)
     check_one_run_per_seed(frame, keys)
     summary = summarize(frame, keys)
@@ -359,9 +393,11 @@ def write_report(
             table.to_csv(tmp, index=False)
     write_text(paths["comparison.md"], comparison_markdown(summary, diffs, keys, baseline))
     paths["extrapolation.png"] = report_figures.extrapolation(frame, keys, out_dir / "extrapolation.png")
-    paths["bpc.png"] = report_figures.bits_per_character(frame, keys, out_dir / "bpc.png")
+    paths["bpc.png"] = report_figures.bits_per_character(trained, group_keys(trained), out_dir / "bpc.png")
     if curves is not None:
-        paths["val_curves.png"] = report_figures.val_curves(frame, keys, curves, out_dir / "val_curves.png")
+        # The curves of training: a scaled evaluation trained nothing of its own.
+        paths["val_curves.png"] = report_figures.val_curves(trained, group_keys(trained), curves,
+                                                            out_dir / "val_curves.png")  # fmt: skip
     log.info("%d experiments in %d groups by %s: wrote %s", len(frame), summary["group"].nunique(),
              ", ".join(keys) or "nothing", ", ".join(map(str, paths.values())))  # fmt: skip
     return paths

@@ -53,12 +53,15 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     # Embeddings and the output head, tied or not, are lookup tables of the vocabulary rather than layers; a tied
     # head is the embedding itself, so an untied one is spared too and both variants regularise alike.
     tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} | {id(model.output.weight)}
+    # A position encoding's own parameters (T5's table, FIRE's MLP, ALiBi's slopes) are not layers either.
+    positions = getattr(model, "positions", None)
+    encoding = {id(p) for p in positions.parameters()} if isinstance(positions, nn.Module) else set()
     decay, no_decay = [], []
     for param in model.parameters():
         if not param.requires_grad:
             continue
-        # Norm gains, biases and ALiBi slopes (1-D) are not decayed either.
-        (no_decay if param.ndim < 2 or id(param) in tables else decay).append(param)
+        # Norm gains and biases (1-D) are not decayed either.
+        (no_decay if param.ndim < 2 or id(param) in tables | encoding else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type in FUSED_ADAMW_DEVICES)
 

@@ -5,7 +5,7 @@ import torch
 
 from llama_pe.model import ModelArgs, build_model
 
-POSITIONS = ["rope", "abs", "learned", "alibi", "abs_rel", "nope"]
+POSITIONS = ["rope", "abs", "learned", "alibi", "abs_rel", "nope", "t5", "fire"]
 VOCAB = 256
 
 

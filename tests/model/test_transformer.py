@@ -106,7 +106,11 @@ def test_params_override_the_preset():
         ({"n_heads": 4, "n_kv_heads": 3}, r"model\.n_heads: 4 is not a multiple of model\.n_kv_heads=3"),
         ({"dim": 36, "n_heads": 4, "n_kv_heads": 4, "pos": "rope"}, r"head dimension must be even.*= 9"),
         ({"size": "huge"}, r"model\.size: unknown size 'huge'; valid sizes: tiny, small, base, seed33m"),
-        ({"pos": "xpos"}, r"model\.pos: expected one of rope, abs, learned, alibi, abs_rel, nope; got 'xpos'"),
+        (
+            {"pos": "xpos"},
+            r"model\.pos: expected one of rope, abs, learned, alibi, abs_rel, nope, t5, fire; "
+            r"got 'xpos'",
+        ),
         ({"impl": "hf", "pos": "alibi"}, r"model\.impl=hf supports model\.pos=rope only"),
     ],
 )

@@ -28,6 +28,8 @@ class ModelArgs:
     pos: str = "rope"
     rope_theta: float = 10000.0
     alibi_learnable: bool = False
+    t5_buckets: int = 32
+    t5_max_distance: int = 128
     impl: str = "native"
 
     def __post_init__(self) -> None:
@@ -39,6 +41,7 @@ class ModelArgs:
             dim=self.dim, n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
             ffn_hidden=self.ffn_hidden, dropout=self.dropout, tie_embeddings=self.tie_embeddings, pos=self.pos,
             impl=self.impl, rope_theta=self.rope_theta, alibi_learnable=self.alibi_learnable,
+            t5_buckets=self.t5_buckets, t5_max_distance=self.t5_max_distance,
         )  # fmt: skip
 
     @property
@@ -65,6 +68,8 @@ def model_args_from_config(cfg: ModelConfig, vocab_size: int, context: int) -> M
         pos=cfg.pos,
         rope_theta=cfg.rope_theta,
         alibi_learnable=cfg.alibi_learnable,
+        t5_buckets=cfg.t5_buckets,
+        t5_max_distance=cfg.t5_max_distance,
         impl=cfg.impl,
         **sized,
     )

@@ -1,10 +1,11 @@
 """FlexAttention (arXiv 2412.05496) for the encodings that bias the attention logits, on a GPU.
 
 SDPA takes a bias only as an (n_heads, T, S) tensor in memory, which its memory-efficient kernel reads for every
-batch row; FlexAttention computes the bias inside its fused kernel from the encoding's `score_mod`, so ALiBi and
-abs_rel get a kernel as fused as the causal one the unbiased encodings use. FlexAttention has no dropout, so
-training with attention dropout keeps SDPA (its memory-efficient kernel, which has dropout), and so does decoding
-with a KV cache (each new length would compile anew). Outside torch.compile the kernel is compiled here once.
+batch row; FlexAttention computes the bias inside its fused kernel from the encoding's `score_mod`, so ALiBi,
+abs_rel, t5 and fire get a kernel as fused as the causal one the unbiased encodings use. FlexAttention has no
+dropout, so training with attention dropout keeps SDPA (its memory-efficient kernel, which has dropout), and so
+does decoding with a KV cache (each new length would compile anew). Outside torch.compile the kernel is compiled
+here once.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ FLEX_DEVICES: tuple[str, ...] = ("cuda",)
 ScoreMod = Callable[..., torch.Tensor]  # (score, batch, head, q_idx, kv_idx) -> score
 
 
-def wants_flex(device: torch.device, score_mod: ScoreMod | None, dropout_active: bool, cached: bool) -> bool:
-    return score_mod is not None and device.type in FLEX_DEVICES and not dropout_active and not cached
+def wants_flex(device: torch.device, biased: bool, dropout_active: bool, cached: bool) -> bool:
+    return biased and device.type in FLEX_DEVICES and not dropout_active and not cached
 
 
 @functools.cache

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from llama_pe.model.args import ModelArgs
+from llama_pe.model.rope_scaling import RopeScaling
 from llama_pe.model.transformer import Transformer
 
 # Native parameter names -> Hugging Face's, per layer and for the rest of the model.
@@ -41,13 +47,23 @@ def llama_config(args: ModelArgs) -> LlamaConfig:
         head_dim=args.head_dim,
         max_position_embeddings=args.max_seq_len,
         rms_norm_eps=args.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta},
+        rope_parameters=hf_rope_parameters(args.rope_theta, None),
         tie_word_embeddings=args.tie_embeddings,
         attention_dropout=args.dropout,
         initializer_range=args.init_std,
         bos_token_id=1,
         eos_token_id=2,
     )
+
+
+def hf_rope_parameters(theta: float, scaling: RopeScaling | None) -> dict:
+    """LlamaConfig.rope_parameters for the native model's rotary frequencies, scaled as `scaling` says."""
+    if scaling is None:
+        return {"rope_type": "default", "rope_theta": theta}
+    parameters = {"rope_type": scaling.method, "rope_theta": theta, "factor": scaling.factor}
+    if scaling.method == "yarn":
+        parameters["original_max_position_embeddings"] = scaling.original_context
+    return parameters
 
 
 def native_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -99,6 +115,19 @@ class HFLlama(nn.Module):
     def output(self) -> nn.Linear:
         """The output head, under the native model's name."""
         return self.hf.lm_head
+
+    @contextlib.contextmanager
+    def scaled_rope(self, scaling: RopeScaling) -> Iterator[None]:
+        """Hugging Face's own implementation of the scaling method, inside the block (HF reads `factor` against
+        max_position_embeddings, which is train.context here, as the native model does)."""
+        config = copy.deepcopy(self.hf.config)
+        config.rope_parameters = hf_rope_parameters(self.args.rope_theta, scaling)
+        original = self.hf.model.rotary_emb
+        self.hf.model.rotary_emb = LlamaRotaryEmbedding(config).to(self.output.weight.device)
+        try:
+            yield
+        finally:
+            self.hf.model.rotary_emb = original
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.hf.config)

@@ -7,8 +7,10 @@ Positions are absolute: `start` is the position of the first token, which is the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import typing
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -17,11 +19,14 @@ from llama_pe.config import PositionName
 from llama_pe.errors import ConfigError, ContextLengthError
 from llama_pe.model.args import ModelArgs
 from llama_pe.model.flex import ScoreMod
+from llama_pe.model.rope_scaling import RopeScaling, scaled_frequencies
 
 
 class PositionEncoding(nn.Module):
     # Longest sequence the encoding can place; None means any length (it can extrapolate).
     max_positions: int | None = None
+    # Whether attn_bias adds a bias (then score_mod gives the same bias to FlexAttention on a GPU).
+    biased: bool = False
 
     def embed(self, x: torch.Tensor, start: int) -> torch.Tensor:  # x: (B, T, dim)
         return x
@@ -34,8 +39,9 @@ class PositionEncoding(nn.Module):
     def attn_bias(self, q_len: int, k_len: int, start: int) -> torch.Tensor | None:
         return None  # else (n_heads, q_len, k_len), added to the logits before the softmax
 
-    def score_mod(self) -> ScoreMod | None:
-        """attn_bias as FlexAttention's score_mod(score, batch, head, q_pos, k_pos), for its fused kernel on a GPU."""
+    def score_mod(self, q_len: int, k_len: int) -> ScoreMod | None:
+        """attn_bias as FlexAttention's score_mod(score, batch, head, q_pos, k_pos), for its fused kernel on a GPU;
+        q_pos and k_pos are absolute positions, the queries being the last q_len of the k_len keys."""
         return None
 
     def check_length(self, end: int) -> None:
@@ -63,16 +69,38 @@ class Rotary(PositionEncoding):
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
+        self.theta, self.head_dim = args.rope_theta, args.head_dim
         inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, args.head_dim, 2, dtype=torch.float32) / args.head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (head_dim / 2,)
+        self.scaling: RopeScaling | None = None  # context extension at evaluation (scaled_rope), never in training
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq, attention_factor = self.frequencies(start + k.shape[-2])
         positions = torch.arange(start, start + k.shape[-2], device=q.device, dtype=torch.float32)
-        angles = torch.outer(positions, self.inv_freq)  # (S, head_dim / 2)
+        angles = torch.outer(positions, inv_freq.to(q.device))  # (S, head_dim / 2)
         angles = torch.cat((angles, angles), dim=-1)  # (S, head_dim): dims i and i + head_dim/2 form a pair
-        cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
+        cos, sin = (angles.cos() * attention_factor).to(q.dtype), (angles.sin() * attention_factor).to(q.dtype)
         q_cos, q_sin = cos[-q.shape[-2] :], sin[-q.shape[-2] :]  # queries: the last T positions
         return q * q_cos + _rotate_half(q) * q_sin, k * cos + _rotate_half(k) * sin
+
+    def frequencies(self, seq_len: int) -> tuple[torch.Tensor, float]:
+        """The inverse frequencies for a sequence of seq_len positions and the factor on cos and sin."""
+        if self.scaling is None:
+            return self.inv_freq, 1.0
+        return scaled_frequencies(self.theta, self.head_dim, self.scaling, seq_len)
+
+
+@contextlib.contextmanager
+def scaled_rope(positions: PositionEncoding, scaling: RopeScaling) -> Iterator[None]:
+    """Evaluate a rotary model with its frequencies stretched by `scaling` (model/rope_scaling.py) inside the block."""
+    if not isinstance(positions, Rotary):
+        raise ConfigError(f"eval.rope_scaling: {scaling.method} scales rotary positions; model.pos={positions.name} "
+                          "has none")  # fmt: skip
+    positions.scaling = scaling
+    try:
+        yield
+    finally:
+        positions.scaling = None
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -135,6 +163,8 @@ def alibi_slopes(n_heads: int) -> list[float]:
 class ALiBi(PositionEncoding):
     """Attention with Linear Biases (Press et al., arXiv 2108.12409): logit -= slope_h * (i - j), per query head."""
 
+    biased = True
+
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         # One slope per query head: under grouped-query attention heads that share a kv head keep their own.
@@ -151,7 +181,7 @@ class ALiBi(PositionEncoding):
         distance = (q_pos[:, None] - k_pos[None, :]).clamp(min=0).float()  # (q_len, k_len); future is masked
         return -self.slopes[:, None, None] * distance  # (n_heads, q_len, k_len)
 
-    def score_mod(self) -> ScoreMod:
+    def score_mod(self, q_len: int, k_len: int) -> ScoreMod:
         slopes = self.slopes
 
         def alibi(score, batch, head, q_pos, k_pos):
@@ -162,6 +192,8 @@ class ALiBi(PositionEncoding):
 
 class AbsoluteRelative(PositionEncoding):
     """Sinusoidal absolute positions plus the ALiBi bias: the original study's "absolute + relative"."""
+
+    biased = True
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
@@ -174,8 +206,86 @@ class AbsoluteRelative(PositionEncoding):
     def attn_bias(self, q_len: int, k_len: int, start: int) -> torch.Tensor:
         return self.relative.attn_bias(q_len, k_len, start)
 
-    def score_mod(self) -> ScoreMod:
-        return self.relative.score_mod()
+    def score_mod(self, q_len: int, k_len: int) -> ScoreMod:
+        return self.relative.score_mod(q_len, k_len)
+
+
+def t5_buckets(distance: torch.Tensor, n_buckets: int, max_distance: int) -> torch.Tensor:
+    """T5's causal relative-position buckets (arXiv 1910.10683; Hugging Face's T5Attention._relative_position_bucket
+    with bidirectional=False): distances below n_buckets / 2 get a bucket each, longer ones log-spaced buckets up to
+    max_distance, and everything past it the last bucket."""
+    exact = n_buckets // 2
+    distance = distance.clamp(min=0)  # the future, masked anyway, shares distance 0's bucket
+    scaled = torch.log(distance.clamp(min=exact).float() / exact) / math.log(max_distance / exact)
+    log_spaced = (exact + (scaled * (n_buckets - exact)).to(torch.long)).clamp(max=n_buckets - 1)
+    return torch.where(distance < exact, distance, log_spaced)
+
+
+class T5Bias(PositionEncoding):
+    """T5's relative position bias: a learned scalar per head and distance bucket, shared by every layer as in T5."""
+
+    biased = True
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.n_buckets, self.max_distance = args.t5_buckets, args.t5_max_distance
+        self.table = nn.Embedding(args.t5_buckets, args.n_heads)  # initialised as the other tables (init_std)
+
+    def attn_bias(self, q_len: int, k_len: int, start: int) -> torch.Tensor:
+        device = self.table.weight.device
+        q_pos = torch.arange(start, start + q_len, device=device)
+        k_pos = torch.arange(k_len, device=device)
+        buckets = t5_buckets(q_pos[:, None] - k_pos[None, :], self.n_buckets, self.max_distance)  # (q_len, k_len)
+        return self.table(buckets).permute(2, 0, 1)  # (n_heads, q_len, k_len)
+
+    def score_mod(self, q_len: int, k_len: int) -> ScoreMod:
+        table, n_buckets, max_distance = self.table.weight, self.n_buckets, self.max_distance
+
+        def t5(score, batch, head, q_pos, k_pos):
+            return score + table[t5_buckets(q_pos - k_pos, n_buckets, max_distance), head]
+
+        return t5
+
+
+FIRE_WIDTH = 32  # the paper's MLP: one hidden layer of 32 units
+
+
+class FIRE(PositionEncoding):
+    """FIRE (Li et al., arXiv 2310.04418): bias_h(i, j) = f(psi(i - j) / psi(max(i, L)))_h with psi(x) = log(c x + 1),
+    f a small MLP shared by every layer (one output per head), c and the threshold L learned.
+
+    Normalising by the query's position keeps the MLP's input in [0, 1] at any length ("progressive
+    interpolation"). L starts at train.context, so past the training length the input stays within what training
+    saw (the paper's 512 suits its 2048-token training). The code follows the paper's listing (its appendix).
+    """
+
+    biased = True
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(1, FIRE_WIDTH), nn.ReLU(), nn.Linear(FIRE_WIDTH, args.n_heads))
+        self.c = nn.Parameter(torch.tensor(0.1))  # the paper's init
+        self.register_buffer("initial_threshold", torch.tensor(float(args.max_seq_len)), persistent=False)
+        self.threshold_scale = nn.Parameter(torch.tensor(1.0))  # L = |threshold_scale * initial_threshold|
+
+    def attn_bias(self, q_len: int, k_len: int, start: int) -> torch.Tensor:
+        device = self.c.device
+        q_pos = torch.arange(start, start + q_len, device=device, dtype=torch.float32)
+        k_pos = torch.arange(k_len, device=device, dtype=torch.float32)
+        distance = (q_pos[:, None] - k_pos[None, :]).clamp(min=0)  # (q_len, k_len); the future is masked
+        threshold = (self.threshold_scale * self.initial_threshold).abs()
+        normaliser = torch.log(torch.abs(self.c * torch.maximum(q_pos, threshold)) + 1) + 1e-6  # (q_len,)
+        normalised = torch.log(torch.abs(self.c * distance) + 1) / normaliser[:, None]
+        return self.mlp(normalised[..., None]).permute(2, 0, 1)  # (n_heads, q_len, k_len)
+
+    def score_mod(self, q_len: int, k_len: int) -> ScoreMod:
+        # An MLP per score is no work for a kernel: the (n_heads, q_len, k_len) table is made once and read there.
+        bias, offset = self.attn_bias(q_len, k_len, start=k_len - q_len), k_len - q_len
+
+        def fire(score, batch, head, q_pos, k_pos):
+            return score + bias[head, q_pos - offset, k_pos]
+
+        return fire
 
 
 POSITION_ENCODINGS: dict[str, type[PositionEncoding]] = {
@@ -185,6 +295,8 @@ POSITION_ENCODINGS: dict[str, type[PositionEncoding]] = {
     "alibi": ALiBi,
     "abs_rel": AbsoluteRelative,
     "nope": NoPositions,
+    "t5": T5Bias,
+    "fire": FIRE,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -10,7 +11,8 @@ from torch import nn
 from llama_pe.model.args import ModelArgs
 from llama_pe.model.layers import Attention, FeedForward, KVCache, RMSNorm
 from llama_pe.model.loss import linear_cross_entropy
-from llama_pe.model.position import PositionEncoding, build_position_encoding
+from llama_pe.model.position import PositionEncoding, build_position_encoding, scaled_rope
+from llama_pe.model.rope_scaling import RopeScaling
 
 
 class TransformerBlock(nn.Module):
@@ -62,6 +64,10 @@ class Transformer(nn.Module):
     @property
     def max_positions(self) -> int | None:
         return self.positions.max_positions
+
+    def scaled_rope(self, scaling: RopeScaling) -> contextlib.AbstractContextManager:
+        """Rotary frequencies stretched by `scaling` inside the block; a ConfigError for other encodings."""
+        return scaled_rope(self.positions, scaling)
 
     def new_cache(self) -> KVCache:
         return KVCache(self.args.n_layers)
