@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import typing
 from pathlib import Path
 
+from llama_pe.config import PositionName
 from llama_pe.stage import run_stage
 
 
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--seed", type=int, default=0)
     bench = commands.add_parser("bench", help="training and evaluation speed, memory and MFU, side by side with HF")
     bench.add_argument("--size", default="small", help="model.size preset")
-    bench.add_argument("--pos", default="rope,abs,learned,alibi,abs_rel,nope", help="encodings, comma-separated")
+    bench.add_argument("--pos", default=",".join(typing.get_args(PositionName)), help="encodings, comma-separated")
     bench.add_argument("--no-hf", action="store_true", help="leave out transformers' LlamaForCausalLM")
     bench.add_argument("--dropout", default="0,0.1", help="dropout values, comma-separated")
     bench.add_argument("--context", type=int, default=64)
