@@ -1,6 +1,6 @@
 """`llama-pe bench`: speed, memory and MFU of every encoding and of Hugging Face's Llama, measured side by side.
 
-Everything is measured in one process and interleaved (A B C ... A B C ..., after a warm-up), and each figure is
+Everything is measured in one process and interleaved (A B C, B C A, ..., after a warm-up), and each figure is
 the median over rounds, so that the machine's drift and noise fall on every variant alike. MFU is the achieved
 FLOP/s (nanoGPT's estimate: 6 N + 12 L H Q T per token, N the parameters that multiply) over the peak of a
 large matrix multiply measured in the same run (fp32 on a CPU, bf16 on a GPU). A benchmark measures; it asserts
@@ -229,14 +229,17 @@ def run_bench(
         eval_seconds(model, batch, warmup, amp, device)
     tokens = batch_size * context
     for round_ in range(rounds):
-        for variant in variants:  # interleaved: A B C ... then again
+        # Interleaved, each round starting one variant later (A B C, B C A, ...): the first variant of a round follows
+        # the evaluations, and none should always be the one that does.
+        order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
+        for variant in order:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             seconds = train_seconds(models[variant], optimizers[variant], batch, steps, amp, device)
             figures[variant].train_tokens_per_sec.append(tokens / seconds)
             if device.type == "cuda":
                 figures[variant].peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
-        for variant in variants:
+        for variant in order:
             figures[variant].eval_tokens_per_sec.append(tokens / eval_seconds(models[variant], batch, steps, amp,
                                                                               device))  # fmt: skip
         log.info("round %d of %d done", round_ + 1, rounds)
