@@ -75,6 +75,26 @@ def test_bad_input_is_a_clear_error(checkpoint, prompt, tokens, temperature, top
         generate_text(str(path), None, prompt, tokens, temperature, top_k, 0, out=io.StringIO())
 
 
+def test_a_checkpoint_path_that_is_not_there_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"--checkpoint: no file at .*nothing\.pt; give the path of a checkpoint"):
+        generate_text(str(tmp_path / "nothing.pt"), None, "A", 5, 0.8, 40, 0, out=io.StringIO())
+
+
+def test_a_reader_that_stops_early_ends_the_stream_quietly(checkpoint):
+    import subprocess
+    import sys
+
+    path, _, _ = checkpoint
+    command = [sys.executable, "-m", "llama_pe.cli", "generate", "--checkpoint", str(path), "--prompt", "ROMEO",
+               "--tokens", "50000"]  # more than a pipe holds: the writer must meet the closed end  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        assert process.stdout.read(5) == "ROMEO"
+        process.stdout.close()  # as `| head -c 5` does
+        stderr = process.stderr.read()
+        assert process.wait(timeout=120) == 141
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
 def test_checkpoint_and_exp_together_are_refused(checkpoint):
     path, _, _ = checkpoint
     with pytest.raises(ConfigError, match="--checkpoint and --exp name two models; give one"):

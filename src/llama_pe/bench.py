@@ -204,6 +204,9 @@ def run_bench(
     steps: int, warmup: int, device_setting: str, precision_setting: str, generate_tokens: int, params_file: Path,
     profile: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
+    if rounds < 3:
+        log.warning("--rounds %d: a median of fewer than 3 rounds is noise on a shared machine; use 3 or more for "
+                    "figures to quote", rounds)  # fmt: skip
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     params["model"]["size"] = size
     device = resolve_device(device_setting)

@@ -88,10 +88,11 @@ def main(argv: list[str] | None = None) -> None:
               args.poll, args.dry_run)  # fmt: skip
 
     def generate_command() -> None:
-        from llama_pe.generate_command import generate_text
+        from llama_pe.generate_command import generate_text, quiet_end_of_stream
 
-        generate_text(args.checkpoint, args.exp, args.prompt, args.tokens, args.temperature, args.top_k or None,
-                      args.seed)  # fmt: skip
+        with quiet_end_of_stream():
+            generate_text(args.checkpoint, args.exp, args.prompt, args.tokens, args.temperature, args.top_k or None,
+                          args.seed)  # fmt: skip
 
     def bench_command() -> None:
         from llama_pe.bench import bench, table

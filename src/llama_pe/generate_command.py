@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -56,6 +59,21 @@ def load_checkpoint_bytes(data: bytes, path: Path) -> dict:
     return checkpoint
 
 
+@contextlib.contextmanager
+def quiet_end_of_stream() -> Iterator[None]:
+    """A reader that stops early (`| head`) or Ctrl-C ends the stream without a traceback, as for other commands."""
+    try:
+        yield
+    except BrokenPipeError:
+        # Python's advice for a closed pipe: point stdout at devnull so that the interpreter's own flush at exit
+        # does not fail again (docs.python.org/3/library/signal.html#note-on-sigpipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        sys.exit(130)  # 128 + SIGINT
+
+
 def read_prompt(prompt: str, stdin: TextIO) -> str:
     return stdin.read() if prompt == "-" else prompt
 
@@ -73,6 +91,8 @@ def generate_text(
         raise ConfigError(f"--temperature: expected 0 (greedy) or more, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ConfigError(f"--top-k: expected a positive integer, or 0 for no limit; got {top_k}")
+    if checkpoint and not Path(checkpoint).is_file():
+        raise ConfigError(f"--checkpoint: no file at {checkpoint}; give the path of a checkpoint the train stage wrote")
     text = read_prompt(prompt, stdin)
     saved = experiment_checkpoint(exp) if exp else load_checkpoint(checkpoint or CHECKPOINT)
     sp = spm.SentencePieceProcessor(model_proto=saved["tokenizer_model"])
