@@ -93,11 +93,16 @@ def test_study_runs_the_grid_on_dvcs_queue_then_reports_every_group_over_its_see
         ("alibi", 0), ("alibi", 1), ("rope", 0), ("rope", 1)
     ]  # fmt: skip
     summary = pd.read_csv(reports / "summary.csv")
-    assert set(summary["group"]) == {"model.pos=rope", "model.pos=alibi"}
-    assert (summary.loc[summary["metric"] == "best_val_loss", "n"] == 2).all()
+    trained = {"model.pos=rope, eval.rope_scaling_method=none", "model.pos=alibi, eval.rope_scaling_method=none"}
+    scaled = {f"model.pos=rope, eval.rope_scaling_method={m}" for m in ("linear", "dynamic", "yarn")}
+    assert set(summary["group"]) == trained | scaled  # eval.rope_scaling's default: rope also scored scaled
+    best = summary[summary["metric"] == "best_val_loss"].set_index("group")["n"]
+    assert (best[list(trained)] == 2).all() and (best[list(scaled)] == 0).all()
+    assert (summary[(summary["metric"] == "ppl_at_2x") & summary["group"].isin(scaled)]["n"] == 2).all()
     curves = pd.read_csv(reports / "val_curves.csv")
     assert set(curves["name"]) == set(runs["name"]) and set(curves["step"]) == {2, 4, 6}
-    assert "## Against model.pos=rope, paired by seed" in (reports / "comparison.md").read_text()
+    comparison = (reports / "comparison.md").read_text()
+    assert "## Against model.pos=rope, eval.rope_scaling_method=none, paired by seed" in comparison
 
     again = study(root, env, "--pos", "rope,alibi", "--seeds", "0,1")
     assert again.returncode == 0, again.stdout + again.stderr

@@ -384,7 +384,7 @@ def write_report(
     summary = summarize(frame, keys)
     diffs = paired_differences(frame, keys, baseline) if keys else pd.DataFrame()
     paths = {name: out_dir / name for name in ("runs.csv", "summary.csv", "comparison.md")}
-    tables = {"runs.csv": frame, "summary.csv": summary}
+    tables = {"runs.csv": trained, "summary.csv": summary}  # runs.csv: one row per experiment, scaled metrics included
     if curves is not None:
         paths["val_curves.csv"] = out_dir / "val_curves.csv"
         tables["val_curves.csv"] = curves
