@@ -12,7 +12,7 @@ from llama_pe.config import ConfigError
 from llama_pe.data.tokens import load_splits
 from llama_pe.errors import DataError, MissingInputError
 from llama_pe.evaluate import Score, evaluate_checkpoint, metric_suffix, split_plan, total_loss, window_plan
-from llama_pe.plotting import extrapolation_figure, training_figure
+from llama_pe.plotting import extrapolation_figure, plain_log_y, training_figure
 from llama_pe.train import BatchSampler, eval_windows, train
 from tests.conftest import make_config, make_data_dirs
 from tests.model.conftest import tiny_model
@@ -158,6 +158,32 @@ def test_plot_stage_writes_png_figures(trained, tmp_path):
     for name in ("training.png", "extrapolation.png"):
         data = (tmp_path / "fig" / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+
+
+def _visible_y_labels(values: list[float]) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot(range(len(values)), values)
+    plain_log_y(ax)
+    fig.canvas.draw()
+    low, high = ax.get_ylim()
+    ticks = ax.yaxis.get_majorticklabels() + ax.yaxis.get_minorticklabels()
+    labels = [t.get_text() for t in ticks if low <= t.get_position()[1] <= high and t.get_text()]
+    plt.close(fig)
+    return labels
+
+
+def test_log_axes_write_nearly_flat_values_in_full():
+    # ScalarFormatter wrote 10001..10005 as 1.0..5.0, its offset never shown on a log axis.
+    labels = _visible_y_labels([10001, 10002, 10003, 10004, 10005])
+    assert len(labels) >= 3 and all(10001 <= float(label) <= 10005 for label in labels), labels
+    labels = _visible_y_labels([299.2, 296.9, 295.6, 295.1, 294.8])
+    assert len(labels) >= 3 and all(294 <= float(label) <= 300 for label in labels), labels
+
+
+def test_log_axes_spanning_decades_label_the_decades_only():
+    assert _visible_y_labels([5, 50, 5000]) == ["10", "100", "1000"]
 
 
 @pytest.mark.parametrize(("context", "stride"), [(16, None), (8, None), (8, 3), (5, 5), (16, 4)])

@@ -47,8 +47,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, tokenizer_model: bytes, 
         "tokenizer_model": tokenizer_model,
         **extra,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # Through a file object: torch.save names the zip's inner folder after a path's stem, here the random
+    # temporary name, which would make two runs' identical checkpoints differ in bytes (and in dvc.lock's hash).
+    with atomic_path(path) as tmp, tmp.open("wb") as file:
+        torch.save(state, file)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -43,7 +43,8 @@ def experiment_checkpoint(name: str, repo: str | Path = ".") -> dict:
     except (DvcException, FileNotFoundError) as err:
         raise ConfigError(
             f"--exp {name}: its {CHECKPOINT} is in neither the workspace's DVC cache nor a remote ({err}); "
-            f"run `dvc exp pull origin {name}` or `dvc pull` first"
+            f"run `dvc exp pull origin {name}` or `dvc pull` first, or give the model the workspace holds with "
+            f"--checkpoint {CHECKPOINT}"
         ) from None
     path = Path(f"{name}:{CHECKPOINT}")
     return load_checkpoint_bytes(data, path)

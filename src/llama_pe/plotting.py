@@ -10,10 +10,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from llama_pe.errors import MissingInputError
 from llama_pe.io import atomic_path
+from llama_pe.model.rope_scaling import ROPE_SCALING_METHODS
 
 
 def read_tsv(path: Path, column: str) -> dict[int, float]:
@@ -48,21 +49,37 @@ def extrapolation_figure(curve_file: Path, train_context: int, out: Path) -> Non
         points = [(r["context"], r[f"{mode}_ppl"]) for r in rows if r[f"{mode}_ppl"] is not None]
         if points:
             ax.plot(*zip(*points, strict=True), marker=marker, label=f"{mode} windows")
+    for method in ROPE_SCALING_METHODS:  # a rope run's scaled scores past train.context; null for other encodings
+        points = [(r["context"], r[f"{method}_ppl"]) for r in rows if r.get(f"{method}_ppl") is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker=".", linestyle=":", label=f"rope + {method} scaling")
     missing = [r["context"] for r in rows if r.get("reason")]
     if missing:
         ax.text(0.02, 0.02, f"no value at {missing}: past the learned table", transform=ax.transAxes, fontsize=8)
     ax.axvline(train_context, color="grey", linestyle="--", label=f"training context ({train_context})")
     ax.set_xscale("log", base=2)
     ax.set_xticks([r["context"] for r in rows], [str(r["context"]) for r in rows])
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    plain_log_y(ax)
     ax.set_xlabel("evaluation context (tokens)")
     ax.set_ylabel("test perplexity")
     ax.set_title("Length extrapolation")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     _save(fig, out)
+
+
+def plain_log_y(ax) -> None:
+    """A log y axis labelled with plain numbers (296, not 2.96e2), its minor ticks too when it spans under a decade.
+
+    Call it once the data is drawn: whether minor ticks are labelled depends on the range. matplotlib's
+    ScalarFormatter would move a common offset out of the labels of a nearly flat curve (10001 to 10005 read "1.0"
+    to "5.0"), and a log axis never shows that offset, so every value is written out in full.
+    """
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _position: f"{value:g}")
+    ax.yaxis.set_major_formatter(plain)
+    low, high = ax.get_ylim()
+    ax.yaxis.set_minor_formatter(plain if high < 10 * low else NullFormatter())
 
 
 def _save(fig, out: Path) -> None:

@@ -11,9 +11,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import ScalarFormatter
 
 from llama_pe.io import atomic_path
+from llama_pe.plotting import plain_log_y
 from llama_pe.report import iter_groups, short_label, t_interval
 
 # ppl_at_0p5x: the test perplexity with windows of 0.5 × train.context (llama_pe.evaluate.metric_suffix).
@@ -36,14 +36,12 @@ def extrapolation(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
         for train_context in sorted(frame["train.context"].unique()):
             ax.axvline(train_context, color="grey", linestyle="--", lw=1)
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel("evaluation context (tokens); dashed: training context")
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
     ticks = sorted(contexts)
     for ax in axes:
+        plain_log_y(ax)
         ax.set_xticks(ticks, [f"{c:g}" for c in ticks])
     axes[0].set_ylabel(f"test perplexity ({BAND})")
     axes[0].legend(fontsize=8)

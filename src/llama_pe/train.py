@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -294,8 +295,15 @@ def train(cfg: Config, paths: Paths, stop_after: int | None = None) -> dict[str,
         resume = {} if path == paths.best else {
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states(sampler, ranks),
         }  # fmt: skip
+        # Through JSON, so the history's keys are shared strings whether it was built here or loaded by a resume
+        # (pickle writes a shared string once and refers back to it: other sharing, other bytes).
+        saved_state = json.loads(json.dumps(dataclasses.asdict(state)))
+        if path == paths.best:
+            # Timings differ from run to run. Without them the best checkpoint's bytes are what the code, params
+            # and data make, so a re-run lands on the hash dvc.lock records (and `--exp` finds it in the cache).
+            del saved_state["train_seconds"], saved_state["val_seconds"]
         if ranks.is_main:
-            save_checkpoint(path, model, tokenizer_model, state=dataclasses.asdict(state), provenance=made_by, **resume)
+            save_checkpoint(path, model, tokenizer_model, state=saved_state, provenance=made_by, **resume)
 
     with _live(paths.live) if ranks.is_main else _NoLive() as live:
         for point in state.history:  # a resumed run rewrites the curves it had, so they match an unbroken run

@@ -19,7 +19,7 @@ from llama_pe.config import PositionName
 from llama_pe.errors import ConfigError, ContextLengthError
 from llama_pe.model.args import ModelArgs
 from llama_pe.model.flex import ScoreMod
-from llama_pe.model.rope_scaling import RopeScaling, scaled_frequencies
+from llama_pe.model.rope_scaling import RopeScaling, base_frequencies, scaled_frequencies
 
 
 class PositionEncoding(nn.Module):
@@ -70,7 +70,7 @@ class Rotary(PositionEncoding):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.theta, self.head_dim = args.rope_theta, args.head_dim
-        inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, args.head_dim, 2, dtype=torch.float32) / args.head_dim))
+        inv_freq = base_frequencies(args.rope_theta, args.head_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (head_dim / 2,)
         self.scaling: RopeScaling | None = None  # context extension at evaluation (scaled_rope), never in training
 

@@ -12,11 +12,14 @@ with the same `rope_parameters` give the same logits):
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 
 import torch
 
-ROPE_SCALING_METHODS = ("linear", "dynamic", "yarn")
+from llama_pe.config import RopeScalingName
+
+ROPE_SCALING_METHODS: tuple[str, ...] = typing.get_args(RopeScalingName)  # config declares them, for its checks
 YARN_BETA_FAST, YARN_BETA_SLOW = 32.0, 1.0  # the paper's (and HF's) defaults for the ramp's ends, in rotations
 
 
