@@ -245,3 +245,25 @@ def test_rope_scaled_evaluations_become_groups_of_their_own_against_the_rope_bas
     diffs = comparison.split("## Every paired difference")[1]
     yarn_8x = next(line for line in diffs.splitlines() if "rope_scaling_method=yarn" in line and "ppl_at_8x" in line)
     assert "-99 [" in yarn_8x and "better" in yarn_8x  # 300 + 2s against 400 + s, paired by seed: -100 to -98
+
+
+def test_a_scaled_evaluation_is_drawn_in_its_runs_colour_and_a_line_style_of_its_own():
+    from llama_pe.report import with_rope_scaling_rows
+    from llama_pe.report_figures import group_styles
+
+    scaled = {"ppl_at_8x_yarn": 300.0, "ppl_at_8x_dynamic": 310.0}
+    rope = [{**r, **scaled, "model.impl": "native"} for r in ROPE]
+    hf = [{**r, **scaled, "Experiment": f"hf{s}", "rev": f"hf{s}", "model.impl": "hf"} for s, r in enumerate(ROPE)]
+    others = [{**record(f"{pos}{s}", pos, s, 5.0), "model.impl": "native"} for s in range(3)
+              for pos in ("abs", "learned", "alibi", "abs_rel", "nope", "t5", "fire", "x1", "x2")]  # fmt: skip
+    frame = with_rope_scaling_rows(experiments_frame(rope + hf + others))
+    styles = group_styles(frame, group_keys(frame))
+    native, native_yarn, native_dynamic, hf_rope, hf_dynamic = (
+        styles[f"model.pos=rope, model.impl={impl}, eval.rope_scaling_method={method}"]
+        for impl, method in [("native", "none"), ("native", "yarn"), ("native", "dynamic"), ("hf", "none"),
+                             ("hf", "dynamic")]
+    )  # fmt: skip
+    assert native_yarn["color"] == native_dynamic["color"] == native["color"] != hf_rope["color"] == hf_dynamic["color"]
+    assert len({native["linestyle"], native_yarn["linestyle"], native_dynamic["linestyle"]}) == 3
+    trained = [style["color"] for label, style in styles.items() if label.endswith("method=none")]
+    assert len(trained) == 11 and len(set(trained)) == 11, "11 trained models, 11 colours (tab20 past 10)"

@@ -237,8 +237,16 @@ def group_label(row: pd.Series | dict[str, Any], keys: list[str]) -> str:
 
 
 def short_label(row: pd.Series | dict[str, Any], keys: list[str]) -> str:
-    """The group's values alone (`rope native`), for the legends of the figures."""
-    return " ".join(f"code {row[k]}" if k == CODE else str(row[k]) for k in keys) or "all"
+    """The group's values alone (`native rope`, `native rope + yarn`), for the legends of the figures."""
+    parts = []
+    for key in keys:
+        if key == CODE:
+            parts.append(f"code {row[key]}")
+        elif key == SCALING:
+            parts += [] if row[key] == "none" else [f"+ {row[key]}"]  # unscaled: the run as trained, no suffix
+        else:
+            parts.append(str(row[key]))
+    return " ".join(parts) or "all"
 
 
 def t_interval(values: np.ndarray) -> tuple[float, float, float]:

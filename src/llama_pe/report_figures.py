@@ -14,29 +14,40 @@ import pandas as pd
 
 from llama_pe.io import atomic_path
 from llama_pe.plotting import plain_log_y
-from llama_pe.report import iter_groups, short_label, t_interval
+from llama_pe.report import SCALING, iter_groups, short_label, t_interval
 
 # ppl_at_0p5x: the test perplexity with windows of 0.5 × train.context (llama_pe.evaluate.metric_suffix).
 CONTEXT_METRIC = re.compile(r"^(?P<mode>sliding_)?ppl_at_(?P<multiple>\d+(p\d+)?)x$")
 BAND = "mean ± std over seeds"
 
 
+# A scaled evaluation is drawn in its run's colour, in a line style of its own: one colour per trained model.
+SCALING_LINESTYLES = {"none": "-", "linear": ":", "dynamic": "--", "yarn": "-."}
+
+
 def extrapolation(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
     """Test perplexity against evaluation context, non-overlapping and sliding windows side by side."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=120, sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), dpi=120, sharey=True, layout="constrained")
+    styles = group_styles(frame, keys)
     contexts = set()
     for ax, mode, title in ((axes[0], "", "non-overlapping windows"), (axes[1], "sliding_", "sliding windows")):
-        for _label, group in iter_groups(frame, keys):
+        for label, group in iter_groups(frame, keys):
             points = _context_points(group, mode)
+            if group.iloc[0].get(SCALING, "none") != "none":
+                # Up to the training context a scaled evaluation is its run's (every method is the identity there):
+                # it starts at 1x, where it leaves the unscaled line.
+                points = points[points["context"] >= float(group["train.context"].iloc[0])]
             if points.empty:
                 continue
             contexts |= set(points["context"])
-            line = ax.plot(points["context"], points["mean"], marker="o", label=short_label(group.iloc[0], keys))
-            ax.fill_between(points["context"], points["low"], points["high"], color=line[0].get_color(), alpha=0.2)
+            style = styles[label]
+            ax.plot(points["context"], points["mean"], marker="o", markersize=4, **style,
+                    label=short_label(group.iloc[0], keys))  # fmt: skip
+            ax.fill_between(points["context"], points["low"], points["high"], color=style["color"], alpha=0.12)
         for train_context in sorted(frame["train.context"].unique()):
             ax.axvline(train_context, color="grey", linestyle="--", lw=1)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("evaluation context (tokens); dashed: training context")
+        ax.set_xlabel("evaluation context (tokens); grey: training context")
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
     ticks = sorted(contexts)
@@ -44,9 +55,24 @@ def extrapolation(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
         plain_log_y(ax)
         ax.set_xticks(ticks, [f"{c:g}" for c in ticks])
     axes[0].set_ylabel(f"test perplexity ({BAND})")
-    axes[0].legend(fontsize=8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     fig.suptitle("Length extrapolation")
     return _save(fig, out)
+
+
+def group_styles(frame: pd.DataFrame, keys: list[str]) -> dict[str, dict[str, object]]:
+    """Each group's colour and line style: a colour per trained model (every key but the scaling method, so that
+    rope and its scaled evaluations share one), a line style per scaling method; colours repeat only past 20."""
+    trained_keys = [key for key in keys if key != SCALING]
+    labels, models = {}, {}
+    for label, group in iter_groups(frame, keys):
+        labels[label] = (short_label(group.iloc[0], trained_keys), group.iloc[0].get(SCALING, "none"))
+        models.setdefault(labels[label][0], len(models))
+    palette = plt.get_cmap("tab10" if len(models) <= 10 else "tab20")
+    return {
+        label: {"color": palette(models[model] % palette.N), "linestyle": SCALING_LINESTYLES.get(scaling, "--")}
+        for label, (model, scaling) in labels.items()
+    }
 
 
 def _context_points(group: pd.DataFrame, mode: str) -> pd.DataFrame:
@@ -106,7 +132,8 @@ def bits_per_character(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
 
 
 def _save(fig, out: Path) -> Path:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
