@@ -265,5 +265,30 @@ def test_a_scaled_evaluation_is_drawn_in_its_runs_colour_and_a_line_style_of_its
     )  # fmt: skip
     assert native_yarn["color"] == native_dynamic["color"] == native["color"] != hf_rope["color"] == hf_dynamic["color"]
     assert len({native["linestyle"], native_yarn["linestyle"], native_dynamic["linestyle"]}) == 3
+    assert len({native["marker"], native_yarn["marker"], native_dynamic["marker"]}) == 3
     trained = [style["color"] for label, style in styles.items() if label.endswith("method=none")]
     assert len(trained) == 11 and len(set(trained)) == 11, "11 trained models, 11 colours (tab20 past 10)"
+
+
+def test_one_rope_run_reports_its_scaled_evaluations_against_itself(tmp_path):
+    # A fresh clone has no experiment, only the commit's own run: its groups are the scaling methods alone.
+    from llama_pe.report import SCALING, baseline_conditions, with_rope_scaling_rows
+
+    run = experiments_frame([{**ROPE[0], "ppl_at_8x": 400.0, "ppl_at_8x_yarn": 350.0}])
+    assert baseline_conditions(run, []) == {}  # nothing that the default baseline names varies
+    write_report(run, tmp_path, baseline_conditions(run, []))
+    comparison = (tmp_path / "comparison.md").read_text()
+    assert f"## Against {SCALING}=none" in comparison and f"{SCALING}=yarn" in comparison
+    baseline = baseline_conditions(run, [f"{SCALING}=none"])  # accepted, though the runs have no such column
+    assert baseline == {SCALING: "none"}
+    assert len(with_rope_scaling_rows(run)) == 2
+    with pytest.raises(ReportError, match=r"--only eval\.rope_scaling_method: the RoPE-scaled evaluations are groups"):
+        select(run, [f"{SCALING}=yarn"])
+
+
+def test_groups_the_default_baseline_cannot_tell_apart_ask_for_a_baseline():
+    runs = experiments_frame([{**r, "train.lr": lr} for r in ROPE for lr in (0.001, 0.002)][::2] + [
+        {**r, "Experiment": f"{r['Experiment']}b", "rev": f"{r['rev']}b", "train.lr": 0.002} for r in ROPE
+    ])  # fmt: skip
+    with pytest.raises(ReportError, match=r"the groups differ in train\.lr, not in what the default baseline names"):
+        paired_differences(runs, ["train.lr"], {})

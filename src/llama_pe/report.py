@@ -183,6 +183,11 @@ def param_columns(frame: pd.DataFrame) -> list[str]:
 def select(frame: pd.DataFrame, only: Iterable[str]) -> pd.DataFrame:
     """The experiments whose params match every KEY=VALUE (the value as a YAML scalar would read)."""
     wanted = dict(_parse_condition(condition, frame) for condition in only)
+    if SCALING in wanted and SCALING not in frame:
+        raise ReportError(
+            f"--only {SCALING}: the RoPE-scaled evaluations are groups of the report, not experiments to select; "
+            f"select the runs (--only model.pos=rope) and the report pairs each method with them"
+        )
     return frame[matching(frame, wanted)].reset_index(drop=True)
 
 
@@ -198,7 +203,7 @@ def _parse_condition(condition: str, frame: pd.DataFrame) -> tuple[str, Any]:
     if "=" not in condition:
         raise ReportError(f"--only/--baseline: expected KEY=VALUE, got {condition!r}")
     key, value = condition.split("=", 1)
-    if key not in frame.columns:
+    if key not in frame.columns and key != SCALING:  # SCALING: a column of the scaled rows write_report adds
         raise ReportError(f"{key}: no such param among the experiments; params: {', '.join(param_columns(frame))}")
     return key, yaml.safe_load(value)
 
@@ -289,6 +294,11 @@ def paired_differences(frame: pd.DataFrame, keys: list[str], baseline: dict[str,
     is_baseline = matching(frame, baseline)
     base = frame[is_baseline]
     wanted = ", ".join(f"{k}={v}" for k, v in baseline.items())
+    if not baseline:
+        raise ReportError(
+            f"the groups differ in {', '.join(keys)}, not in what the default baseline names "
+            f"({', '.join(DEFAULT_BASELINE)}): give --baseline KEY=VALUE of one group"
+        )
     if base.empty:
         raise ReportError(f"--baseline {wanted}: no experiment matches it; give --baseline KEY=VALUE of one group")
     matched = [label for label, _ in iter_groups(base, keys)]
@@ -385,7 +395,7 @@ def write_report(
             "(--all-commits for the experiments of every commit, fewer --only)"
         )
     trained, frame = frame, with_rope_scaling_rows(frame)
-    if SCALING in frame and SCALING not in baseline and baseline:
+    if SCALING in frame and SCALING not in baseline:
         baseline = {**baseline, SCALING: "none"}  # the baseline as trained, not one of its scaled evaluations
     keys = group_keys(frame)
     check_one_run_per_seed(frame, keys)

@@ -21,8 +21,15 @@ CONTEXT_METRIC = re.compile(r"^(?P<mode>sliding_)?ppl_at_(?P<multiple>\d+(p\d+)?
 BAND = "mean ± std over seeds"
 
 
-# A scaled evaluation is drawn in its run's colour, in a line style of its own: one colour per trained model.
-SCALING_LINESTYLES = {"none": "-", "linear": ":", "dynamic": "--", "yarn": "-."}
+# A scaled evaluation is drawn in its run's colour, with a line style and marker of its own: one colour per
+# trained model.
+SCALING_STYLES = {
+    "none": {"linestyle": "-", "marker": "o"},
+    "linear": {"linestyle": ":", "marker": "v"},
+    "dynamic": {"linestyle": "--", "marker": "s"},
+    "yarn": {"linestyle": "-.", "marker": "^"},
+}
+TRAIN_CONTEXT_LINE = {"color": "black", "linestyle": (0, (1, 4)), "lw": 1}
 
 
 def extrapolation(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
@@ -41,13 +48,13 @@ def extrapolation(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
                 continue
             contexts |= set(points["context"])
             style = styles[label]
-            ax.plot(points["context"], points["mean"], marker="o", markersize=4, **style,
+            ax.plot(points["context"], points["mean"], markersize=4, **style,
                     label=short_label(group.iloc[0], keys))  # fmt: skip
             ax.fill_between(points["context"], points["low"], points["high"], color=style["color"], alpha=0.12)
         for train_context in sorted(frame["train.context"].unique()):
-            ax.axvline(train_context, color="grey", linestyle="--", lw=1)
+            ax.axvline(train_context, **TRAIN_CONTEXT_LINE)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("evaluation context (tokens); grey: training context")
+        ax.set_xlabel("evaluation context (tokens); black dots: training context")
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
     ticks = sorted(contexts)
@@ -61,8 +68,9 @@ def extrapolation(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
 
 
 def group_styles(frame: pd.DataFrame, keys: list[str]) -> dict[str, dict[str, object]]:
-    """Each group's colour and line style: a colour per trained model (every key but the scaling method, so that
-    rope and its scaled evaluations share one), a line style per scaling method; colours repeat only past 20."""
+    """Each group's colour, line style and marker: a colour per trained model (every key but the scaling method, so
+    that rope and its scaled evaluations share one), a line style and marker per scaling method; colours repeat
+    only past 20."""
     trained_keys = [key for key in keys if key != SCALING]
     labels, models = {}, {}
     for label, group in iter_groups(frame, keys):
@@ -70,7 +78,7 @@ def group_styles(frame: pd.DataFrame, keys: list[str]) -> dict[str, dict[str, ob
         models.setdefault(labels[label][0], len(models))
     palette = plt.get_cmap("tab10" if len(models) <= 10 else "tab20")
     return {
-        label: {"color": palette(models[model] % palette.N), "linestyle": SCALING_LINESTYLES.get(scaling, "--")}
+        label: {"color": palette(models[model] % palette.N), **SCALING_STYLES.get(scaling, SCALING_STYLES["linear"])}
         for label, (model, scaling) in labels.items()
     }
 
