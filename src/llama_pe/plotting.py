@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import typing
 from pathlib import Path
 
 import matplotlib
@@ -12,9 +13,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from llama_pe.config import RopeScalingName
 from llama_pe.errors import MissingInputError
 from llama_pe.io import atomic_path
-from llama_pe.model.rope_scaling import ROPE_SCALING_METHODS
 
 
 def read_tsv(path: Path, column: str) -> dict[int, float]:
@@ -49,7 +50,7 @@ def extrapolation_figure(curve_file: Path, train_context: int, out: Path) -> Non
         points = [(r["context"], r[f"{mode}_ppl"]) for r in rows if r[f"{mode}_ppl"] is not None]
         if points:
             ax.plot(*zip(*points, strict=True), marker=marker, label=f"{mode} windows")
-    for method in ROPE_SCALING_METHODS:  # a rope run's scaled scores past train.context; null for other encodings
+    for method in typing.get_args(RopeScalingName):  # a rope run's scaled scores; null for other encodings
         points = [(r["context"], r[f"{method}_ppl"]) for r in rows if r.get(f"{method}_ppl") is not None]
         if points:
             ax.plot(*zip(*points, strict=True), marker=".", linestyle=":", label=f"rope + {method} scaling")
