@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from llama_pe.study import StudyError, parse_grid
+from llama_pe.study import StudyError, branch_kept, parse_grid
 from tests.conftest import REPO_ROOT, generate_corpus, make_dvc_project, run, tiny_pipeline_params
 
 PARAMS = REPO_ROOT / "params.yaml"
@@ -55,6 +55,47 @@ def test_bad_grids_are_refused_before_anything_is_queued(pos, seeds, sets, messa
 
 
 # ---------------------------------------------------------------------------------------------- end to end
+
+
+def git_repo_with_two_commits(root: Path) -> Path:
+    identity = ["-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(root)], check=True)
+    for n in (1, 2):
+        (root / "file.txt").write_text(str(n))
+        subprocess.run(["git", "add", "file.txt"], cwd=root, check=True)
+        subprocess.run(["git", *identity, "commit", "-q", "-m", str(n)], cwd=root, check=True)
+    return root
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
+
+
+def test_head_left_detached_at_the_branchs_commit_while_queueing_goes_back_on_the_branch(tmp_path, caplog):
+    repo = git_repo_with_two_commits(tmp_path)
+    with pytest.raises(KeyboardInterrupt), branch_kept(repo):
+        subprocess.run(["git", "checkout", "-q", "--detach"], cwd=repo, check=True)  # what a stopped DVC leaves
+        raise KeyboardInterrupt
+    assert git(repo, "symbolic-ref", "--short", "HEAD") == "main"
+    assert git(repo, "status", "--porcelain") == ""
+    assert "back on branch main" in caplog.text
+
+
+def test_head_detached_elsewhere_is_left_alone_and_named(tmp_path, caplog):
+    repo = git_repo_with_two_commits(tmp_path)
+    first = git(repo, "rev-parse", "HEAD~1")
+    with branch_kept(repo):
+        subprocess.run(["git", "checkout", "-q", first], cwd=repo, check=True)
+    assert git(repo, "rev-parse", "HEAD") == first and git(repo, "symbolic-ref", "-q", "HEAD") == ""
+    assert f"detached at {first[:7]}" in caplog.text and "git checkout main" in caplog.text
+
+
+def test_a_head_detached_before_queueing_stays_detached(tmp_path):
+    repo = git_repo_with_two_commits(tmp_path)
+    subprocess.run(["git", "checkout", "-q", "--detach"], cwd=repo, check=True)
+    with branch_kept(repo):
+        pass
+    assert git(repo, "symbolic-ref", "-q", "HEAD") == ""
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ import subprocess
 import tempfile
 import time
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,39 @@ def queue_point(repo: Path, point: Point) -> str:
     return name.group(1)
 
 
+@contextmanager
+def branch_kept(repo: Path) -> Iterator[None]:
+    """Leave HEAD on the branch it was on. `dvc exp run --queue` checks the baseline commit out detached and goes
+    back to the branch when it is done; stopped in between (Ctrl-C while a grid is being queued) it leaves HEAD
+    detached, and the user's next commits land on no branch. HEAD is put back only where it still is the branch's
+    commit, so the work tree is not touched; elsewhere the user is told what happened."""
+    branch = _current_branch(repo)
+    try:
+        yield
+    finally:
+        if branch is not None and _current_branch(repo) is None:
+            head, tip = (_git_rev(repo, rev) for rev in ("HEAD", f"refs/heads/{branch}"))
+            if head == tip:
+                subprocess.run(["git", "symbolic-ref", "HEAD", f"refs/heads/{branch}"], cwd=repo, check=True)
+                log.warning("DVC left HEAD detached while queueing; it is back on branch %s", branch)
+            else:
+                log.error(
+                    "DVC left HEAD detached at %s while queueing, not at %s's commit %s: check `git status` before "
+                    "committing (`git checkout %s` goes back)", head[:7], branch, tip[:7], branch,
+                )  # fmt: skip
+
+
+def _current_branch(repo: Path) -> str | None:
+    """The branch HEAD is on; None when HEAD is detached."""
+    ref = subprocess.run(["git", "symbolic-ref", "-q", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
+    return ref.stdout.strip() if ref.returncode == 0 else None
+
+
+def _git_rev(repo: Path, rev: str) -> str:
+    done = subprocess.run(["git", "rev-parse", rev], cwd=repo, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
 def start_workers(repo: Path, jobs: int) -> None:
     """`dvc queue start -j N`: DVC starts the workers that are not running yet and leaves the others be."""
     subprocess.Popen(  # it lingers while its workers start up; they outlive it and this process
@@ -266,7 +300,8 @@ def run_study(
         log.info("  %-28s %s%s", point.label, state, f" ({record['Experiment']})" if record else "")
     if dry_run:
         return StudyResult({}, {}, [])
-    queued = [queue_point(repo, point) for point in to_queue]
+    with branch_kept(repo):
+        queued = [queue_point(repo, point) for point in to_queue]
     idle_polls = 0
     while True:
         status = experiments.status(points)
