@@ -265,14 +265,16 @@ def run_bench(
 
 
 def _generation(models, variants: list[Variant], n_tokens: int, device: torch.device) -> dict[str, float]:
-    """KV-cached against uncached greedy generation of n_tokens from one token, native rope (interleaved)."""
+    """KV-cached against uncached greedy generation of n_tokens from one token, native rope: the medians of five
+    interleaved pairs (a cached run of 512 tokens at `small` takes under a second, and with two pairs the figure
+    moved by 40% from one bench run to the next)."""
     rope = next((v for v in variants if v.impl == "native" and v.pos == "rope"), None)
     if rope is None:
         return {}
     model = models[rope]
     timings: dict[bool, list[float]] = {True: [], False: []}
     generate(model, [1], 8, temperature=0)  # warm-up
-    for _ in range(2):
+    for _ in range(5):
         for use_cache in (True, False):
             _sync(device)
             started = time.perf_counter()
