@@ -65,7 +65,10 @@ def test_reads_the_prompt_from_stdin(checkpoint):
     [
         ("", 5, 0.8, 40, r"--prompt: '' tokenizes to no token; give some text to continue"),
         ("A", 0, 0.8, 40, r"--tokens: expected a positive number of tokens, got 0"),
-        ("A", 5, -1.0, 40, r"--temperature: expected 0 \(greedy\) or more, got -1.0"),
+        ("A", 5, -1.0, 40, r"--temperature: expected 0 \(greedy\) or a finite number above, got -1.0"),
+        ("A", 5, float("nan"), 40, r"--temperature: expected 0 \(greedy\) or a finite number above, got nan"),
+        ("A", 5, float("inf"), 40, r"--temperature: expected 0 \(greedy\) or a finite number above, got inf"),
+        ("A\udcff", 5, 0.8, 40, r"--prompt: not UTF-8 text \(byte 0xff at character 1\)"),
         ("A", 5, 0.8, -3, r"--top-k: expected a positive integer, or 0 for no limit; got -3"),
     ],
 )
@@ -78,6 +81,25 @@ def test_bad_input_is_a_clear_error(checkpoint, prompt, tokens, temperature, top
 def test_a_checkpoint_path_that_is_not_there_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"--checkpoint: no file at .*nothing\.pt; give the path of a checkpoint"):
         generate_text(str(tmp_path / "nothing.pt"), None, "A", 5, 0.8, 40, 0, out=io.StringIO())
+
+
+def test_a_file_that_is_not_a_checkpoint_gets_advice_about_the_flag(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match=r"^--checkpoint: .*notes\.txt is not a readable checkpoint, .*; give a "
+                                          r"checkpoint the train stage wrote$") as raised:  # fmt: skip
+        generate_text(str(tmp_path / "notes.txt"), None, "A", 5, 0.8, 40, 0, out=io.StringIO())
+    assert "dvc checkout" not in str(raised.value)
+
+
+def test_a_prompt_of_bytes_that_are_not_utf8_is_a_clear_error_from_stdin_too(checkpoint):
+    import subprocess
+    import sys
+
+    path, _, _ = checkpoint
+    command = [sys.executable, "-m", "llama_pe.cli", "generate", "--checkpoint", str(path), "--prompt", "-"]
+    done = subprocess.run(command, input=b"\xff\xfe", capture_output=True, timeout=120)
+    assert done.returncode != 0 and b"Traceback" not in done.stderr
+    assert b"--prompt: not UTF-8 text" in done.stderr
 
 
 def test_a_reader_that_stops_early_ends_the_stream_quietly(checkpoint):

@@ -28,6 +28,7 @@ from torch import nn
 
 from llama_pe.config import config_from_dict
 from llama_pe.device import FUSED_ADAMW_DEVICES, autocast, resolve_device, resolve_precision
+from llama_pe.errors import ConfigError
 from llama_pe.generate import generate
 from llama_pe.io import write_json
 from llama_pe.model import build_model, model_args_from_config
@@ -204,6 +205,11 @@ def run_bench(
     steps: int, warmup: int, device_setting: str, precision_setting: str, generate_tokens: int, params_file: Path,
     profile: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
+    for flag, value, least in (("--rounds", rounds, 1), ("--steps", steps, 1), ("--warmup", warmup, 0),
+                               ("--context", context, 1), ("--batch-size", batch_size, 1),
+                               ("--generate-tokens", generate_tokens, 0)):  # fmt: skip
+        if value < least:
+            raise ConfigError(f"{flag}: expected an integer of at least {least}, got {value}")
     if rounds < 3:
         log.warning("--rounds %d: a median of fewer than 3 rounds is noise on a shared machine; use 3 or more for "
                     "figures to quote", rounds)  # fmt: skip
@@ -228,8 +234,9 @@ def run_bench(
         models[variant] = model
         optimizers[variant] = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in FUSED_ADAMW_DEVICES)
         figures[variant] = Figures(flops_per_token=flops_per_token(model, context), params=model.num_params())
-        train_seconds(model, optimizers[variant], batch, warmup, amp, device)
-        eval_seconds(model, batch, warmup, amp, device)
+        if warmup:
+            train_seconds(model, optimizers[variant], batch, warmup, amp, device)
+            eval_seconds(model, batch, warmup, amp, device)
     tokens = batch_size * context
     for round_ in range(rounds):
         # Interleaved, each round starting one variant later (A B C, B C A, ...): the first variant of a round follows

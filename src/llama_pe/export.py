@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -100,4 +101,6 @@ def export_hf(checkpoint_path: str | Path, out_dir: str | Path) -> None:
     with atomic_path(out_dir, directory=True) as tmp:
         hf_model.save_pretrained(tmp)
         hf_tokenizer(checkpoint["tokenizer_model"]).save_pretrained(tmp)
+        for path in tmp.iterdir():
+            os.chmod(path, 0o644)  # safetensors writes its file 0600; the folder is meant to be shared and served
     log.info("exported %s (model.impl=%s) to %s", checkpoint_path, impl, out_dir)

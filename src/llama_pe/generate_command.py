@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -88,14 +89,23 @@ def generate_text(
         raise ConfigError("--checkpoint and --exp name two models; give one")
     if tokens < 1:
         raise ConfigError(f"--tokens: expected a positive number of tokens, got {tokens}")
-    if temperature < 0:
-        raise ConfigError(f"--temperature: expected 0 (greedy) or more, got {temperature}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ConfigError(f"--temperature: expected 0 (greedy) or a finite number above, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ConfigError(f"--top-k: expected a positive integer, or 0 for no limit; got {top_k}")
     if checkpoint and not Path(checkpoint).is_file():
         raise ConfigError(f"--checkpoint: no file at {checkpoint}; give the path of a checkpoint the train stage wrote")
     text = read_prompt(prompt, stdin)
-    saved = experiment_checkpoint(exp) if exp else load_checkpoint(checkpoint or CHECKPOINT)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        # Bytes that are not UTF-8 reach Python as lone surrogates, U+DC80..U+DCFF for bytes 0x80..0xff.
+        char = ord(err.object[err.start])
+        found = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"U+{char:04X}"
+        raise ConfigError(
+            f"--prompt: not UTF-8 text ({found} at character {err.start}); give the prompt in UTF-8"
+        ) from None
+    saved = experiment_checkpoint(exp) if exp else _load_checkpoint(checkpoint)
     sp = spm.SentencePieceProcessor(model_proto=saved["tokenizer_model"])
     prompt_ids = sp.encode(text)
     if not prompt_ids:
@@ -104,6 +114,18 @@ def generate_text(
     out.write(text)
     out.flush()
     return _stream_text(sp, prompt_ids, stream_tokens(model, prompt_ids, tokens, temperature, top_k, seed), out)
+
+
+def _load_checkpoint(checkpoint: str | None) -> dict:
+    """The checkpoint at --checkpoint, or the train stage's. CheckpointError's advice (retrain, or `dvc checkout`)
+    fits only the train stage's own output; another file gets advice about the flag."""
+    path = checkpoint or CHECKPOINT
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as err:
+        if Path(path).resolve() == Path(CHECKPOINT).resolve():
+            raise
+        raise ConfigError(f"--checkpoint: {path} {err.reason}; give a checkpoint the train stage wrote") from None
 
 
 def _stream_text(sp: spm.SentencePieceProcessor, prompt_ids: list[int], new_tokens, out: TextIO) -> str:

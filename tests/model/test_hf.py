@@ -96,6 +96,8 @@ def test_export_loads_offline_with_same_logits_and_token_ids(
     args = tiny_args(pos="rope", vocab_size=sp.get_piece_size(), impl=impl, tie_embeddings=impl == "hf")
     save_checkpoint(tmp_path / "model.pt", build_model(args).eval(), tokenizer_model)
     cli_main(["export-hf", str(tmp_path / "model.pt"), str(tmp_path / "hf")])
+    modes = {f.name: oct(f.stat().st_mode & 0o777) for f in (tmp_path / "hf").iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {"0o644"}, modes
 
     hf_model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     exported = AutoTokenizer.from_pretrained(tmp_path / "hf")
