@@ -286,6 +286,21 @@ def test_one_rope_run_reports_its_scaled_evaluations_against_itself(tmp_path):
         select(run, [f"{SCALING}=yarn"])
 
 
+def test_a_repo_with_commits_runs_only_is_told_how_to_fetch_experiments(tmp_path, monkeypatch, caplog):
+    from llama_pe import report as report_module
+
+    commit_run = {**ROPE[0], "Experiment": None, "rev": "bf31847"}  # a commit's own run, as a fresh clone has it
+    monkeypatch.setattr(report_module, "read_experiments", lambda repo, all_commits: experiments_frame([commit_run]))
+    monkeypatch.setattr(report_module, "read_val_curves", lambda repo, frame: None)
+    report_module.report(".", tmp_path, all_commits=True, only=[], baseline=[])
+    assert "no DVC experiments here" in caplog.text and "dvc exp pull origin -A --no-cache" in caplog.text
+
+    caplog.clear()
+    monkeypatch.setattr(report_module, "read_experiments", lambda repo, all_commits: experiments_frame(ROPE))
+    report_module.report(".", tmp_path, all_commits=True, only=[], baseline=[])
+    assert "no DVC experiments here" not in caplog.text
+
+
 def test_groups_the_default_baseline_cannot_tell_apart_ask_for_a_baseline():
     runs = experiments_frame([{**r, "train.lr": lr} for r in ROPE for lr in (0.001, 0.002)][::2] + [
         {**r, "Experiment": f"{r['Experiment']}b", "rev": f"{r['rev']}b", "train.lr": 0.002} for r in ROPE

@@ -353,7 +353,13 @@ VAL_CURVE = "plots/train/plots/metrics/val"
 
 def report(repo: str | Path, out_dir: str | Path, all_commits: bool, only: list[str], baseline: list[str]) -> None:
     """`llama-pe report`: read the experiments, select, aggregate and write the tables and figures."""
-    frame = select(read_experiments(repo, all_commits), only)
+    frame = read_experiments(repo, all_commits)
+    if not frame.empty and (frame["name"] == frame["rev"]).all():  # an experiment's name is not its revision
+        log.warning(
+            "no DVC experiments here, only the runs that commits hold: experiments are git refs that `git clone` "
+            "does not fetch; `dvc exp pull origin -A --no-cache` brings their params and metrics"
+        )
+    frame = select(frame, only)
     wanted = baseline_conditions(frame, baseline)
     write_report(frame, Path(out_dir), wanted, read_val_curves(repo, frame))
 
