@@ -185,7 +185,7 @@ class Experiments:
         return result
 
     def _git(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=self.repo, capture_output=True, text=True)
+        return _git(self.repo, *args)
 
     def _dvc(self, *args: str) -> str:
         done = subprocess.run(["dvc", *args], cwd=self.repo, capture_output=True, text=True)
@@ -241,7 +241,7 @@ def branch_kept(repo: Path) -> Iterator[None]:
         if branch is not None and _current_branch(repo) is None:
             head, tip = (_git_rev(repo, rev) for rev in ("HEAD", f"refs/heads/{branch}"))
             if head == tip:
-                subprocess.run(["git", "symbolic-ref", "HEAD", f"refs/heads/{branch}"], cwd=repo, check=True)
+                _git(repo, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
                 log.warning("DVC left HEAD detached while queueing; it is back on branch %s", branch)
             else:
                 log.error(
@@ -252,13 +252,16 @@ def branch_kept(repo: Path) -> Iterator[None]:
 
 def _current_branch(repo: Path) -> str | None:
     """The branch HEAD is on; None when HEAD is detached."""
-    ref = subprocess.run(["git", "symbolic-ref", "-q", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
+    ref = _git(repo, "symbolic-ref", "-q", "--short", "HEAD")
     return ref.stdout.strip() if ref.returncode == 0 else None
 
 
 def _git_rev(repo: Path, rev: str) -> str:
-    done = subprocess.run(["git", "rev-parse", rev], cwd=repo, capture_output=True, text=True, check=True)
-    return done.stdout.strip()
+    return _git(repo, "rev-parse", rev).stdout.strip()
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
 
 
 def start_workers(repo: Path, jobs: int) -> None:
