@@ -422,7 +422,8 @@ def write_report(
         # The curves of training: a scaled evaluation trained nothing of its own.
         paths["val_curves.png"] = report_figures.val_curves(trained, group_keys(trained), curves,
                                                             out_dir / "val_curves.png")  # fmt: skip
-    log.info("%d experiments in %d groups by %s: wrote %s", len(trained), summary["group"].nunique(),
+    runs = f"{len(trained)} experiment" + ("s" if len(trained) != 1 else "")
+    log.info("%s in %d groups by %s: wrote %s", runs, summary["group"].nunique(),
              ", ".join(keys) or "nothing", ", ".join(map(str, paths.values())))  # fmt: skip
     return paths
 
