@@ -8,7 +8,7 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from llama_pe.checkpoint import save_checkpoint
+from llama_pe.checkpoint import CheckpointError, save_checkpoint
 from llama_pe.data.tokenizer import MODEL_FILE
 from llama_pe.errors import ConfigError
 from llama_pe.generate import generate
@@ -83,12 +83,12 @@ def test_a_checkpoint_path_that_is_not_there_is_named(tmp_path):
         generate_text(str(tmp_path / "nothing.pt"), None, "A", 5, 0.8, 40, 0, out=io.StringIO())
 
 
-def test_a_file_that_is_not_a_checkpoint_gets_advice_about_the_flag(tmp_path):
+def test_a_file_that_is_not_a_checkpoint_gets_advice_that_fits_a_file_outside_the_pipeline(tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint")
-    with pytest.raises(ConfigError, match=r"^--checkpoint: .*notes\.txt is not a readable checkpoint, .*; give a "
-                                          r"checkpoint the train stage wrote$") as raised:  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"^.*notes\.txt is not a checkpoint \(torch.save writes a zip archive, "
+                       r"and this is none\); give a checkpoint that the `train` stage wrote") as raised:  # fmt: skip
         generate_text(str(tmp_path / "notes.txt"), None, "A", 5, 0.8, 40, 0, out=io.StringIO())
-    assert "dvc checkout" not in str(raised.value)
+    assert "dvc" not in str(raised.value)  # no DVC repo around it: no DVC command can help
 
 
 def test_a_prompt_of_bytes_that_are_not_utf8_is_a_clear_error_from_stdin_too(checkpoint):

@@ -304,7 +304,7 @@ def test_a_truncated_token_file_names_the_stage_to_rerun(damaged_copy, tmp_path)
     train_bin = damaged_copy / "encoded/train.bin"
     train_bin.write_bytes(train_bin.read_bytes()[:1001])
     with pytest.raises(
-        DataError, match=r"train\.bin holds 1001 bytes, but .*meta\.json says \d+ tokens .*dvc repro -f encode"
+        DataError, match=r"train\.bin holds 1001 bytes, but .*meta\.json says \d+ tokens .*dvc repro encode"
     ):
         train(tiny_config(), paths_in(tmp_path, damaged_copy))
 

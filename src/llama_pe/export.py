@@ -83,24 +83,51 @@ def hf_tokenizer(tokenizer_model: bytes) -> PreTrainedTokenizerFast:
     )
 
 
-def export_hf(checkpoint_path: str | Path, out_dir: str | Path) -> None:
+def check_export_target(checkpoint_path: Path, out_dir: Path, force: bool) -> None:
+    """Before any work: out_dir may be written (new, an empty folder, or --force) and never takes the input with it."""
+    source, target = checkpoint_path.resolve(), out_dir.resolve()
+    if target == source or target in source.parents:
+        raise ConfigError(
+            f"export-hf: the output {out_dir} holds the checkpoint {checkpoint_path} it would export, and writing "
+            f"it would delete that checkpoint (even with --force); give another output folder"
+        )
+    if out_dir.exists() or out_dir.is_symlink():
+        if out_dir.is_dir() and not out_dir.is_symlink() and not any(out_dir.iterdir()):
+            return
+        if not force:
+            what = "a folder that is not empty" if out_dir.is_dir() else "a file"
+            raise ConfigError(
+                f"export-hf: {out_dir} exists and is {what}; give a new or empty folder, or add --force to replace "
+                f"it (everything in it is deleted)"
+            )
+    parent = next(p for p in (target.parent, *target.parent.parents) if p.exists())
+    if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        raise ConfigError(f"export-hf: cannot write {out_dir}: {parent} is not a folder this user can write in")
+
+
+def export_hf(checkpoint_path: str | Path, out_dir: str | Path, force: bool = False) -> None:
     """Write config, safetensors weights and tokenizer files into out_dir, atomically."""
+    checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
+    check_export_target(checkpoint_path, out_dir, force)
     checkpoint = load_checkpoint(checkpoint_path)
-    pos, impl = checkpoint["model_args"]["pos"], checkpoint["model_args"]["impl"]
+    pos, impl = checkpoint["model_args"].get("pos"), checkpoint["model_args"].get("impl")
     if pos != "rope":
         raise ConfigError(
             f"model.pos={pos} has no Hugging Face equivalent (LlamaForCausalLM has rotary positions only); "
             f"only rope checkpoints can be exported"
         )
-    model = model_from_checkpoint(checkpoint)
+    model = model_from_checkpoint(checkpoint, checkpoint_path)
     if isinstance(model, HFLlama):
         hf_model = model.hf
     else:
         hf_model = LlamaForCausalLM(llama_config(model.args))
         hf_model.load_state_dict(native_to_hf(model.state_dict()))
-    with atomic_path(out_dir, directory=True) as tmp:
-        hf_model.save_pretrained(tmp)
-        hf_tokenizer(checkpoint["tokenizer_model"]).save_pretrained(tmp)
-        for path in tmp.iterdir():
-            os.chmod(path, 0o644)  # safetensors writes its file 0600; the folder is meant to be shared and served
+    try:
+        with atomic_path(out_dir, directory=True) as tmp:
+            hf_model.save_pretrained(tmp)
+            hf_tokenizer(checkpoint["tokenizer_model"]).save_pretrained(tmp)
+            for path in tmp.iterdir():
+                os.chmod(path, 0o644)  # safetensors writes its file 0600; the folder is meant to be shared and served
+    except OSError as err:
+        raise ConfigError(f"export-hf: cannot write {out_dir} ({err.strerror or err})") from None
     log.info("exported %s (model.impl=%s) to %s", checkpoint_path, impl, out_dir)

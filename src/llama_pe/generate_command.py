@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import math
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
 import sentencepiece as spm
-import torch
+import yaml
 
-from llama_pe.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from llama_pe.checkpoint import load_checkpoint, load_checkpoint_bytes, model_from_checkpoint
 from llama_pe.errors import ConfigError
 from llama_pe.generate import stream_tokens
 
@@ -34,6 +34,8 @@ def experiment_checkpoint(name: str, repo: str | Path = ".") -> dict:
     try:
         with Repo(str(repo)) as dvc_repo:
             rev = resolve_rev(dvc_repo.scm, name)
+            head = dvc_repo.scm.get_rev()
+            has_remote = bool(dvc_repo.config["core"].get("remote"))
     except (RevError, DvcException) as err:
         raise ConfigError(
             f"--exp: no experiment or git revision named {name!r} ({err}); `dvc exp list --all-commits` names them"
@@ -41,24 +43,47 @@ def experiment_checkpoint(name: str, repo: str | Path = ".") -> dict:
     try:
         with dvc.api.open(CHECKPOINT, repo=str(repo), rev=rev, mode="rb") as f:
             data = f.read()
-    except (DvcException, FileNotFoundError) as err:
-        raise ConfigError(
-            f"--exp {name}: its {CHECKPOINT} is in neither the workspace's DVC cache nor a remote ({err}); "
-            f"run `dvc exp pull origin {name}` or `dvc pull` first, or give the model the workspace holds with "
+    except (DvcException, FileNotFoundError):
+        raise ConfigError(_not_in_cache(name, rev, head, has_remote, Path(repo))) from None
+    advice = "that copy in DVC's cache is damaged; give another --exp, or a file with --checkpoint"
+    return load_checkpoint_bytes(data, f"{name}:{CHECKPOINT}", advice)
+
+
+def _not_in_cache(name: str, rev: str, head: str, has_remote: bool, repo: Path) -> str:
+    """Why revision `rev` has no model here, and what brings one: true for a fresh clone, a commit, an experiment."""
+    md5 = _recorded_md5(repo, rev)
+    if md5 is None:
+        return (
+            f"--exp {name}: commit {rev[:7]} records no {CHECKPOINT} in its dvc.lock (it trained no model); give an "
+            f"experiment or commit that did (`dvc exp list --all-commits` names them)"
+        )
+    missing = f"--exp {name}: its {CHECKPOINT} (md5 {md5[:8]}, a DVC output at {rev[:7]}) is not in this repository's "
+    missing += "DVC cache"
+    if rev == head:
+        pull = f"`dvc pull {CHECKPOINT}` fetches it from the DVC remote, or " if has_remote else ""
+        return (
+            f"{missing} (a fresh clone's cache is empty); {pull}`dvc repro` trains it into {CHECKPOINT}, then give "
             f"--checkpoint {CHECKPOINT}"
-        ) from None
-    path = Path(f"{name}:{CHECKPOINT}")
-    return load_checkpoint_bytes(data, path)
+        )
+    if has_remote:
+        return f"{missing}; `dvc exp pull origin {name}` fetches an experiment and its model that were pushed to origin"
+    return (
+        f"{missing}, and no DVC remote is configured: only the repository that ran it holds its model (README, "
+        f"Remotes: `dvc exp push` there, `dvc exp pull` here)"
+    )
 
 
-def load_checkpoint_bytes(data: bytes, path: Path) -> dict:
+def _recorded_md5(repo: Path, rev: str) -> str | None:
+    """The md5 that dvc.lock at `rev` records for the train stage's checkpoint, or None."""
+    shown = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:dvc.lock"], capture_output=True, text=True)
+    if shown.returncode != 0:
+        return None
     try:
-        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds for damaged bytes
-        raise CheckpointError(path, f"is not a readable checkpoint ({type(err).__name__})") from None
-    if not isinstance(checkpoint, dict) or "model_args" not in checkpoint or "tokenizer_model" not in checkpoint:
-        raise CheckpointError(path, "is not a llama-pe checkpoint")
-    return checkpoint
+        lock = yaml.safe_load(shown.stdout)
+        outs = [out for stage in lock["stages"].values() for out in stage.get("outs", [])]
+    except (yaml.YAMLError, AttributeError, KeyError, TypeError):
+        return None
+    return next((out.get("md5") for out in outs if out.get("path") == CHECKPOINT), None)
 
 
 @contextlib.contextmanager
@@ -105,27 +130,15 @@ def generate_text(
         raise ConfigError(
             f"--prompt: not UTF-8 text ({found} at character {err.start}); give the prompt in UTF-8"
         ) from None
-    saved = experiment_checkpoint(exp) if exp else _load_checkpoint(checkpoint)
+    saved = experiment_checkpoint(exp) if exp else load_checkpoint(checkpoint or CHECKPOINT)
     sp = spm.SentencePieceProcessor(model_proto=saved["tokenizer_model"])
     prompt_ids = sp.encode(text)
     if not prompt_ids:
         raise ConfigError(f"--prompt: {text!r} tokenizes to no token; give some text to continue")
-    model = model_from_checkpoint(saved, exp or checkpoint or CHECKPOINT)
+    model = model_from_checkpoint(saved, f"{exp}:{CHECKPOINT}" if exp else checkpoint or CHECKPOINT)
     out.write(text)
     out.flush()
     return _stream_text(sp, prompt_ids, stream_tokens(model, prompt_ids, tokens, temperature, top_k, seed), out)
-
-
-def _load_checkpoint(checkpoint: str | None) -> dict:
-    """The checkpoint at --checkpoint, or the train stage's. CheckpointError's advice (retrain, or `dvc checkout`)
-    fits only the train stage's own output; another file gets advice about the flag."""
-    path = checkpoint or CHECKPOINT
-    try:
-        return load_checkpoint(path)
-    except CheckpointError as err:
-        if Path(path).resolve() == Path(CHECKPOINT).resolve():
-            raise
-        raise ConfigError(f"--checkpoint: {path} {err.reason}; give a checkpoint the train stage wrote") from None
 
 
 def _stream_text(sp: spm.SentencePieceProcessor, prompt_ids: list[int], new_tokens, out: TextIO) -> str:

@@ -68,11 +68,18 @@ def _replace_directory(tmp: Path, target: Path) -> None:
         return
     # rename() cannot replace a non-empty directory: move the old one aside first, then drop it.
     old = target.with_name(f".{target.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
+    remove_path(old)
     os.replace(target, old)
     os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+    remove_path(old)
+
+
+def remove_path(path: Path) -> None:
+    """A file or a folder, whichever is there (a folder may replace a file)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -26,7 +26,7 @@ from llama_pe.data.tokens import check_tokenizer, load_splits
 from llama_pe.device import FUSED_ADAMW_DEVICES, autocast, resolve_device, resolve_precision
 from llama_pe.distributed import ONE_PROCESS, Ranks
 from llama_pe.errors import ConfigError, DataError, LlamaPeError
-from llama_pe.io import write_json
+from llama_pe.io import remove_path, write_json
 from llama_pe.model import build_model, model_args_from_config
 from llama_pe.provenance import code_fingerprint
 
@@ -477,7 +477,7 @@ def _resume(
     Every rank reads the file and comes to the same answer; only rank 0 moves a damaged one aside (a rank that
     looks after the move finds no file: a fresh start too).
     """
-    if not path.is_file():
+    if not path.exists():
         return TrainState()
     try:
         checkpoint = load_checkpoint(path)
@@ -486,6 +486,7 @@ def _resume(
         reason = err.reason if isinstance(err, CheckpointError) else f"no valid training state: {err!r}"
         aside = path.with_name(path.name + ".damaged")
         if ranks.is_main:
+            remove_path(aside)  # an older one: a folder would block the rename, a file would be replaced anyway
             path.replace(aside)  # kept for a post-mortem, out of the way of the fresh run
         log.warning("%s cannot be resumed (%s); it is kept as %s and training starts from scratch", path, reason, aside)
         return TrainState()

@@ -10,11 +10,16 @@ from typing import Any
 import numpy as np
 
 from llama_pe.errors import DataError, MissingInputError
+from llama_pe.recovery import restore_advice
 
 TOKEN_DTYPE = np.uint16
 META_FILE = "meta.json"
 SPLITS = ("train", "val", "test")
-_REBUILD = "rerun the encode stage (`dvc repro -f encode`) or restore its output (`dvc checkout data/encoded`)"
+
+
+def _rebuild(encoded: Path) -> str:
+    """What brings the encode stage's output back, as DVC can do it here (see llama_pe.recovery)."""
+    return restore_advice(encoded) or "run the `encode` stage again (`dvc repro encode`)"
 
 
 def read_tokens(path: str | Path) -> np.ndarray:
@@ -41,7 +46,7 @@ def load_splits(encoded: str | Path) -> tuple[dict[str, np.ndarray], dict[str, A
             raise KeyError(", ".join(missing))
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(
-            f"{meta_path} is damaged or was written by an older encode stage ({err!r}); {_REBUILD}"
+            f"{meta_path} is damaged or was written by an older encode stage ({err!r}); {_rebuild(encoded)}"
         ) from None
     splits = {}
     for name in SPLITS:
@@ -51,13 +56,13 @@ def load_splits(encoded: str | Path) -> tuple[dict[str, np.ndarray], dict[str, A
             raise DataError(
                 f"{path} holds {size} bytes, but {meta_path} says {counts[name]} tokens "
                 f"({counts[name] * np.dtype(TOKEN_DTYPE).itemsize} bytes): the file is truncated or does not belong "
-                f"to this meta.json; {_REBUILD}"
+                f"to this meta.json; {_rebuild(encoded)}"
             )
         splits[name] = read_tokens(path)
         if splits[name].size and int(splits[name].max()) >= vocab_size:
             raise DataError(
                 f"{path} holds token id {int(splits[name].max())}, but meta.json gives a vocabulary of "
-                f"{vocab_size}: the token files and meta.json disagree; {_REBUILD}"
+                f"{vocab_size}: the token files and meta.json disagree; {_rebuild(encoded)}"
             )
     return splits, meta
 
