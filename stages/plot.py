@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from llama_pe.config import load_config
-from llama_pe.plotting import extrapolation_figure, training_figure
+from llama_pe.plotting import extrapolation_figure, run_label, training_figure
 from llama_pe.stage import run_stage
 
 
@@ -16,8 +16,10 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for the PNG figures")
     args = parser.parse_args()
     out = Path(args.out)
-    training_figure(Path(args.live), out / "training.png")
-    extrapolation_figure(Path(args.curve), load_config(args.params).train.context, out / "extrapolation.png")
+    cfg = load_config(args.params)
+    label = run_label(cfg.model.pos, cfg.model.impl)  # the titles name the encoding
+    training_figure(Path(args.live), out / "training.png", label)
+    extrapolation_figure(Path(args.curve), cfg.train.context, out / "extrapolation.png", label)
 
 
 if __name__ == "__main__":

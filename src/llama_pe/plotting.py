@@ -26,7 +26,12 @@ def read_tsv(path: Path, column: str) -> dict[int, float]:
         return {int(row["step"]): float(row[column]) for row in csv.DictReader(f, delimiter="\t")}
 
 
-def training_figure(live_dir: Path, out: Path) -> None:
+def run_label(pos: str, impl: str) -> str:
+    """The encoding a run's figures are of, for their titles: `model.pos=rope`, `model.pos=rope, model.impl=hf`."""
+    return f"model.pos={pos}" + ("" if impl == "native" else f", model.impl={impl}")
+
+
+def training_figure(live_dir: Path, out: Path, label: str | None = None) -> None:
     metrics = live_dir / "plots" / "metrics"
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for split, style in (("train", dict(lw=1, alpha=0.8)), ("val", dict(marker="o", lw=1.5))):
@@ -35,13 +40,13 @@ def training_figure(live_dir: Path, out: Path) -> None:
         ax.plot([tokens[s] for s in loss], list(loss.values()), label=f"{split} loss", **style)
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("loss (nats per token)")
-    ax.set_title("Training and validation loss")
+    ax.set_title(_titled("Training and validation loss", label))
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, out)
 
 
-def extrapolation_figure(curve_file: Path, train_context: int, out: Path) -> None:
+def extrapolation_figure(curve_file: Path, train_context: int, out: Path, label: str | None = None) -> None:
     if not curve_file.is_file():
         raise MissingInputError(f"no extrapolation curve at {curve_file}: run the `evaluate` stage first")
     rows = json.loads(curve_file.read_text())
@@ -54,16 +59,18 @@ def extrapolation_figure(curve_file: Path, train_context: int, out: Path) -> Non
         points = [(r["context"], r[f"{method}_ppl"]) for r in rows if r.get(f"{method}_ppl") is not None]
         if points:
             ax.plot(*zip(*points, strict=True), marker=".", linestyle=":", label=f"rope + {method} scaling")
-    missing = [r["context"] for r in rows if r.get("reason")]
-    if missing:
-        ax.text(0.02, 0.02, f"no value at {missing}: past the learned table", transform=ax.transAxes, fontsize=8)
+    missing = [r for r in rows if r.get("reason")]
+    if missing:  # the evaluate stage's reason, such as a learned table's length
+        contexts = ", ".join(str(r["context"]) for r in missing)
+        ax.text(0.02, 0.02, f"no value at {contexts}: {missing[0]['reason']}", transform=ax.transAxes, fontsize=8,
+                wrap=True)  # fmt: skip
     ax.axvline(train_context, color="grey", linestyle="--", label=f"training context ({train_context})")
     ax.set_xscale("log", base=2)
     ax.set_xticks([r["context"] for r in rows], [str(r["context"]) for r in rows])
     plain_log_y(ax)
     ax.set_xlabel("evaluation context (tokens)")
     ax.set_ylabel("test perplexity")
-    ax.set_title("Length extrapolation")
+    ax.set_title(_titled("Length extrapolation", label))
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     _save(fig, out)
@@ -81,6 +88,10 @@ def plain_log_y(ax) -> None:
     ax.yaxis.set_major_formatter(plain)
     low, high = ax.get_ylim()
     ax.yaxis.set_minor_formatter(plain if high < 10 * low else NullFormatter())
+
+
+def _titled(title: str, label: str | None) -> str:
+    return f"{title}: {label}" if label else title
 
 
 def _save(fig, out: Path) -> None:
