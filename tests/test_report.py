@@ -83,7 +83,6 @@ def test_paired_differences_by_seed_against_the_baseline():
     )
     assert loss["ci95_low"] == pytest.approx(-0.15 - T_975[2] * 0.05 / math.sqrt(3))
     assert loss["verdict"] == "better"
-    assert diffs.loc[("model.pos=alibi", "tokens_per_sec"), "verdict"] == NOISE  # the same speed, seed by seed
     assert diffs.loc[("model.pos=alibi", "ppl_at_8x"), "n_pairs"] == 0  # rope has no value to pair with
     assert diffs.loc[("model.pos=alibi", "params"), "verdict"] == "-"
 
@@ -307,3 +306,192 @@ def test_groups_the_default_baseline_cannot_tell_apart_ask_for_a_baseline():
     ])  # fmt: skip
     with pytest.raises(ReportError, match=r"the groups differ in train\.lr, not in what the default baseline names"):
         paired_differences(runs, ["train.lr"], {})
+
+
+# ---------------------------------------------------------------------------------------------- nothing lost
+
+
+def git_repo(root):
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    return root
+
+
+def commit_all(root) -> None:
+    import subprocess
+
+    identity = ["-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", *identity, "commit", "-q", "-m", "report"], cwd=root, check=True)
+
+
+def test_a_committed_report_is_changed_only_with_force(tmp_path):
+    repo = git_repo(tmp_path)
+    study = experiments_frame(ROPE + ALIBI)
+    write_report(study, repo / "reports", {"model.pos": "rope"})
+    commit_all(repo)
+    committed = {path.name: path.read_bytes() for path in (repo / "reports").iterdir()}
+
+    narrower = select(study, ["train.seed=0"])  # `--only train.seed=0`: a 2-run report
+    with pytest.raises(ReportError, match=r"^--out \S+/reports: the report would change \d committed files there "
+                       r"\(runs\.csv, summary\.csv, comparison\.md, .*\); give --out a new folder to write it "
+                       r"elsewhere, or --force to overwrite them$"):  # fmt: skip
+        write_report(narrower, repo / "reports", {"model.pos": "rope"})
+    assert {path.name: path.read_bytes() for path in (repo / "reports").iterdir()} == committed  # nothing written
+
+    write_report(study, repo / "reports", {"model.pos": "rope"})  # the same report: it changes no committed file
+    write_report(narrower, repo / "new", {"model.pos": "rope"})  # a new folder
+    write_report(narrower, repo / "new", {"model.pos": "rope"})  # files that git does not track
+    write_report(narrower, repo / "reports", {"model.pos": "rope"}, force=True)
+    assert pd.read_csv(repo / "reports" / "runs.csv").shape[0] == 2
+
+
+def test_the_report_command_refuses_before_writing_and_passes_force_on(tmp_path, monkeypatch):
+    from llama_pe import report as report_module
+
+    repo = git_repo(tmp_path)
+    (repo / "reports").mkdir()
+    (repo / "reports" / "comparison.md").write_text("the committed study\n")
+    commit_all(repo)
+    monkeypatch.setattr(report_module, "read_experiments", lambda repo, all_commits: experiments_frame(ROPE + ALIBI))
+    monkeypatch.setattr(report_module, "read_val_curves", lambda repo, frame: None)
+    monkeypatch.chdir(repo)
+    with pytest.raises(ReportError, match=r"^--out reports: the report would change 1 committed file there "
+                       r"\(comparison\.md\)"):  # fmt: skip
+        report_module.report(".", "reports", all_commits=False, only=["train.seed=0"], baseline=[])
+    assert sorted(p.name for p in (repo / "reports").iterdir()) == ["comparison.md"]
+    report_module.report(".", "reports", all_commits=False, only=["train.seed=0"], baseline=[], force=True)
+    assert "Runs:** 2" in (repo / "reports" / "comparison.md").read_text()
+
+
+def test_outside_a_git_repository_nothing_is_committed(tmp_path):
+    from llama_pe.report import committed
+
+    (tmp_path / "comparison.md").write_text("x")
+    assert committed(tmp_path, ["comparison.md"]) == []
+    assert committed(tmp_path / "not" / "yet", ["comparison.md"]) == []
+
+
+def test_the_report_and_study_help_show_their_defaults_and_force(capsys):
+    from llama_pe.cli import main
+
+    for command in ("report", "study"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: reports)" in text and "--force overwrite files in --out that git tracks" in text
+
+
+# ---------------------------------------------------------------------------------------------- nothing misleading
+
+
+def trained_record(name: str, pos: str, seed: int, loss: float, bpc: float = 2.1, unigram: float = 2.7, **more):
+    """A record with what metrics/train.json says of the budget and of the unigram baseline."""
+    return {
+        **record(name, pos, seed, loss, **more), "train.max_steps": 400.0, "trained_steps": 400.0,
+        "trained_tokens": 819200.0, "best_val_bpc": bpc, "unigram_val_bpc": unigram, "src/llama_pe/model": "aaa.dir",
+    }  # fmt: skip
+
+
+def test_comparison_opens_with_the_setting_of_its_runs(tmp_path):
+    from llama_pe.report import code_hash
+
+    runs = [trained_record(f"{pos}{s}", pos, s, 5.0 + s / 10, ppl_8x=300.0) for pos in ("rope", "alibi")
+            for s in range(3)]  # fmt: skip
+    write_report(experiments_frame(runs), tmp_path, {"model.pos": "rope"})
+    opening = (tmp_path / "comparison.md").read_text().split("## Headline")[0]
+    assert "- **Runs:** 6, in 2 groups of n = 3 (train.seed 0, 1, 2)" in opening
+    assert "- **Model:** model.size=small, 1,000 parameters" in opening
+    assert (
+        "- **Budget:** train.max_steps=400, train.context=64; trained 400 steps and 819,200 tokens per run" in opening
+    )
+    assert f"- **Code:** {code_hash(runs[0])} (the hash of the stages' source files" in opening
+    assert "unigram" not in opening  # these runs beat the unigram model
+
+
+def test_runs_that_do_not_beat_a_unigram_model_are_called_untrained(tmp_path, caplog):
+    tiny = [trained_record(f"{pos}{s}", pos, s, 8.9, bpc=3.2, unigram=2.7) for pos in ("rope", "alibi")
+            for s in range(2)]  # fmt: skip
+    write_report(experiments_frame(tiny), tmp_path, {"model.pos": "rope"})
+    opening = (tmp_path / "comparison.md").read_text().split("## Headline")[0]
+    warning = ("4 of 4 runs do not beat a unigram model (best_val_bpc ≥ unigram_val_bpc): these models are barely "
+               "trained, and the verdicts describe untrained models, not the encodings")  # fmt: skip
+    assert f"- **Warning:** {warning}" in opening and warning in caplog.text
+
+
+def test_a_null_metric_shows_its_reason_not_nan(tmp_path):
+    learned = [record(f"learned{s}", "learned", s, loss) for s, loss in enumerate([5.3, 5.2, 5.25])]  # 8x: null
+    runs = [{**r, "ppl_at_8x": 400.0 + s} for s, r in enumerate(ROPE)] + ALIBI + learned
+    unmeasured = [{**r, "holdout_bpc": "None"} for r in ALIBI]  # a metric no alibi run recorded
+    write_report(experiments_frame(runs), tmp_path / "a", {"model.pos": "rope"})
+    comparison = (tmp_path / "a" / "comparison.md").read_text()
+    assert "nan" not in comparison and "too few pairs" not in comparison
+    for section in comparison.split("\n## ")[1:4]:  # the headline, by context and the verdicts
+        row = next(line for line in section.splitlines() if line.startswith("| model.pos=learned |"))
+        assert row.endswith("| n/a: learned positions stop at train.context |"), row
+    summary = pd.read_csv(tmp_path / "a" / "summary.csv").set_index(["group", "metric"])
+    assert summary.loc[("model.pos=learned", "ppl_at_8x"), "reason"] == "learned positions stop at train.context"
+
+    write_report(experiments_frame(ROPE + unmeasured), tmp_path / "b", {"model.pos": "rope"})
+    headline = (tmp_path / "b" / "comparison.md").read_text().split("## Headline")[1]
+    assert "n/a: not defined for model.pos=alibi" in headline
+
+
+def test_timings_get_no_verdict_and_stay_out_of_the_headline(tmp_path):
+    from llama_pe.report import TIMING_METRICS, verdict
+
+    slow = [{**r, "tokens_per_sec": 10.0 + r["train.seed"]} for r in ALIBI]  # 90 fewer tokens a second, every seed
+    write_report(experiments_frame(ROPE + slow), tmp_path, {"model.pos": "rope"})
+    comparison = (tmp_path / "comparison.md").read_text()
+    sections = {part.split("\n")[0]: part for part in comparison.split("\n## ")}
+    timing = TIMING_METRICS[0]
+    timed = [title for title, text in sections.items() if timing in text]
+    assert timed == ["Timings"], timed  # not the headline, the verdicts, every metric or every paired difference
+    assert "Not a speed comparison: runs shared a machine" in sections["Timings"]
+    assert "| model.pos=alibi | 11 ± 1 (n=3) |" in sections["Timings"]
+    assert all(verdict(metric, -90.0, 1.0) == "-" for metric in TIMING_METRICS)
+
+
+def test_a_figure_of_single_runs_draws_no_interval_and_says_n(tmp_path, monkeypatch):
+    from llama_pe import report_figures
+
+    titles = {}
+
+    def keep_title(fig, out):
+        titles[out.name] = fig._suptitle.get_text() if fig._suptitle else fig.axes[0].get_title()
+        return out
+
+    monkeypatch.setattr(report_figures, "_save", keep_title)
+    one_seed = experiments_frame([ROPE[0], ALIBI[0]])
+    report_figures.bits_per_character(one_seed, ["model.pos"], tmp_path / "bpc.png")
+    report_figures.extrapolation(one_seed, ["model.pos"], tmp_path / "extrapolation.png")
+    assert "n = 1, no interval" in titles["bpc.png"] and "95%" not in titles["bpc.png"]
+    assert "n = 1, no band" in titles["extrapolation.png"]
+    report_figures.bits_per_character(experiments_frame(ROPE + ALIBI), ["model.pos"], tmp_path / "bpc.png")
+    assert "mean with 95% t interval, n = 3 seeds per group" in titles["bpc.png"]
+
+
+@pytest.mark.parametrize(("pos", "impl", "label"), [
+    ("learned", "native", "model.pos=learned"), ("rope", "hf", "model.pos=rope, model.impl=hf"),
+])  # fmt: skip
+def test_a_runs_own_figures_name_its_encoding(tmp_path, monkeypatch, pos, impl, label):
+    import json
+
+    import yaml
+
+    from llama_pe import plotting
+    from tests.conftest import REPO_ROOT
+
+    titles = {}
+    monkeypatch.setattr(plotting, "_save", lambda fig, out: titles.update({out.name: fig.axes[0].get_title()}))
+    curve = tmp_path / "extrapolation.json"
+    curve.write_text(json.dumps([
+        {"context": 16, "multiple": 1, "nonoverlapping_ppl": 300.0, "sliding_ppl": 290.0, "reason": None},
+        {"context": 32, "multiple": 2, "nonoverlapping_ppl": None, "sliding_ppl": None,
+         "reason": "model.pos=learned has 16 learned positions, not 32"},
+    ]))  # fmt: skip
+    plotting.extrapolation_figure(curve, 16, tmp_path / "extrapolation.png", plotting.run_label(pos, impl))
+    assert titles["extrapolation.png"] == f"Length extrapolation: {label}"
+    stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["plot"]
+    assert {"model.pos", "model.impl"} <= set(stage["params"])  # the titles' values rerun the stage

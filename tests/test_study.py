@@ -98,6 +98,48 @@ def test_a_head_detached_before_queueing_stays_detached(tmp_path):
     assert git(repo, "symbolic-ref", "-q", "HEAD") == ""
 
 
+class NoExperiments:
+    """Experiments as a repo without any has them: every point is missing."""
+
+    def __init__(self, repo: Path) -> None:
+        pass
+
+    def status(self, points):
+        return {point: ("missing", None) for point in points}
+
+
+def test_a_committed_report_is_refused_before_anything_is_queued(tmp_path, monkeypatch, caplog):
+    from llama_pe import study as study_module
+    from llama_pe.report import ReportError
+
+    repo = git_repo_with_two_commits(tmp_path)
+    (repo / "params.yaml").write_text(PARAMS.read_text())
+    (repo / "reports").mkdir()
+    (repo / "reports" / "comparison.md").write_text("the committed study\n")
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "study"], cwd=repo, check=True)
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(study_module, "Experiments", NoExperiments)
+    queued = []
+    monkeypatch.setattr(study_module, "queue_point", lambda repo, point: queued.append(point.label))
+    grid = dict(pos="rope", seeds="0", hf=False, sets=[], jobs=1, out_dir=Path("reports"), baseline=[])
+    with pytest.raises(
+        ReportError,
+        match=r"^--out reports: the report would change 1 committed file there "
+        r"\(comparison\.md\); give --out a new folder to write it elsewhere, or --force to overwrite",
+    ):
+        study_module.study(repo, **grid)
+    assert queued == []
+
+    study_module.study(repo, **grid, dry_run=True)  # says so, and goes on saying what it would queue
+    assert "--out reports: the report would change 1 committed file there" in caplog.text
+    with pytest.raises(StudyError, match="1 of 1 experiments failed"):  # queued, then gone: NoExperiments
+        study_module.study(repo, **{**grid, "out_dir": Path("elsewhere")})
+    with pytest.raises(StudyError, match="1 of 1 experiments failed"):
+        study_module.study(repo, **grid, force=True)
+    assert queued == ["rope native seed 0"] * 2
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A copy of the pipeline on a generated corpus with a tiny model and a few steps."""

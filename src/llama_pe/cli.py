@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> None:
         "report", help="aggregate the experiments' seeds: means, intervals, paired differences"
     )
     report.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
-    report.add_argument("--only", action="append", default=[], metavar="KEY=VALUE", help="keep matching experiments")
+    report.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                        help="keep matching experiments, repeatable (default: all)")  # fmt: skip
     report.add_argument(
         "--baseline",
         action="append",
@@ -28,21 +29,32 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="the group the others are compared with (default: model.pos=rope, model.impl=native)",
     )
-    report.add_argument("--out", default="reports", help="folder for the tables (CSV, Markdown) and figures")
+    report.add_argument("--out", default="reports",
+                        help="folder for the tables (CSV, Markdown) and figures (default: %(default)s)")  # fmt: skip
+    report.add_argument("--force", action="store_true", help="overwrite files in --out that git tracks")
     study = commands.add_parser(
         "study", help="queue a grid of experiments on DVC's queue, wait for them and write the report"
     )
-    study.add_argument("--pos", default="rope", help="encodings, comma-separated (model.pos), e.g. rope,alibi")
+    study.add_argument(
+        "--pos", default="rope", help="encodings (model.pos), comma-separated, e.g. rope,alibi (default: %(default)s)"
+    )
     study.add_argument("--hf", action="store_true", help="add transformers' LlamaForCausalLM (model.impl=hf, rope)")
-    study.add_argument("--seeds", default="0", help="train.seed values, comma-separated, e.g. 0,1,2")
+    study.add_argument("--seeds", default="0",
+                       help="train.seed values, comma-separated, e.g. 0,1,2 (default: %(default)s)")  # fmt: skip
     study.add_argument(
         "-S", "--set-param", action="append", default=[], dest="sets", metavar="KEY=VALUE",
         help="a params.yaml override for every experiment of the grid, as dvc exp run -S takes it",
     )  # fmt: skip
-    study.add_argument("-j", "--jobs", type=int, default=1, help="DVC queue workers (dvc queue start -j)")
-    study.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE", help="as for report")
-    study.add_argument("--out", default="reports", help="folder for the report")
-    study.add_argument("--poll", type=float, default=15.0, help="seconds between looks at the queue")
+    study.add_argument("-j", "--jobs", type=int, default=1,
+                       help="DVC queue workers, as dvc queue start -j (default: %(default)s)")  # fmt: skip
+    study.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
+                       help="as for report (default: model.pos=rope, model.impl=native)")  # fmt: skip
+    study.add_argument("--out", default="reports", help="folder for the report (default: %(default)s)")
+    study.add_argument(
+        "--force", action="store_true", help="overwrite files in --out that git tracks (checked before queueing)"
+    )
+    study.add_argument("--poll", type=float, default=15.0,
+                       help="seconds between looks at the queue (default: %(default)s)")  # fmt: skip
     study.add_argument("--dry-run", action="store_true", help="say what exists and what would be queued, only")
     gen = commands.add_parser("generate", help="continue a prompt with a trained model, streaming the text")
     gen.add_argument("--checkpoint", help="a checkpoint file (default: models/best.pt)")
@@ -79,13 +91,13 @@ def main(argv: list[str] | None = None) -> None:
     def report_command() -> None:
         from llama_pe.report import report
 
-        report(".", args.out, args.all_commits, args.only, args.baseline)
+        report(".", args.out, args.all_commits, args.only, args.baseline, args.force)
 
     def study_command() -> None:
         from llama_pe.study import study
 
         study(Path("."), args.pos, args.seeds, args.hf, args.sets, args.jobs, Path(args.out), args.baseline,
-              args.poll, args.dry_run)  # fmt: skip
+              args.poll, args.dry_run, args.force)  # fmt: skip
 
     def generate_command() -> None:
         from llama_pe.generate_command import generate_text, quiet_end_of_stream

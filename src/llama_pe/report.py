@@ -14,6 +14,9 @@ import io
 import logging
 import math
 import re
+import shutil
+import subprocess
+import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,11 +41,14 @@ METRIC_PATTERNS = (
     r"best_val_loss", r"best_val_bpc", r"(val|test|holdout)_(loss|ppl|bpc)", r"ppl_at_\w+", r"sliding_ppl_at_\w+",
     r"tokens_per_sec", r"params",
 )  # fmt: skip
-# Timings vary from run to run of the same code and params; everything else repeats exactly on a CPU.
+# Timings vary from run to run of the same code and params; everything else repeats exactly on a CPU. Runs that
+# shared a machine (queue workers, other work) time the machine's load, not the encoding: a timing is described
+# (mean ± std), never compared.
 TIMING_METRICS = ("tokens_per_sec",)
-# Which way is better, by metric name; a metric in neither gets no verdict (params: a count, not a score).
+# Metrics that describe a run's setting, not its result: the report's opening lines, never compared or averaged.
+SETTING_METRICS = ("trained_steps", "trained_tokens", "unigram_val_bpc")
+# Which way is better, by metric name; any other metric gets no verdict (params: a count, not a score).
 LOWER_IS_BETTER = re.compile(r".*(loss|ppl|bpc)(_at_\w+)?$|^(sliding_)?ppl_at_\w+$")
-HIGHER_IS_BETTER = re.compile(r"^tokens_per_sec$")
 
 
 class ReportError(LlamaPeError, ValueError):
@@ -101,14 +107,14 @@ def experiments_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             # When two metrics files of any listed commit share a name, DVC names both by file
             # (metrics/eval.json:val_loss); a metric is one column whichever file holds it.
             name = key.rsplit(":", 1)[-1] if key.startswith("metrics/") else key
-            if (_is_param(name) or _is_metric(name)) and row.get(name) is None:
+            if (_is_param(name) or _is_metric(name) or name in SETTING_METRICS) and row.get(name) is None:
                 row[name] = _value(value)
         row[CODE] = code_hash(record)
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty or "best_val_loss" not in frame:
         return frame
-    for metric in metric_columns(frame):
+    for metric in [*metric_columns(frame), *(m for m in SETTING_METRICS if m in frame)]:
         frame[metric] = pd.to_numeric(frame[metric], errors="coerce")  # null stays NaN, never a made-up number
     frame = frame[frame["best_val_loss"].notna()]  # queued, running or failed: no metrics
     # The same params and code give the same losses on a CPU: a commit that changed neither repeats its parent's
@@ -265,7 +271,8 @@ def t_interval(values: np.ndarray) -> tuple[float, float, float]:
 
 
 def summarize(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """One row per group and metric: n (runs with a value), mean, std, and the 95% interval's bounds."""
+    """One row per group and metric: n (runs with a value), mean, std, the 95% interval's bounds and, where no run
+    has a value, why (`reason`)."""
     rows = []
     for label, group in iter_groups(frame, keys):
         for metric in metric_columns(frame):
@@ -274,8 +281,35 @@ def summarize(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             rows.append({
                 "group": label, **{k: group[k].iloc[0] for k in keys}, "metric": metric, "n": len(values),
                 "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half,
+                "reason": null_reason(group, metric) if len(values) == 0 else None,
             })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+# ppl_at_0p5x: the test perplexity with windows of 0.5 × train.context (llama_pe.evaluate.metric_suffix).
+CONTEXT_METRIC = re.compile(r"^(?P<mode>sliding_)?ppl_at_(?P<multiple>\d+(p\d+)?)x$")
+
+
+def context_multiple(metric: str) -> float | None:
+    """The multiple of train.context that a perplexity-by-context metric scores at; None for other metrics."""
+    match = CONTEXT_METRIC.match(metric)
+    return float(match["multiple"].replace("p", ".")) if match else None
+
+
+def null_reason(group: pd.DataFrame, metric: str) -> str:
+    """Why no run of the group has the metric, told from what its runs do have (the evaluate stage records a null
+    with its reason; DVC's metrics keep only the null)."""
+    first = group.iloc[0]
+    if first.get(SCALING, "none") != "none":
+        return "scaled evaluation (ppl_at_Kx only)"
+    encoding = first.get("model.pos", "these")
+    multiple = context_multiple(metric)
+    scored_at_1x = "ppl_at_1x" in group and group["ppl_at_1x"].notna().any()
+    if multiple is not None and multiple > 1 and scored_at_1x:  # scored up to the training length, not past it
+        if first.get("data.split") == "random_chunks":
+            return "data.split=random_chunks has no text longer than train.context + 1 tokens"
+        return f"{encoding} positions stop at train.context"
+    return f"not defined for model.pos={encoding}" if "model.pos" in group else "no run recorded it"
 
 
 def iter_groups(frame: pd.DataFrame, keys: list[str]):
@@ -315,32 +349,48 @@ def paired_differences(frame: pd.DataFrame, keys: list[str], baseline: dict[str,
                 f"{label}: none of its runs ({SEED} {_seeds(group)}) pairs with a run of the baseline "
                 f"({SEED} {_seeds(base)}); run the same seeds for both, or choose another --baseline"
             )
-        for metric in metric_columns(frame):
+        for metric in compared_metrics(frame):
             paired = group.set_index(SEED)[metric].astype(float) - base_by_seed[metric].astype(float)
             diffs = paired.dropna().to_numpy()  # only seeds where both runs have a value
             mean, std, half = t_interval(diffs)
             rows.append({
                 "group": label, "metric": metric, "n_pairs": len(diffs), "mean_diff": mean, "std_diff": std,
-                "ci95_low": mean - half, "ci95_high": mean + half, "verdict": verdict(metric, mean, half),
+                "ci95_low": mean - half, "ci95_high": mean + half,
+                "verdict": unpaired_reason(group, base, metric) if len(diffs) == 0 else verdict(metric, mean, half),
             })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def compared_metrics(frame: pd.DataFrame) -> list[str]:
+    """The metrics that groups are compared on: every metric but the timings (see TIMING_METRICS)."""
+    return [metric for metric in metric_columns(frame) if metric not in TIMING_METRICS]
+
+
+def unpaired_reason(group: pd.DataFrame, base: pd.DataFrame, metric: str) -> str:
+    """Why no seed pairs a value of the group with one of the baseline."""
+    if group[metric].isna().all():
+        return f"n/a: {null_reason(group, metric)}"
+    if base[metric].isna().all():
+        return f"n/a: baseline: {null_reason(base, metric)}"
+    return f"n/a: no seed has a value in both (group {SEED} {_seeds(group)}, baseline {_seeds(base)})"
 
 
 def _seeds(frame: pd.DataFrame) -> str:
     return ", ".join(str(seed) for seed in sorted(frame[SEED].unique()))
 
 
+ONE_PAIR = "(1 pair: no interval, no verdict)"
+
+
 def verdict(metric: str, mean_diff: float, half_width: float) -> str:
     """better or worse when the 95% interval of the paired difference excludes 0; else seed noise."""
-    if math.isnan(mean_diff) or math.isnan(half_width):
-        return "too few pairs"
-    lower_better = bool(LOWER_IS_BETTER.match(metric))
-    if not lower_better and not HIGHER_IS_BETTER.match(metric):
+    if not LOWER_IS_BETTER.match(metric) or metric in TIMING_METRICS:
         return "-"
+    if math.isnan(half_width):
+        return ONE_PAIR
     if abs(mean_diff) <= half_width:
         return NOISE
-    improved = mean_diff < 0 if lower_better else mean_diff > 0
-    return "better" if improved else "worse"
+    return "better" if mean_diff < 0 else "worse"
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -351,17 +401,27 @@ DEFAULT_BASELINE = ("model.pos=rope", "model.impl=native")
 VAL_CURVE = "plots/train/plots/metrics/val"
 
 
-def report(repo: str | Path, out_dir: str | Path, all_commits: bool, only: list[str], baseline: list[str]) -> None:
+# A clone has the commits but not the experiments: say where they are, and what stands in for them.
+NO_EXPERIMENTS = (
+    "no DVC experiments here, only the runs that commits hold: experiments are git refs that `git clone` does not "
+    "fetch; `dvc exp pull origin -A --no-cache` brings their params and metrics where origin has them, and without "
+    "them the committed reports/ are the studies' record"
+)
+
+
+def report(
+    repo: str | Path, out_dir: str | Path, all_commits: bool, only: list[str], baseline: list[str], force: bool = False
+) -> None:
     """`llama-pe report`: read the experiments, select, aggregate and write the tables and figures."""
     frame = read_experiments(repo, all_commits)
-    if not frame.empty and (frame["name"] == frame["rev"]).all():  # an experiment's name is not its revision
-        log.warning(
-            "no DVC experiments here, only the runs that commits hold: experiments are git refs that `git clone` "
-            "does not fetch; `dvc exp pull origin -A --no-cache` brings their params and metrics"
-        )
+    commits_only = not frame.empty and (frame["name"] == frame["rev"]).all()  # an experiment's name is not its rev
+    if commits_only:
+        log.warning(NO_EXPERIMENTS)
     frame = select(frame, only)
+    if frame.empty and commits_only:
+        raise ReportError(f"--only {', '.join(only)}: no run matches; {NO_EXPERIMENTS}")
     wanted = baseline_conditions(frame, baseline)
-    write_report(frame, Path(out_dir), wanted, read_val_curves(repo, frame))
+    write_report(frame, Path(out_dir), wanted, read_val_curves(repo, frame), force)
 
 
 def baseline_conditions(frame: pd.DataFrame, baseline: list[str]) -> dict[str, Any]:
@@ -390,16 +450,37 @@ def read_val_curves(repo: str | Path, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_report(
-    frame: pd.DataFrame, out_dir: Path, baseline: dict[str, Any], curves: pd.DataFrame | None = None
-) -> dict[str, Path]:
-    """The tables (runs.csv, summary.csv, comparison.md) and, given the curves, the figures; returns their paths."""
-    from llama_pe import report_figures  # matplotlib is slow to import
+    frame: pd.DataFrame, out_dir: Path, baseline: dict[str, Any], curves: pd.DataFrame | None = None,
+    force: bool = False,
+) -> dict[str, Path]:  # fmt: skip
+    """The tables (runs.csv, summary.csv, comparison.md) and, given the curves, the figures; returns their paths.
 
+    Everything is drafted aside first: a committed file (one that git tracks) is changed only with `force`, so a
+    narrower report never silently replaces a study's record.
+    """
     if frame.empty:
         raise ReportError(
             "no finished experiments selected: run some (dvc exp run, llama-pe study) or widen the selection "
             "(--all-commits for the experiments of every commit, fewer --only)"
         )
+    with tempfile.TemporaryDirectory(prefix="llama-pe-report.") as tmp:
+        drafts, described = draft_report(frame, Path(tmp), baseline, curves)
+        if not force:
+            refuse_overwrite(out_dir, drafts)
+        paths = {name: out_dir / name for name in drafts}
+        for name, draft in drafts.items():
+            with atomic_path(paths[name]) as final:
+                shutil.copyfile(draft, final)
+    log.info("%s: wrote %s", described, ", ".join(map(str, paths.values())))
+    return paths
+
+
+def draft_report(
+    frame: pd.DataFrame, out_dir: Path, baseline: dict[str, Any], curves: pd.DataFrame | None
+) -> tuple[dict[str, Path], str]:
+    """write_report's files, written into out_dir by name; and a line that says what they hold."""
+    from llama_pe import report_figures  # matplotlib is slow to import
+
     trained, frame = frame, with_rope_scaling_rows(frame)
     if SCALING in frame and SCALING not in baseline:
         baseline = {**baseline, SCALING: "none"}  # the baseline as trained, not one of its scaled evaluations
@@ -415,7 +496,9 @@ def write_report(
     for name, table in tables.items():
         with atomic_path(paths[name]) as tmp:
             table.to_csv(tmp, index=False)
-    write_text(paths["comparison.md"], comparison_markdown(summary, diffs, keys, baseline))
+    if warning := untrained_warning(trained):
+        log.warning(warning)
+    write_text(paths["comparison.md"], comparison_markdown(trained, summary, diffs, keys, baseline))
     paths["extrapolation.png"] = report_figures.extrapolation(frame, keys, out_dir / "extrapolation.png")
     paths["bpc.png"] = report_figures.bits_per_character(trained, group_keys(trained), out_dir / "bpc.png")
     if curves is not None:
@@ -423,31 +506,82 @@ def write_report(
         paths["val_curves.png"] = report_figures.val_curves(trained, group_keys(trained), curves,
                                                             out_dir / "val_curves.png")  # fmt: skip
     runs = f"{len(trained)} experiment" + ("s" if len(trained) != 1 else "")
-    log.info("%s in %d groups by %s: wrote %s", runs, summary["group"].nunique(),
-             ", ".join(keys) or "nothing", ", ".join(map(str, paths.values())))  # fmt: skip
-    return paths
+    return paths, f"{runs} in {summary['group'].nunique()} groups by {', '.join(keys) or 'nothing'}"
 
 
-# The first table's columns: the answer at a glance.
-HEADLINE = ("best_val_loss", "test_ppl", "holdout_bpc", "ppl_at_8x", "sliding_ppl_at_8x", "tokens_per_sec")
+# ---------------------------------------------------------------------------------------------- committed files
 
 
-def comparison_markdown(summary: pd.DataFrame, diffs: pd.DataFrame, keys: list[str], baseline: dict[str, Any]) -> str:
-    def cell(row: pd.Series) -> str:
-        if row["n"] == 0:
-            return "null"
-        std = "" if math.isnan(row["std"]) else f" ± {row['std']:.4g}"
-        return f"{row['mean']:.4g}{std} (n={row['n']})"
+# Every file a report can write into its folder (val_curves.*: when the experiments' curves are read).
+REPORT_FILES = (
+    "runs.csv", "summary.csv", "comparison.md", "val_curves.csv", "extrapolation.png", "bpc.png", "val_curves.png",
+)  # fmt: skip
 
+
+def refuse_overwrite(out_dir: Path, drafts: dict[str, Path]) -> None:
+    """Refuse to change a file under out_dir that git tracks: bytes equal to the draft's may stay as they are."""
+    changed = [name for name in committed(out_dir, drafts) if not _same_bytes(out_dir / name, drafts[name])]
+    if changed:
+        raise ReportError(overwrite_message(out_dir, changed))
+
+
+def refuse_committed_folder(out_dir: Path) -> None:
+    """Refuse a folder that holds a committed report (before a study trains runs that would change it)."""
+    if names := committed(out_dir, REPORT_FILES):
+        raise ReportError(overwrite_message(out_dir, names))
+
+
+def overwrite_message(out_dir: Path, names: list[str]) -> str:
+    files = f"{len(names)} committed file{'s' if len(names) != 1 else ''}"
+    return (f"--out {out_dir}: the report would change {files} there ({', '.join(names)}); give --out a new folder "
+            "to write it elsewhere, or --force to overwrite them")  # fmt: skip
+
+
+def committed(out_dir: Path, names: Iterable[str]) -> list[str]:
+    """Those of the names whose files under out_dir git tracks; none when out_dir is in no git repository."""
+    names = list(names)
+    folder = out_dir.absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.is_dir())  # git needs a folder to run in
+    listed = subprocess.run(["git", "ls-files", "-z", "--", *(str(folder / name) for name in names)],
+                            cwd=existing, capture_output=True, text=True)  # fmt: skip
+    if listed.returncode != 0:
+        return []  # not in a git repository: nothing is committed
+    tracked = {(existing / path).resolve() for path in listed.stdout.split("\0") if path}
+    return [name for name in names if (folder / name).resolve() in tracked]
+
+
+def _same_bytes(path: Path, draft: Path) -> bool:
+    return path.is_file() and path.read_bytes() == draft.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------- comparison.md
+
+
+# The first table's columns: the answer at a glance. Timings are no part of it (TIMING_METRICS).
+HEADLINE = ("best_val_loss", "test_ppl", "holdout_bpc", "ppl_at_8x", "sliding_ppl_at_8x")
+TIMING_NOTE = (
+    "Not a speed comparison: runs shared a machine (queue workers, other work), so a timing describes its run's "
+    "machine, not its encoding; `llama-pe bench` compares speed. Mean ± std over seeds, no verdict.\n"
+)
+
+
+def comparison_markdown(
+    trained: pd.DataFrame, summary: pd.DataFrame, diffs: pd.DataFrame, keys: list[str], baseline: dict[str, Any]
+) -> str:
+    """The report's reading: the runs' setting, the headline, perplexity by context, the paired verdicts, the rest."""
     groups = list(dict.fromkeys(summary["group"]))  # the experiments' order, not the alphabet's
     metrics = list(dict.fromkeys(summary["metric"]))
-    cells = summary.assign(cell=summary.apply(cell, axis=1)).pivot(index="group", columns="metric", values="cell")
+    cells = summary.assign(cell=summary.apply(_summary_cell, axis=1)).pivot(index="group", columns="metric",
+                                                                           values="cell")  # fmt: skip
     cells = cells.reindex(index=groups, columns=metrics)
-    headline = [m for m in HEADLINE if m in metrics]
-    by_context = [m for m in metrics if re.fullmatch(r"(sliding_)?ppl_at_\w+", m)]
+    compared = [m for m in metrics if m not in TIMING_METRICS]
+    headline = [m for m in HEADLINE if m in compared]
+    by_context = [m for m in compared if CONTEXT_METRIC.match(m)]
     parts = [
         "# Position encodings compared\n",
-        f"Groups by {', '.join(f'`{k}`' for k in keys) or 'nothing'}; each cell is mean ± std over seeds (n runs).\n",
+        *setting_lines(trained),
+        f"\nGroups by {', '.join(f'`{k}`' for k in keys) or 'nothing'}; each cell is mean ± std over seeds (n runs), "
+        "or n/a with the reason no run has a value.\n",
         "## Headline\n",
         markdown_table(cells[headline].reset_index()),
     ]
@@ -455,23 +589,104 @@ def comparison_markdown(summary: pd.DataFrame, diffs: pd.DataFrame, keys: list[s
         parts += ["\n## Test perplexity by evaluation context (multiples of train.context)\n",
                   markdown_table(cells[by_context].reset_index())]  # fmt: skip
     if not diffs.empty:
-        wanted = ", ".join(f"{k}={v}" for k, v in baseline.items())
-        interval = diffs.apply(lambda r: f"{r['mean_diff']:+.4g} [{r['ci95_low']:+.4g}, {r['ci95_high']:+.4g}]", axis=1)
-        diffs = diffs.assign(difference=interval)
-        verdicts = diffs.assign(cell=diffs["difference"] + " " + diffs["verdict"])
-        verdicts = verdicts.pivot(index="group", columns="metric", values="cell")
-        verdicts = verdicts.reindex(index=[g for g in groups if g in verdicts.index], columns=headline)
-        parts += [
-            f"\n## Against {wanted}, paired by seed\n",
-            "Mean difference (group − baseline) over the seeds both ran, with its Student's t 95% interval; *better* "
-            "or *worse* only when the interval excludes 0.\n",
-            markdown_table(verdicts.reset_index()),
-        ]
-    parts += ["\n## Every metric\n", markdown_table(cells.reset_index())]
+        diffs = diffs.assign(difference=diffs.apply(_difference, axis=1))
+        parts += _verdicts(diffs, [g for g in groups if g in set(diffs["group"])], headline, baseline)
+    parts += ["\n## Every metric\n", markdown_table(cells[compared].reset_index())]
+    if timings := [m for m in metrics if m in TIMING_METRICS]:
+        parts += ["\n## Timings\n", TIMING_NOTE, markdown_table(cells[timings].reset_index())]
     if not diffs.empty:
         parts += ["\n## Every paired difference\n",
                   markdown_table(diffs[["group", "metric", "n_pairs", "difference", "verdict"]])]  # fmt: skip
     return "\n".join(parts) + "\n"
+
+
+def _verdicts(diffs: pd.DataFrame, groups: list[str], headline: list[str], baseline: dict[str, Any]) -> list[str]:
+    wanted = ", ".join(f"{k}={v}" for k, v in baseline.items())
+    verdicts = diffs.assign(cell=(diffs["difference"] + " " + diffs["verdict"]).str.strip())
+    verdicts = verdicts.pivot(index="group", columns="metric", values="cell").reindex(index=groups, columns=headline)
+    return [
+        f"\n## Against {wanted}, paired by seed\n",
+        "Mean difference (group − baseline) over the seeds both ran, with its Student's t 95% interval; *better* "
+        "or *worse* only when the interval excludes 0.\n",
+        markdown_table(verdicts.reset_index()),
+    ]
+
+
+def _summary_cell(row: pd.Series) -> str:
+    if row["n"] == 0:
+        return f"n/a: {row['reason']}"
+    std = "" if math.isnan(row["std"]) else f" ± {row['std']:.4g}"
+    return f"{row['mean']:.4g}{std} (n={row['n']})"
+
+
+def _difference(row: pd.Series) -> str:
+    """The mean paired difference and its interval; empty when no seed pairs (the verdict says why)."""
+    if row["n_pairs"] == 0:
+        return ""
+    interval = "" if math.isnan(row["ci95_low"]) else f" [{row['ci95_low']:+.4g}, {row['ci95_high']:+.4g}]"
+    return f"{row['mean_diff']:+.4g}{interval}"
+
+
+def setting_lines(trained: pd.DataFrame) -> list[str]:
+    """What the runs were: size, budget, seeds, code; a verdict read without its setting misleads."""
+    keys = group_keys(trained)
+    sizes = pd.Series([len(group) for _, group in iter_groups(trained, keys)])
+    n = f"{sizes.min()}" if sizes.nunique() == 1 else f"{sizes.min()} to {sizes.max()}"
+    seeds = ", ".join(str(seed) for seed in sorted(trained[SEED].unique())) if SEED in trained else "not recorded"
+    budget = [f"{name}={value}" for name in ("train.max_steps", "train.max_tokens", "train.context")
+              if (value := describe_values(trained, name)) is not None]  # fmt: skip
+    done = [f"{value} {unit}" for name, unit in (("trained_steps", "steps"), ("trained_tokens", "tokens"))
+            if (value := describe_values(trained, name)) is not None]  # fmt: skip
+    lines = [
+        f"- **Runs:** {len(trained)}, in {len(sizes)} group{'s' if len(sizes) != 1 else ''} of n = {n} "
+        f"({SEED} {seeds})",
+        f"- **Model:** model.size={describe_values(trained, 'model.size') or 'not recorded'}, "
+        f"{describe_values(trained, 'params') or 'an unrecorded number of'} parameters",
+        f"- **Budget:** {', '.join(budget) or 'not recorded'}; "
+        + (f"trained {' and '.join(done)} per run" if done else "steps and tokens trained not recorded"),
+        f"- **Code:** {describe_values(trained, CODE) or 'not recorded'} (the hash of the stages' source files; "
+        "runs.csv names each run's revision)",
+    ]
+    if sizes.min() < 2:
+        lines.append("- **n = 1:** a group with one run has no interval, and no verdict against the baseline")
+    if warning := untrained_warning(trained):
+        lines.append(f"- **Warning:** {warning}")
+    return lines
+
+
+def untrained_warning(trained: pd.DataFrame) -> str | None:
+    """A warning when runs do not beat a unigram model on validation: a verdict between them is one between
+    untrained models."""
+    if not {"best_val_bpc", "unigram_val_bpc"} <= set(trained.columns):
+        return None
+    both = trained[["best_val_bpc", "unigram_val_bpc"]].dropna()
+    untrained = int((both["best_val_bpc"] >= both["unigram_val_bpc"]).sum())
+    if not untrained:
+        return None
+    return (f"{untrained} of {len(both)} runs do not beat a unigram model (best_val_bpc ≥ unigram_val_bpc): these "
+            "models are barely trained, and the verdicts describe untrained models, not the encodings")  # fmt: skip
+
+
+def describe_values(frame: pd.DataFrame, column: str) -> str | None:
+    """A column's values over the runs: `400`, `400 (25 runs), 312 (2 runs)`, `300 to 400`; None when none has one."""
+    values = frame[column].dropna() if column in frame else pd.Series(dtype=object)
+    if values.empty:
+        return None
+    counts = values.map(_plain).value_counts()
+    if len(counts) == 1:
+        return str(counts.index[0])
+    if len(counts) > 3 and pd.api.types.is_numeric_dtype(values):
+        return f"{_plain(values.min())} to {_plain(values.max())}"
+    return ", ".join(f"{value} ({count} run{'s' if count != 1 else ''})" for value, count in counts.items())
+
+
+def _plain(value: Any) -> str:
+    """A number as a reader writes it: 819,200 and 400, not 819200.0."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
 
 
 def markdown_table(frame: pd.DataFrame) -> str:

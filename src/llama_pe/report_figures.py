@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import matplotlib
@@ -14,10 +13,8 @@ import pandas as pd
 
 from llama_pe.io import atomic_path
 from llama_pe.plotting import plain_log_y
-from llama_pe.report import SCALING, iter_groups, short_label, t_interval
+from llama_pe.report import CONTEXT_METRIC, SCALING, context_multiple, iter_groups, short_label, t_interval
 
-# ppl_at_0p5x: the test perplexity with windows of 0.5 × train.context (llama_pe.evaluate.metric_suffix).
-CONTEXT_METRIC = re.compile(r"^(?P<mode>sliding_)?ppl_at_(?P<multiple>\d+(p\d+)?)x$")
 BAND = "mean ± std over seeds"
 
 
@@ -63,7 +60,7 @@ def extrapolation(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
         ax.set_xticks(ticks, [f"{c:g}" for c in ticks])
     axes[0].set_ylabel(f"test perplexity ({BAND})")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
-    fig.suptitle("Length extrapolation")
+    fig.suptitle(f"Length extrapolation ({seeds_note(group_sizes(frame, keys), 'band')})")
     return _save(fig, out)
 
 
@@ -93,7 +90,7 @@ def _context_points(group: pd.DataFrame, mode: str) -> pd.DataFrame:
         values = group[column].dropna().astype(float).to_numpy()  # learned past its table: null, left out
         if len(values) == 0:
             continue
-        multiple = float(match["multiple"].replace("p", "."))
+        multiple = context_multiple(column)
         mean, std = float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         context = multiple * float(group["train.context"].iloc[0])
         rows.append({"context": context, "mean": mean, "low": mean - std, "high": mean + std})
@@ -114,7 +111,7 @@ def val_curves(frame: pd.DataFrame, keys: list[str], curves: pd.DataFrame, out: 
                         color=line[0].get_color(), alpha=0.2)  # fmt: skip
     ax.set_xlabel("tokens seen")
     ax.set_ylabel(f"validation loss, nats per token ({BAND})")
-    ax.set_title("Validation loss during training")
+    ax.set_title(f"Validation loss during training ({seeds_note(group_sizes(frame, keys), 'band')})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, out)
@@ -134,9 +131,26 @@ def bits_per_character(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
     ax.set_xlim(-0.6, len(labels) - 0.4)
     ax.set_ylabel("held-out bits per character")
-    ax.set_title("Held-out bits per character (mean with 95% t interval; small dots: seeds)")
+    sizes = group_sizes(frame, keys)
+    interval = "mean with 95% t interval, " if max(sizes) > 1 else ""  # t needs two runs
+    ax.set_title(f"Held-out bits per character\n({interval}{seeds_note(sizes, 'interval')}; small dots: seeds)",
+                 fontsize=10)  # fmt: skip
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, out)
+
+
+def group_sizes(frame: pd.DataFrame, keys: list[str]) -> list[int]:
+    return [len(group) for _, group in iter_groups(frame, keys)]
+
+
+def seeds_note(sizes: list[int], spread: str) -> str:
+    """The runs behind each group's mean, for a title: `n = 3 seeds per group`, `n = 1, no interval`."""
+    low, high = min(sizes), max(sizes)
+    if high < 2:
+        return f"n = 1, no {spread}"
+    if low == high:
+        return f"n = {low} seeds per group"
+    return f"n = {low} to {high} seeds per group" + (f", no {spread} where n = 1" if low < 2 else "")
 
 
 def _save(fig, out: Path) -> Path:

@@ -290,9 +290,12 @@ class StudyResult:
 
 def run_study(
     repo: Path, points: list[Point], jobs: int = 1, poll_seconds: float = 15.0, dry_run: bool = False,
-    on_progress: Callable[[dict[str, int]], None] | None = None,
+    on_progress: Callable[[dict[str, int]], None] | None = None, before_queueing: Callable[[], None] | None = None,
 ) -> StudyResult:  # fmt: skip
-    """Queue the points that have no experiment yet, start DVC's queue and wait until none is queued or running."""
+    """Queue the points that have no experiment yet, start DVC's queue and wait until none is queued or running.
+
+    before_queueing: called when there is something to queue, before anything is (a check that may refuse).
+    """
     experiments = Experiments(repo)
     status = experiments.status(points)
     to_queue = [p for p in points if status[p][0] in ("missing", "failed")]
@@ -301,6 +304,8 @@ def run_study(
     for point in points:
         state, record = status[point]
         log.info("  %-28s %s%s", point.label, state, f" ({record['Experiment']})" if record else "")
+    if to_queue and before_queueing is not None:
+        before_queueing()
     if dry_run:
         return StudyResult({}, {}, [])
     with branch_kept(repo):
@@ -334,23 +339,43 @@ def finished_records(repo: Path, finished: Iterable[dict[str, Any]]) -> list[dic
 
 def study(
     repo: Path, pos: str, seeds: str, hf: bool, sets: list[str], jobs: int, out_dir: Path, baseline: list[str],
-    poll_seconds: float = 15.0, dry_run: bool = False,
+    poll_seconds: float = 15.0, dry_run: bool = False, force: bool = False,
 ) -> None:  # fmt: skip
-    """`llama-pe study`: check the grid, run what is missing through DVC's queue, report the whole grid."""
+    """`llama-pe study`: check the grid, run what is missing through DVC's queue, report the whole grid.
+
+    A report of new runs changes a committed report in out_dir: without `force` that is refused before anything is
+    queued, not after the training; with nothing to queue, the report is written if it changes no committed file.
+    """
     from tqdm import tqdm
 
-    from llama_pe.report import baseline_conditions, experiments_frame, read_val_curves, write_report
+    from llama_pe.report import (
+        ReportError,
+        baseline_conditions,
+        experiments_frame,
+        read_val_curves,
+        refuse_committed_folder,
+        write_report,
+    )
 
     if jobs < 1:
         raise StudyError(f"--jobs: expected a number of queue workers >= 1, got {jobs}")
     points = parse_grid(pos, seeds, hf, sets, repo / "params.yaml")
+
+    def check_out_dir() -> None:
+        try:
+            refuse_committed_folder(out_dir)
+        except ReportError as err:
+            if not dry_run:
+                raise
+            log.warning("%s (dry run: nothing queued, nothing written)", err)
+
     with tqdm(total=len(points), unit="exp", desc="study", disable=dry_run) as bar:
 
         def progress(counts: dict[str, int]) -> None:
             bar.n = counts["done"]
             bar.set_postfix(running=counts["running"], queued=counts["queued"], failed=counts["failed"])
 
-        result = run_study(repo, points, jobs, poll_seconds, dry_run, progress)
+        result = run_study(repo, points, jobs, poll_seconds, dry_run, progress, None if force else check_out_dir)
     if dry_run:
         return
     for point, record in result.failed.items():
@@ -363,7 +388,7 @@ def study(
         frame = experiments_frame(finished_records(repo, result.finished.values()))
         order = {record["rev"][:7]: index for index, record in enumerate(result.finished.values())}
         frame = frame.sort_values("rev", key=lambda revs: revs.str[:7].map(order)).reset_index(drop=True)  # grid order
-        write_report(frame, out_dir, baseline_conditions(frame, baseline), read_val_curves(repo, frame))
+        write_report(frame, out_dir, baseline_conditions(frame, baseline), read_val_curves(repo, frame), force)
     if result.failed:
         names = ", ".join(point.label for point in result.failed)
         raise StudyError(
