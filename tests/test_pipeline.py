@@ -69,7 +69,10 @@ def test_changing_vocab_size_reruns_tokenizer_and_encode_only(project):
 def test_exp_run_with_another_encoding_writes_its_metrics(project):
     root, env = project
     out = run(["dvc", "exp", "run", "-n", "alibi", "-S", "model.pos=alibi"], root, env)
-    assert "Stage 'encode' didn't change, skipping" in out and "Running stage 'train'" in out
+    for stage in ("download", "tokenizer", "encode"):  # the check stage runs, and its stamp keeps its hash
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    for stage in ("train", "evaluate", "plot"):
+        assert f"Running stage '{stage}'" in out
     metrics = json.loads((root / "metrics/train.json").read_text())
     assert metrics["best_val_bpc"] < metrics["unigram_val_bpc"]
     table = run(["dvc", "exp", "show", "--csv"], root, env)
@@ -87,6 +90,7 @@ def test_exp_run_with_another_encoding_writes_its_metrics(project):
 
 
 def _generate(root: Path, env: dict[str, str], *source: str) -> subprocess.CompletedProcess:
+    """`llama-pe generate` in root; with no source, from models/best.pt."""
     command = [sys.executable, "-m", "llama_pe.cli", "generate", *source, "--prompt", "First", "--tokens", "12",
                "--temperature", "0"]  # fmt: skip
     return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
@@ -172,7 +176,7 @@ def test_a_fresh_repro_refuses_a_bad_model_setting_in_its_first_stage(tmp_path, 
     env = make_dvc_project(root, tmp_path / "mirror", generate_corpus(n_speeches=50), params)
     result = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
     assert result.returncode != 0
-    assert "Running stage 'download'" in result.stdout and "Running stage 'tokenizer'" not in result.stdout
+    assert "Running stage 'check'" in result.stdout and "Running stage 'download'" not in result.stdout
     assert message in result.stderr + result.stdout and "Traceback" not in result.stderr
     assert not (root / "data").exists()
 
@@ -267,10 +271,117 @@ def test_a_damaged_best_checkpoint_is_one_clear_line_in_evaluate_and_export(proj
             assert "Traceback" not in result.stderr, result.stderr
             errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
             assert len(errors) == 1, result.stderr
-            expected = "is not a llama-pe checkpoint" if kind == "foreign" else "is not a readable checkpoint"
+            expected = {
+                "foreign": "is not a llama-pe checkpoint", "empty": "is empty, not a checkpoint",
+                "text": "is not a checkpoint (torch.save writes a zip archive",
+                "truncated": "is not a readable checkpoint, truncated or damaged",
+            }[kind]  # fmt: skip
             assert str(checkpoint) in errors[0] and expected in errors[0]
-            assert "the `train` stage writes it" in errors[0] and "dvc repro -f --downstream train" in errors[0]
+            # Not the pipeline's own output: no DVC command brings it back.
+            assert errors[0].endswith("give a checkpoint that the `train` stage wrote (models/best.pt)")
         assert not (tmp_path / "hf").exists()
+
+
+def _commit(root: Path, env: dict[str, str], message: str) -> None:
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", message, "--allow-empty"], root, env)
+
+
+def _outputs(root: Path) -> dict[str, bytes]:
+    return {**tree_bytes(root / "metrics"), **tree_bytes(root / "plots"), **tree_bytes(root / "models/best.pt")}
+
+
+def test_a_refused_value_is_refused_before_dvc_removes_any_output(project):
+    root, env = project
+    run(["dvc", "repro"], root, env)
+    _commit(root, env, "a trained model")
+    before = _outputs(root)
+    result = subprocess.run(["dvc", "exp", "run", "-S", "model.n_heads=5"], cwd=root, env=env, capture_output=True,
+                            text=True)  # fmt: skip
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in out
+    assert "Running stage 'check'" in out and "Running stage 'train'" not in out
+    assert "model.dim: 32 is not divisible by model.n_heads=5" in out
+    assert {
+        **tree_bytes(root / "metrics"),
+        **tree_bytes(root / "plots"),
+        **tree_bytes(root / "models/best.pt"),
+    } == before
+    run(["git", "checkout", "--", "params.yaml"], root, env)
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], root, env)
+
+
+def test_params_changed_while_training_fail_the_stage_and_dvc_records_nothing(project):
+    root, env = project
+    run(["dvc", "repro"], root, env)
+    lock, params = (root / "dvc.lock").read_text(), (root / "params.yaml").read_text()
+    (root / "models/last.pt").unlink()
+    process = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "train"], cwd=root, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (root / "models/last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "training finished before params.yaml could be changed"
+    changed = yaml.safe_load(params)
+    changed["model"]["pos"] = "alibi"  # what a `dvc exp run -S model.pos=alibi` started meanwhile writes
+    (root / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode != 0
+    assert "params changed while the `train` stage ran (model.pos: 'rope' -> 'alibi')" in out
+    assert (root / "dvc.lock").read_text() == lock  # nothing recorded: no `pos: alibi` beside a rope model
+    assert "Data and pipelines are up to date" not in run(["dvc", "status"], root, env)
+    (root / "params.yaml").write_text(params)
+    run(["dvc", "repro"], root, env)
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], root, env)
+
+
+def _advised(stderr: str) -> list[str]:
+    """The DVC command that the one error line suggests, as words to run."""
+    errors = [line for line in stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    commands = re.findall(r"`(dvc [^`]+)`", errors[0])
+    assert len(commands) == 1, errors[0]
+    return shlex.split(commands[0])
+
+
+def test_a_damaged_model_gets_advice_that_restores_it_from_the_cache(project):
+    root, env = project
+    run(["dvc", "repro"], root, env)
+    best = root / "models/best.pt"
+    good = best.read_bytes()
+    best.write_bytes(good[: len(good) // 2])
+    damaged = _generate(root, env)
+    assert damaged.returncode == 1
+    advice = _advised(damaged.stderr)
+    assert advice == ["dvc", "checkout", "--force", "models/best.pt"]
+    run(advice, root, env)
+    assert best.read_bytes() == good
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], root, env)
+
+
+def test_in_a_fresh_clone_the_advice_is_to_train_and_it_works(project, tmp_path):
+    root, env = project
+    run(["dvc", "repro"], root, env)
+    _commit(root, env, "a trained model")
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+
+    from_head = _generate(clone, env, "--exp", "HEAD")
+    assert from_head.returncode == 1
+    assert "is not in this repository's DVC cache (a fresh clone's cache is empty); `dvc repro` trains it into " \
+           "models/best.pt, then give --checkpoint models/best.pt" in from_head.stderr  # fmt: skip
+
+    (clone / "models").mkdir()
+    (clone / "models/best.pt").write_bytes(b"PK\x03\x04 damaged")
+    damaged = _generate(clone, env)
+    assert damaged.returncode == 1
+    advice = _advised(damaged.stderr)
+    assert advice == ["dvc", "repro", "train"]
+    run(advice, clone, env)
+    assert _generate(clone, env, "--checkpoint", "models/best.pt").returncode == 0
+    run(["dvc", "repro"], clone, env)  # what the --exp HEAD message advises
+    same = _generate(clone, env, "--exp", "HEAD")  # the same code, params and data make the same bytes
+    assert same.returncode == 0, same.stderr
 
 
 def test_editing_the_model_code_trains_again_under_dvc_repro(project):
