@@ -17,7 +17,9 @@ import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,17 +27,22 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from llama_pe.config import config_from_dict
+from llama_pe.config import SIZES, Config, TrainConfig, config_from_dict
 from llama_pe.device import FUSED_ADAMW_DEVICES, autocast, resolve_device, resolve_precision
 from llama_pe.errors import ConfigError
-from llama_pe.generate import generate
+from llama_pe.generate import generate, stream_tokens
 from llama_pe.io import write_json
 from llama_pe.model import build_model, model_args_from_config
+from llama_pe.model.position import POSITION_ENCODINGS
 
 log = logging.getLogger(__name__)
 
 VOCAB = 8192  # the default tokenizer's
+PROFILED_STEPS = 3
+GENERATION_PAIRS = 5
 
 
 @dataclass(frozen=True)
@@ -58,10 +65,23 @@ class Figures:
     params: int = 0
 
 
-def model_for(params: dict[str, Any], variant: Variant, context: int, device: torch.device) -> nn.Module:
+@dataclass
+class Run:
+    """One variant's model, optimizer and figures, kept across the rounds."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    figures: Figures
+
+
+def variant_config(params: dict[str, Any], variant: Variant) -> Config:
     params = copy.deepcopy(params)
     params["model"].update(impl=variant.impl, pos=variant.pos, dropout=variant.dropout)
-    cfg = config_from_dict(params)  # the same checks as the pipeline's
+    return config_from_dict(params)  # the same checks as the pipeline's
+
+
+def model_for(params: dict[str, Any], variant: Variant, context: int, device: torch.device) -> nn.Module:
+    cfg = variant_config(params, variant)
     return build_model(model_args_from_config(cfg.model, vocab_size=VOCAB, context=context)).to(device)
 
 
@@ -134,7 +154,7 @@ def eval_seconds(model, batch, steps: int, amp, device) -> float:
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::addmm_")
 
 
-def profile_training(model, optimizer, batch, amp, device, steps: int = 3) -> tuple[str, dict[str, float]]:
+def profile_training(model, optimizer, batch, amp, device, steps: int = PROFILED_STEPS) -> tuple[str, dict[str, float]]:
     """torch.profiler over `steps` training steps: the table of the costliest ops, and where the time went.
 
     gemm_share: the share of the profiled op time spent in the linear layers' matrix multiplies; gemm_efficiency:
@@ -200,66 +220,106 @@ def cpu_peak_memory_mb(params: dict, variant: Variant, context: int, batch_size:
     return peak
 
 
+# The least value of each count option.
+LEAST = {"--rounds": 1, "--steps": 1, "--warmup": 0, "--context": 1, "--batch-size": 1, "--generate-tokens": 0}
+
+
+def parse_dropouts(text: str) -> list[float]:
+    """--dropout's comma-separated numbers; their range is check_settings' to check."""
+    values = []
+    for item in text.split(","):
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise ConfigError(f"--dropout: expected numbers in [0, 1), comma-separated, e.g. 0,0.1; "
+                              f"{item!r} is not a number") from None  # fmt: skip
+    return values
+
+
+def check_settings(
+    size: str, encodings: list[str], dropouts: list[float], counts: dict[str, int], device_setting: str,
+    precision_setting: str,
+) -> tuple[torch.device, str]:  # fmt: skip
+    """Every option of bench, before anything is built or timed; the device and precision they resolve to."""
+    if size not in SIZES:
+        raise ConfigError(f"--size: unknown size {size!r}; valid sizes: {', '.join(SIZES)}")
+    for name in encodings:
+        if name not in POSITION_ENCODINGS:
+            raise ConfigError(f"--pos: unknown position encoding {name!r}; valid: {', '.join(POSITION_ENCODINGS)}")
+    for dropout in dropouts:
+        if not 0 <= dropout < 1:  # nan fails this too
+            raise ConfigError(f"--dropout: expected numbers in [0, 1), got {dropout:g}")
+    for option, values in (("--pos", encodings), ("--dropout", dropouts)):
+        repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if repeated is not None:  # that variant would be timed twice in every round and reported twice
+            raise ConfigError(f"{option}: {repeated} is given twice; give each value once")
+    for option, value in counts.items():
+        if value < LEAST[option]:
+            raise ConfigError(f"{option}: expected an integer of at least {LEAST[option]}, got {value}")
+    for option, setting, given in (("--device", "device", device_setting),
+                                   ("--precision", "precision", precision_setting)):  # fmt: skip
+        valid = typing.get_args(typing.get_type_hints(TrainConfig)[setting])  # train.device's names, and so on
+        if given not in valid:
+            raise ConfigError(f"{option}: expected one of {', '.join(valid)}; got {given!r}")
+    device = resolve_device(device_setting, setting="--device")
+    return device, resolve_precision(precision_setting, device, setting="--precision")
+
+
+def check_out(out: Path) -> None:
+    """--out must be a file in a folder that is writable or can be made (atomic_path makes the missing ones)."""
+    if out.is_dir():
+        raise ConfigError(f"--out: {out} is a folder; name a file in it, e.g. {out / 'bench.json'}")
+    folder = out.parent
+    while not folder.exists():  # the nearest folder that exists is where the new ones would be made
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"--out: {out} cannot be written: {folder} is a file, not a folder")
+    try:  # a file made and removed again: permissions, read-only or virtual file systems, root or not
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise ConfigError(f"--out: {out} cannot be written: no file can be made in {folder} ({err.strerror}); "
+                          f"choose another --out") from None  # fmt: skip
+
+
+def load_params(params_file: Path, size: str, variants: list[Variant]) -> dict[str, Any]:
+    """params.yaml with model.size set, every variant's config checked as the pipeline checks it."""
+    if not params_file.is_file():
+        raise ConfigError(f"{params_file}: params file not found (run llama-pe bench in the project's folder)")
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["model"]["size"] = size
+    for variant in variants:
+        variant_config(params, variant)
+    return params
+
+
 def run_bench(
     size: str, encodings: list[str], hf: bool, dropouts: list[float], context: int, batch_size: int, rounds: int,
     steps: int, warmup: int, device_setting: str, precision_setting: str, generate_tokens: int, params_file: Path,
     profile: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
-    for flag, value, least in (("--rounds", rounds, 1), ("--steps", steps, 1), ("--warmup", warmup, 0),
-                               ("--context", context, 1), ("--batch-size", batch_size, 1),
-                               ("--generate-tokens", generate_tokens, 0)):  # fmt: skip
-        if value < least:
-            raise ConfigError(f"{flag}: expected an integer of at least {least}, got {value}")
+    counts = {"--rounds": rounds, "--steps": steps, "--warmup": warmup, "--context": context,
+              "--batch-size": batch_size, "--generate-tokens": generate_tokens}  # fmt: skip
+    device, precision = check_settings(size, encodings, dropouts, counts, device_setting, precision_setting)
+    variants = [Variant("native", pos, d) for d in dropouts for pos in encodings]
+    variants += [Variant("hf", "rope", d) for d in dropouts] if hf else []
+    params = load_params(params_file, size, variants)
     if rounds < 3:
         log.warning("--rounds %d: a median of fewer than 3 rounds is noise on a shared machine; use 3 or more for "
                     "figures to quote", rounds)  # fmt: skip
-    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
-    params["model"]["size"] = size
-    device = resolve_device(device_setting)
-    precision = resolve_precision(precision_setting, device)
     amp = autocast(device, precision)
     torch.set_float32_matmul_precision("high")
-    variants = [Variant("native", pos, d) for d in dropouts for pos in encodings]
-    variants += [Variant("hf", "rope", d) for d in dropouts] if hf else []
-    peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    peak = matmul_peak(device, peak_dtype)
-    log.info("%s, %s: matmul peak %.1f GFLOP/s (%s)", device, precision, peak / 1e9, peak_dtype)
-
-    torch.manual_seed(0)
-    batch = tuple(t.to(device) for t in torch.randint(VOCAB, (2, batch_size, context)).unbind(0))
-    models, optimizers, figures = {}, {}, {}
-    for variant in variants:
+    with logging_redirect_tqdm():  # log lines print above the bars instead of through them
+        peak = measure_peak(device, precision)
         torch.manual_seed(0)
-        model = model_for(params, variant, context, device)
-        models[variant] = model
-        optimizers[variant] = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in FUSED_ADAMW_DEVICES)
-        figures[variant] = Figures(flops_per_token=flops_per_token(model, context), params=model.num_params())
-        if warmup:
-            train_seconds(model, optimizers[variant], batch, warmup, amp, device)
-            eval_seconds(model, batch, warmup, amp, device)
-    tokens = batch_size * context
-    for round_ in range(rounds):
-        # Interleaved, each round starting one variant later (A B C, B C A, ...): the first variant of a round follows
-        # the evaluations, and none should always be the one that does.
-        order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
-        for variant in order:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            seconds = train_seconds(models[variant], optimizers[variant], batch, steps, amp, device)
-            figures[variant].train_tokens_per_sec.append(tokens / seconds)
-            if device.type == "cuda":
-                figures[variant].peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
-        for variant in order:
-            figures[variant].eval_tokens_per_sec.append(tokens / eval_seconds(models[variant], batch, steps, amp,
-                                                                              device))  # fmt: skip
-        log.info("round %d of %d done", round_ + 1, rounds)
-    if device.type == "cpu":
-        for variant in variants:
-            figures[variant].peak_memory_mb = cpu_peak_memory_mb(params, variant, context, batch_size)
-    generation = _generation(models, variants, generate_tokens, device) if generate_tokens else {}
-    profiles = {}
-    for variant in variants if profile else []:  # after the timings: the profiler's overhead falls on no figure
-        profiles[variant.name] = profile_training(models[variant], optimizers[variant], batch, amp, device)
+        batch = tuple(t.to(device) for t in torch.randint(VOCAB, (2, batch_size, context)).unbind(0))
+        runs = build_runs(params, variants, context, batch, warmup, amp, device)
+        for round_ in range(rounds):
+            time_round(runs, round_, rounds, batch, steps, amp, device)
+        if device.type == "cpu":
+            measure_cpu_memory(runs, params, context, batch_size)
+        generation = _generation(runs, generate_tokens, device) if generate_tokens else {}
+        profiles = _profiles(runs, batch, amp, device) if profile else {}
+    figures = {variant: run.figures for variant, run in runs.items()}
     results = _results(variants, figures, peak, device, precision, generation, dict(
         size=size, context=context, batch_size=batch_size, rounds=rounds, steps=steps, warmup=warmup,
     ))  # fmt: skip
@@ -271,25 +331,104 @@ def run_bench(
     return results
 
 
-def _generation(models, variants: list[Variant], n_tokens: int, device: torch.device) -> dict[str, float]:
+def _bar(total: int, desc: str, unit: str = "variant") -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, mininterval=1.0, leave=False)
+
+
+def measure_peak(device: torch.device, precision: str) -> float:
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    log.info("measuring the matmul peak on %s (%s, a few seconds)", device, dtype)
+    peak = matmul_peak(device, dtype)
+    log.info("%s, %s: matmul peak %.1f GFLOP/s (%s)", device, precision, peak / 1e9, dtype)
+    return peak
+
+
+def build_runs(params, variants: list[Variant], context: int, batch, warmup: int, amp, device) -> dict[Variant, Run]:
+    log.info("building the models%s", f", then --warmup {warmup} untimed steps of each" if warmup else "")
+    runs = {}
+    with _bar(len(variants), "build") as bar:
+        for variant in variants:
+            torch.manual_seed(0)
+            model = model_for(params, variant, context, device)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in FUSED_ADAMW_DEVICES)
+            figures = Figures(flops_per_token=flops_per_token(model, context), params=model.num_params())
+            runs[variant] = Run(model, optimizer, figures)
+            if warmup:
+                train_seconds(model, optimizer, batch, warmup, amp, device)
+                eval_seconds(model, batch, warmup, amp, device)
+            bar.update()
+    return runs
+
+
+def time_round(runs: dict[Variant, Run], round_: int, rounds: int, batch, steps: int, amp, device) -> None:
+    """Every variant's training, then every variant's evaluation, each round starting one variant later (A B C,
+    B C A, ...): the first variant of a round follows the evaluations, and none should always be the one that does."""
+    variants = list(runs)
+    order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
+    tokens = batch[0].numel()
+    log.info("round %d of %d: timing training, --steps %d of each variant", round_ + 1, rounds, steps)
+    with _bar(len(order), f"round {round_ + 1}/{rounds} train") as bar:
+        for variant in order:
+            run = runs[variant]
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            run.figures.train_tokens_per_sec.append(tokens / train_seconds(run.model, run.optimizer, batch, steps,
+                                                                           amp, device))  # fmt: skip
+            if device.type == "cuda":
+                run.figures.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
+            bar.update()
+    log.info("round %d of %d: timing evaluation", round_ + 1, rounds)
+    with _bar(len(order), f"round {round_ + 1}/{rounds} eval") as bar:
+        for variant in order:
+            run = runs[variant]
+            run.figures.eval_tokens_per_sec.append(tokens / eval_seconds(run.model, batch, steps, amp, device))
+            bar.update()
+
+
+def measure_cpu_memory(runs: dict[Variant, Run], params: dict, context: int, batch_size: int) -> None:
+    log.info("peak memory: each variant in a process of its own (some seconds each)")
+    with _bar(len(runs), "memory") as bar:
+        for variant, run in runs.items():
+            run.figures.peak_memory_mb = cpu_peak_memory_mb(params, variant, context, batch_size)
+            bar.update()
+
+
+def _profiles(runs: dict[Variant, Run], batch, amp, device) -> dict[str, tuple[str, dict[str, float]]]:
+    """After the timings: the profiler's overhead falls on no figure."""
+    profiles = {}
+    for variant, run in runs.items():
+        log.info("profiling %s: %d training steps under torch.profiler", variant.name, PROFILED_STEPS)
+        profiles[variant.name] = profile_training(run.model, run.optimizer, batch, amp, device, PROFILED_STEPS)
+    return profiles
+
+
+def _generation(runs: dict[Variant, Run], n_tokens: int, device: torch.device) -> dict[str, float]:
     """KV-cached against uncached greedy generation of n_tokens from one token, native rope: the medians of five
     interleaved pairs (a cached run of 512 tokens at `small` takes under a second, and with two pairs the figure
     moved by 40% from one bench run to the next)."""
-    rope = next((v for v in variants if v.impl == "native" and v.pos == "rope"), None)
+    rope = next((v for v in runs if v.impl == "native" and v.pos == "rope"), None)
     if rope is None:
+        log.info("generation: not timed, --pos names no rope (it times native rope's KV cache)")
         return {}
-    model = models[rope]
+    model = runs[rope].model
+    log.info("generation: %d tokens, greedy, with and without the KV cache, %d pairs", n_tokens, GENERATION_PAIRS)
     timings: dict[bool, list[float]] = {True: [], False: []}
     generate(model, [1], 8, temperature=0)  # warm-up
-    for _ in range(5):
-        for use_cache in (True, False):
-            _sync(device)
-            started = time.perf_counter()
-            generate(model, [1], n_tokens, temperature=0, use_cache=use_cache)
-            _sync(device)
-            timings[use_cache].append(time.perf_counter() - started)
+    with _bar(2 * GENERATION_PAIRS * n_tokens, "generate", unit="token") as bar:
+        for _ in range(GENERATION_PAIRS):
+            for use_cache in (True, False):
+                timings[use_cache].append(generation_seconds(model, n_tokens, use_cache, device, bar))
     cached, uncached = statistics.median(timings[True]), statistics.median(timings[False])
     return {"tokens": n_tokens, "cached_s": cached, "uncached_s": uncached, "speedup": uncached / cached}
+
+
+def generation_seconds(model: nn.Module, n_tokens: int, use_cache: bool, device: torch.device, bar: tqdm) -> float:
+    _sync(device)
+    started = time.perf_counter()
+    for _ in stream_tokens(model, [1], n_tokens, temperature=0, use_cache=use_cache):
+        bar.update()  # under a microsecond (it draws at most once a second) against a token's milliseconds
+    _sync(device)
+    return time.perf_counter() - started
 
 
 def _results(variants, figures, peak, device, precision, generation, settings) -> dict[str, Any]:
@@ -381,6 +520,7 @@ def table(results: dict[str, Any]) -> str:
 
 def bench(out: Path, **settings: Any) -> dict[str, Any]:
     """Run the benchmark and write its JSON; the caller shows table(results)."""
+    check_out(out)
     results = run_bench(**settings)
     write_json(out, results)
     log.info("wrote %s", out)

@@ -107,11 +107,11 @@ def main(argv: list[str] | None = None) -> None:
                           args.seed)  # fmt: skip
 
     def bench_command() -> None:
-        from llama_pe.bench import bench, table
+        from llama_pe.bench import bench, parse_dropouts, table
 
         results = bench(
             Path(args.out), size=args.size, encodings=args.pos.split(","), hf=not args.no_hf,
-            dropouts=[float(d) for d in args.dropout.split(",")], context=args.context, batch_size=args.batch_size,
+            dropouts=parse_dropouts(args.dropout), context=args.context, batch_size=args.batch_size,
             rounds=args.rounds, steps=args.steps, warmup=args.warmup, device_setting=args.device,
             precision_setting=args.precision, generate_tokens=args.generate_tokens, params_file=Path("params.yaml"),
             profile=args.profile,

@@ -13,7 +13,8 @@ from llama_pe.errors import ConfigError
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+    """`setting` is the name the user gave it by (a params key or a command's option), for the message."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -21,21 +22,21 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda was asked for, but PyTorch sees no CUDA GPU; use auto or cpu")
+        raise ConfigError(f"{setting}: cuda was asked for, but PyTorch sees no CUDA GPU; use auto or cpu")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("train.device: mps was asked for, but PyTorch sees no Apple GPU; use auto or cpu")
+        raise ConfigError(f"{setting}: mps was asked for, but PyTorch sees no Apple GPU; use auto or cpu")
     return torch.device(name)
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
+def resolve_precision(name: str, device: torch.device, setting: str = "train.precision") -> str:
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return "bf16"
         return "fp16" if device.type == "cuda" else "fp32"
     if name == "fp16" and device.type != "cuda":
-        raise ConfigError(f"train.precision: fp16 needs a CUDA GPU (device is {device.type}); use bf16 or fp32")
+        raise ConfigError(f"{setting}: fp16 needs a CUDA GPU (device is {device.type}); use bf16 or fp32")
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("train.precision: this GPU has no bf16; use fp16 or fp32")
+        raise ConfigError(f"{setting}: this GPU has no bf16; use fp16 or fp32")
     return name
 
 
