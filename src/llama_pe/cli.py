@@ -6,13 +6,28 @@ import argparse
 import typing
 from pathlib import Path
 
-from llama_pe.config import PositionName
+from llama_pe.config import SIZES, PositionName, TrainConfig
 from llama_pe.stage import run_stage
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="llama-pe", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def _names(train_setting: str) -> str:
+    """The values train.<setting> takes (a Literal in TrainConfig), for a help text."""
+    return ", ".join(typing.get_args(typing.get_type_hints(TrainConfig)[train_setting]))
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every default once: not None or an empty list (the help says what happens without the option),
+    not a flag's (a flag is off unless given), not where the help text states it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default == [] or action.nargs == 0 or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llama-pe", description=__doc__, formatter_class=HelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, help="llama-pe COMMAND --help: its options")
     export = commands.add_parser("export-hf", help="write a rope checkpoint as a Hugging Face model folder")
     export.add_argument("checkpoint", help="checkpoint file written by the train stage")
     export.add_argument("out_dir", help="folder for config.json, model.safetensors and the tokenizer files")
@@ -65,23 +80,29 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--tokens", type=int, default=200, help="new tokens to sample")
     gen.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     gen.add_argument("--top-k", type=int, default=40, help="sample among the k likeliest tokens; 0: all")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=int, default=0, help="seed of the sampler (temperature above 0)")
     bench = commands.add_parser("bench", help="training and evaluation speed, memory and MFU, side by side with HF")
-    bench.add_argument("--size", default="small", help="model.size preset")
+    bench.add_argument("--size", default="small", help=f"model.size preset: {', '.join(SIZES)}")
     bench.add_argument("--pos", default=",".join(typing.get_args(PositionName)), help="encodings, comma-separated")
     bench.add_argument("--no-hf", action="store_true", help="leave out transformers' LlamaForCausalLM")
-    bench.add_argument("--dropout", default="0,0.1", help="dropout values, comma-separated")
-    bench.add_argument("--context", type=int, default=64)
-    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--dropout", default="0,0.1", help="model.dropout values in [0, 1), comma-separated")
+    bench.add_argument("--context", type=int, default=64, help="tokens per sequence")
+    bench.add_argument("--batch-size", type=int, default=32, help="sequences per step")
     bench.add_argument("--rounds", type=int, default=5, help="interleaved rounds; figures are their medians")
     bench.add_argument("--steps", type=int, default=5, help="steps timed per variant and round")
     bench.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
-    bench.add_argument("--device", default="auto")
-    bench.add_argument("--precision", default="auto")
+    bench.add_argument("--device", default="auto", help=f"as train.device: {_names('device')}")
+    bench.add_argument("--precision", default="auto", help=f"as train.precision: {_names('precision')}")
     bench.add_argument("--generate-tokens", type=int, default=512, help="0: no generation benchmark")
     bench.add_argument("--profile", action="store_true", help="then profile each variant's training steps")
-    bench.add_argument("--out", default="benchmarks/results/bench.json")
-    args = parser.parse_args(argv)
+    bench.add_argument("--out", default="benchmarks/results/bench.json", help="JSON file for the figures")
+    for subparser in commands.choices.values():  # here, not in each add_parser call: no command can miss it
+        subparser.formatter_class = HelpFormatter
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     def export_command() -> None:
         from llama_pe.export import export_hf  # transformers is slow to import; load it only when needed
