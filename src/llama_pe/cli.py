@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export-hf", help="write a rope checkpoint as a Hugging Face model folder")
     export.add_argument("checkpoint", help="checkpoint file written by the train stage")
     export.add_argument("out_dir", help="folder for config.json, model.safetensors and the tokenizer files")
+    export.add_argument(
+        "--force", action="store_true", help="replace out_dir when it exists and is not an empty folder (never one "
+        "that holds the checkpoint)",
+    )  # fmt: skip
     report = commands.add_parser(
         "report", help="aggregate the experiments' seeds: means, intervals, paired differences"
     )
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     def export_command() -> None:
         from llama_pe.export import export_hf  # transformers is slow to import; load it only when needed
 
-        export_hf(args.checkpoint, args.out_dir)
+        export_hf(args.checkpoint, args.out_dir, force=args.force)
 
     def report_command() -> None:
         from llama_pe.report import report
