@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 
 from llama_pe.errors import ConfigError
+from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
 
 __all__ = ["Config", "ConfigError", "load_config"]
 
@@ -30,7 +31,7 @@ REFUSED_TOKENIZER_TYPES = {
 # The names of llama_pe.model.position's registry, here so that a bad model.pos fails when params are loaded, in
 # the first stage that runs, without importing torch; the registry checks at import that both name the same set.
 PositionName = Literal["rope", "abs", "learned", "alibi", "abs_rel", "nope", "t5", "fire"]
-RopeScalingName = Literal["linear", "dynamic", "yarn"]  # model/rope_scaling.py implements each
+RopeScalingName = Literal[tuple(ROPE_SCALING_METHODS)]  # the registry's names, for the checks of eval.rope_scaling
 
 # Named model sizes: the fields each sets, every one overridable from params (model.<field>: null keeps it).
 SIZES: dict[str, dict[str, Any]] = {

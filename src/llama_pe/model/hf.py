@@ -13,7 +13,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from llama_pe.model.args import ModelArgs
-from llama_pe.model.rope_scaling import RopeScaling
+from llama_pe.model.rope_scaling import ROPE_SCALING_METHODS, RopeScaling
 from llama_pe.model.transformer import Transformer
 
 # Native parameter names -> Hugging Face's, per layer and for the rest of the model.
@@ -61,7 +61,7 @@ def hf_rope_parameters(theta: float, scaling: RopeScaling | None) -> dict:
     if scaling is None:
         return {"rope_type": "default", "rope_theta": theta}
     parameters = {"rope_type": scaling.method, "rope_theta": theta, "factor": scaling.factor}
-    if scaling.method == "yarn":
+    if ROPE_SCALING_METHODS[scaling.method].hf_original_context:
         parameters["original_max_position_embeddings"] = scaling.original_context
     return parameters
 
