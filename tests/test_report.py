@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from llama_pe.report import (
+from llama_pe.experiments import (
     NOISE,
     ReportError,
     experiments_frame,
@@ -15,8 +15,8 @@ from llama_pe.report import (
     paired_differences,
     select,
     summarize,
-    write_report,
 )
+from llama_pe.report_writer import write_report
 
 T_975 = {2: 4.302652729749462, 1: 12.706204736174707}  # Student's t 0.975 quantiles by degrees of freedom
 
@@ -184,7 +184,7 @@ def test_a_dvc_exp_show_that_hangs_is_given_up_with_a_reason(monkeypatch):
 
     import dvc.api
 
-    from llama_pe.report import exp_show
+    from llama_pe.experiments import exp_show
 
     release = threading.Event()
     monkeypatch.setattr(dvc.api, "exp_show", lambda **kwargs: release.wait(5))
@@ -224,7 +224,7 @@ def test_a_baseline_that_matches_two_groups_is_refused():
 
 
 def test_rope_scaled_evaluations_become_groups_of_their_own_against_the_rope_baseline(tmp_path):
-    from llama_pe.report import SCALING, with_rope_scaling_rows
+    from llama_pe.experiments import SCALING, with_rope_scaling_rows
 
     rope = [{**r, "ppl_at_8x": 400.0 + s, "ppl_at_8x_yarn": 300.0 + 2 * s, "ppl_at_8x_linear": 500.0}
             for s, r in enumerate(ROPE)]  # fmt: skip
@@ -247,7 +247,7 @@ def test_rope_scaled_evaluations_become_groups_of_their_own_against_the_rope_bas
 
 
 def test_a_scaled_evaluation_is_drawn_in_its_runs_colour_and_a_line_style_of_its_own():
-    from llama_pe.report import with_rope_scaling_rows
+    from llama_pe.experiments import with_rope_scaling_rows
     from llama_pe.report_figures import group_styles
 
     scaled = {"ppl_at_8x_yarn": 300.0, "ppl_at_8x_dynamic": 310.0}
@@ -271,7 +271,7 @@ def test_a_scaled_evaluation_is_drawn_in_its_runs_colour_and_a_line_style_of_its
 
 def test_one_rope_run_reports_its_scaled_evaluations_against_itself(tmp_path):
     # A fresh clone has no experiment, only the commit's own run: its groups are the scaling methods alone.
-    from llama_pe.report import SCALING, baseline_conditions, with_rope_scaling_rows
+    from llama_pe.experiments import SCALING, baseline_conditions, with_rope_scaling_rows
 
     run = experiments_frame([{**ROPE[0], "ppl_at_8x": 400.0, "ppl_at_8x_yarn": 350.0}])
     assert baseline_conditions(run, []) == {}  # nothing that the default baseline names varies
@@ -366,7 +366,7 @@ def test_the_report_command_refuses_before_writing_and_passes_force_on(tmp_path,
 
 
 def test_outside_a_git_repository_nothing_is_committed(tmp_path):
-    from llama_pe.report import committed
+    from llama_pe.report_writer import committed
 
     (tmp_path / "comparison.md").write_text("x")
     assert committed(tmp_path, ["comparison.md"]) == []
@@ -395,7 +395,7 @@ def trained_record(name: str, pos: str, seed: int, loss: float, bpc: float = 2.1
 
 
 def test_comparison_opens_with_the_setting_of_its_runs(tmp_path):
-    from llama_pe.report import code_hash
+    from llama_pe.experiments import code_hash
 
     runs = [trained_record(f"{pos}{s}", pos, s, 5.0 + s / 10, ppl_8x=300.0) for pos in ("rope", "alibi")
             for s in range(3)]  # fmt: skip
@@ -439,18 +439,22 @@ def test_a_null_metric_shows_its_reason_not_nan(tmp_path):
 
 
 def test_timings_get_no_verdict_and_stay_out_of_the_headline(tmp_path):
-    from llama_pe.report import TIMING_METRICS, verdict
+    from llama_pe.experiments import verdict
+    from llama_pe.metrics import METRICS, Role
+
+    timings = ["tokens_per_sec"]
+    assert [row.pattern for row in METRICS if row.role is Role.TIMING] == timings
 
     slow = [{**r, "tokens_per_sec": 10.0 + r["train.seed"]} for r in ALIBI]  # 90 fewer tokens a second, every seed
     write_report(experiments_frame(ROPE + slow), tmp_path, {"model.pos": "rope"})
     comparison = (tmp_path / "comparison.md").read_text()
     sections = {part.split("\n")[0]: part for part in comparison.split("\n## ")}
-    timing = TIMING_METRICS[0]
+    timing = timings[0]
     timed = [title for title, text in sections.items() if timing in text]
     assert timed == ["Timings"], timed  # not the headline, the verdicts, every metric or every paired difference
     assert "Not a speed comparison: runs shared a machine" in sections["Timings"]
     assert "| model.pos=alibi | 11 ± 1 (n=3) |" in sections["Timings"]
-    assert all(verdict(metric, -90.0, 1.0) == "-" for metric in TIMING_METRICS)
+    assert all(verdict(metric, -90.0, 1.0) == "-" for metric in timings)
 
 
 def test_a_figure_of_single_runs_draws_no_interval_and_says_n(tmp_path, monkeypatch):
@@ -462,7 +466,7 @@ def test_a_figure_of_single_runs_draws_no_interval_and_says_n(tmp_path, monkeypa
         titles[out.name] = fig._suptitle.get_text() if fig._suptitle else fig.axes[0].get_title()
         return out
 
-    monkeypatch.setattr(report_figures, "_save", keep_title)
+    monkeypatch.setattr(report_figures, "save_figure", keep_title)
     one_seed = experiments_frame([ROPE[0], ALIBI[0]])
     report_figures.bits_per_character(one_seed, ["model.pos"], tmp_path / "bpc.png")
     report_figures.extrapolation(one_seed, ["model.pos"], tmp_path / "extrapolation.png")
@@ -484,7 +488,7 @@ def test_a_runs_own_figures_name_its_encoding(tmp_path, monkeypatch, pos, impl, 
     from tests.conftest import REPO_ROOT
 
     titles = {}
-    monkeypatch.setattr(plotting, "_save", lambda fig, out: titles.update({out.name: fig.axes[0].get_title()}))
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, out: titles.update({out.name: fig.axes[0].get_title()}))
     curve = tmp_path / "extrapolation.json"
     curve.write_text(json.dumps([
         {"context": 16, "multiple": 1, "nonoverlapping_ppl": 300.0, "sliding_ppl": 290.0, "reason": None},
@@ -495,3 +499,31 @@ def test_a_runs_own_figures_name_its_encoding(tmp_path, monkeypatch, pos, impl, 
     assert titles["extrapolation.png"] == f"Length extrapolation: {label}"
     stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["plot"]
     assert {"model.pos", "model.impl"} <= set(stage["params"])  # the titles' values rerun the stage
+
+
+def test_every_metric_the_stages_record_is_one_row_of_the_metrics_table():
+    """A metric the table lacks would be left out of every report without a word: the committed metrics of the
+    tokenizer, train and evaluate stages (scaled perplexities included) each match exactly one row."""
+    import json
+
+    from llama_pe.metrics import METRICS
+    from tests.conftest import REPO_ROOT
+
+    names = [name for stage in ("tokenizer", "train", "eval")
+             for name in json.loads((REPO_ROOT / "metrics" / f"{stage}.json").read_text())]  # fmt: skip
+    assert "ppl_at_8x_yarn" in names and "tokens_per_sec" in names  # the files hold what the test is about
+    matches = {name: [row.pattern for row in METRICS if row.matches(name)] for name in names}
+    assert {name: rows for name, rows in matches.items() if len(rows) != 1} == {}
+    assert {row.pattern for row in METRICS} == {rows[0] for rows in matches.values()}  # and no row is stale
+
+
+def test_the_headline_and_the_verdict_direction_come_from_the_metrics_table(tmp_path):
+    from llama_pe.experiments import verdict
+    from llama_pe.metrics import HEADLINE, metric_row
+
+    write_report(experiments_frame(ROPE + ALIBI), tmp_path, {"model.pos": "rope"})
+    headline = (tmp_path / "comparison.md").read_text().split("## Headline\n")[1].split("\n## ")[0]
+    shown = [m for m in HEADLINE if m in experiments_frame(ROPE).columns]
+    assert headline.strip().split("\n")[0] == "| group | " + " | ".join(shown) + " |"
+    assert all(metric_row(m).role.value == "result" for m in HEADLINE)
+    assert verdict("test_ppl", -5.0, 1.0) == "better" and verdict("params", -5.0, 1.0) == "-"

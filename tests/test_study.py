@@ -110,7 +110,7 @@ class NoExperiments:
 
 def test_a_committed_report_is_refused_before_anything_is_queued(tmp_path, monkeypatch, caplog):
     from llama_pe import study as study_module
-    from llama_pe.report import ReportError
+    from llama_pe.experiments import ReportError
 
     repo = git_repo_with_two_commits(tmp_path)
     (repo / "params.yaml").write_text(PARAMS.read_text())

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import typing
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
-from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from llama_pe.config import RopeScalingName
 from llama_pe.errors import MissingInputError
-from llama_pe.io import atomic_path
+from llama_pe.figures import plain_log_y, save_figure
+from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
 
 
 def read_tsv(path: Path, column: str) -> dict[int, float]:
@@ -43,7 +38,7 @@ def training_figure(live_dir: Path, out: Path, label: str | None = None) -> None
     ax.set_title(_titled("Training and validation loss", label))
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def extrapolation_figure(curve_file: Path, train_context: int, out: Path, label: str | None = None) -> None:
@@ -55,7 +50,7 @@ def extrapolation_figure(curve_file: Path, train_context: int, out: Path, label:
         points = [(r["context"], r[f"{mode}_ppl"]) for r in rows if r[f"{mode}_ppl"] is not None]
         if points:
             ax.plot(*zip(*points, strict=True), marker=marker, label=f"{mode} windows")
-    for method in typing.get_args(RopeScalingName):  # a rope run's scaled scores; null for other encodings
+    for method in ROPE_SCALING_METHODS:  # a rope run's scaled scores; null for other encodings
         points = [(r["context"], r[f"{method}_ppl"]) for r in rows if r.get(f"{method}_ppl") is not None]
         if points:
             ax.plot(*zip(*points, strict=True), marker=".", linestyle=":", label=f"rope + {method} scaling")
@@ -73,29 +68,8 @@ def extrapolation_figure(curve_file: Path, train_context: int, out: Path, label:
     ax.set_title(_titled("Length extrapolation", label))
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    _save(fig, out)
-
-
-def plain_log_y(ax) -> None:
-    """A log y axis labelled with plain numbers (296, not 2.96e2), its minor ticks too when it spans under a decade.
-
-    Call it once the data is drawn: whether minor ticks are labelled depends on the range. matplotlib's
-    ScalarFormatter would move a common offset out of the labels of a nearly flat curve (10001 to 10005 read "1.0"
-    to "5.0"), and a log axis never shows that offset, so every value is written out in full.
-    """
-    ax.set_yscale("log")
-    plain = FuncFormatter(lambda value, _position: f"{value:g}")
-    ax.yaxis.set_major_formatter(plain)
-    low, high = ax.get_ylim()
-    ax.yaxis.set_minor_formatter(plain if high < 10 * low else NullFormatter())
+    save_figure(fig, out)
 
 
 def _titled(title: str, label: str | None) -> str:
     return f"{title}: {label}" if label else title
-
-
-def _save(fig, out: Path) -> None:
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)

@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from llama_pe.io import atomic_path
-from llama_pe.plotting import plain_log_y
-from llama_pe.report import CONTEXT_METRIC, SCALING, context_multiple, iter_groups, short_label, t_interval
+from llama_pe.experiments import CONTEXT_METRIC, SCALING, context_multiple, iter_groups, short_label, t_interval
+from llama_pe.figures import plain_log_y, save_figure
+from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
 
 BAND = "mean ± std over seeds"
 
 
 # A scaled evaluation is drawn in its run's colour, with a line style and marker of its own: one colour per
-# trained model.
+# trained model. The methods take these styles in the registry's order (repeating past the fourth).
+METHOD_STYLES = (
+    {"linestyle": ":", "marker": "v"},
+    {"linestyle": "--", "marker": "s"},
+    {"linestyle": "-.", "marker": "^"},
+    {"linestyle": (0, (3, 1, 1, 1, 1, 1)), "marker": "D"},
+)
 SCALING_STYLES = {
     "none": {"linestyle": "-", "marker": "o"},
-    "linear": {"linestyle": ":", "marker": "v"},
-    "dynamic": {"linestyle": "--", "marker": "s"},
-    "yarn": {"linestyle": "-.", "marker": "^"},
+    **dict(zip(ROPE_SCALING_METHODS, itertools.cycle(METHOD_STYLES))),
 }
 TRAIN_CONTEXT_LINE = {"color": "black", "linestyle": (0, (1, 4)), "lw": 1}
 
@@ -61,7 +63,7 @@ def extrapolation(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
     axes[0].set_ylabel(f"test perplexity ({BAND})")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     fig.suptitle(f"Length extrapolation ({seeds_note(group_sizes(frame, keys), 'band')})")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def group_styles(frame: pd.DataFrame, keys: list[str]) -> dict[str, dict[str, object]]:
@@ -75,7 +77,7 @@ def group_styles(frame: pd.DataFrame, keys: list[str]) -> dict[str, dict[str, ob
         models.setdefault(labels[label][0], len(models))
     palette = plt.get_cmap("tab10" if len(models) <= 10 else "tab20")
     return {
-        label: {"color": palette(models[model] % palette.N), **SCALING_STYLES.get(scaling, SCALING_STYLES["linear"])}
+        label: {"color": palette(models[model] % palette.N), **SCALING_STYLES.get(scaling, METHOD_STYLES[0])}
         for label, (model, scaling) in labels.items()
     }
 
@@ -114,7 +116,7 @@ def val_curves(frame: pd.DataFrame, keys: list[str], curves: pd.DataFrame, out: 
     ax.set_title(f"Validation loss during training ({seeds_note(group_sizes(frame, keys), 'band')})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def bits_per_character(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
@@ -136,7 +138,7 @@ def bits_per_character(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
     ax.set_title(f"Held-out bits per character\n({interval}{seeds_note(sizes, 'interval')}; small dots: seeds)",
                  fontsize=10)  # fmt: skip
     ax.grid(alpha=0.3, axis="y")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def group_sizes(frame: pd.DataFrame, keys: list[str]) -> list[int]:
@@ -151,12 +153,3 @@ def seeds_note(sizes: list[int], spread: str) -> str:
     if low == high:
         return f"n = {low} seeds per group"
     return f"n = {low} to {high} seeds per group" + (f", no {spread} where n = 1" if low < 2 else "")
-
-
-def _save(fig, out: Path) -> Path:
-    if fig.get_layout_engine() is None:
-        fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out

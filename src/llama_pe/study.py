@@ -331,7 +331,7 @@ def run_study(
 
 def finished_records(repo: Path, finished: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The finished experiments' params and metrics as `dvc exp show` has them (nothing of the grid runs now)."""
-    from llama_pe.report import exp_show
+    from llama_pe.experiments import exp_show
 
     revs = {record["rev"][:7] for record in finished}
     return [r for r in exp_show(repo, num=-1) if r.get("Experiment") and r["rev"][:7] in revs]
@@ -348,14 +348,8 @@ def study(
     """
     from tqdm import tqdm
 
-    from llama_pe.report import (
-        ReportError,
-        baseline_conditions,
-        experiments_frame,
-        read_val_curves,
-        refuse_committed_folder,
-        write_report,
-    )
+    from llama_pe.experiments import ReportError, baseline_conditions, experiments_frame, read_val_curves
+    from llama_pe.report_writer import refuse_committed_folder, write_report
 
     if jobs < 1:
         raise StudyError(f"--jobs: expected a number of queue workers >= 1, got {jobs}")

@@ -1,0 +1,413 @@
+"""Experiments read from DVC, grouped, aggregated with pandas and compared seed by seed: what `llama-pe report`
+and `llama-pe study` both stand on.
+
+One row per experiment (its params and metrics, as `dvc exp show` has them); groups are the experiments that
+differ only in train.seed; each group's metrics get n, mean, std and a Student's t 95% interval; every group is
+compared with a baseline group seed by seed (same seed, same batches), so that a difference is set against the
+seed-to-seed noise of that difference, not against the noise of either side alone. Experiments that ran other
+code (the hashes of the stages' source files that DVC records) are other groups, never averaged together. Which
+metrics are read, compared or only described is llama_pe.metrics' table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import re
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from scipy import stats
+
+from llama_pe.errors import LlamaPeError
+from llama_pe.metrics import LOWER, METRICS, SCALED_PPL, Role, has_role, metric_row
+
+log = logging.getLogger(__name__)
+
+SEED = "train.seed"
+CODE = "code"  # a short hash of the source files the experiment's stages ran, from the dep hashes DVC records
+CODE_PREFIXES = ("stages/", "src/")
+PARAM_SECTIONS = ("data.", "tokenizer.", "model.", "train.", "eval.")
+DEFAULT_BASELINE = ("model.pos=rope", "model.impl=native")
+# Where the train stage's DVCLive files put the validation curve (dvc.yaml: --live plots/train).
+VAL_CURVE = "plots/train/plots/metrics/val"
+
+
+class ReportError(LlamaPeError, ValueError):
+    """The experiments cannot be reported as asked (none selected, an unknown key, no baseline)."""
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_experiments(repo: str | Path = ".", all_commits: bool = False) -> pd.DataFrame:
+    """One row per finished experiment of the repo (and each commit's own run), as `dvc exp show` lists them."""
+    return experiments_frame(exp_show(repo, num=-1 if all_commits else 1))
+
+
+def exp_show(repo: str | Path, num: int, timeout: float = 300.0) -> list[dict[str, Any]]:
+    """dvc.api.exp_show, given up on after `timeout` seconds.
+
+    While a queued experiment finishes, DVC 3.67 can read its temporary repository as it is being deleted and
+    wait forever; a report should fail with a reason instead. The call runs in a daemon thread, left behind if
+    it hangs.
+    """
+    import dvc.api  # slow to import; only reading needs it
+
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(_call(dvc.api.exp_show, repo=str(repo), num=num)),
+                              daemon=True)  # fmt: skip
+    worker.start()
+    worker.join(timeout)
+    if not result:
+        raise ReportError(f"dvc exp show gave no answer in {timeout:.0f} s (DVC can hang while a queued experiment "
+                          "finishes); run the command again")  # fmt: skip
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+def _call(function, **kwargs) -> Any:
+    try:
+        return function(**kwargs)
+    except BaseException as err:  # handed to the caller's thread
+        return err
+
+
+def experiments_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """dvc.api.exp_show's records as a DataFrame: name, rev, every param and every metric; unfinished runs left out.
+
+    DVC gives some values as strings ("None", "True", "[0.5, 1]"); they are read back into values here, and a
+    metric that is null for a run (a learned table past its length) stays null, never a number.
+    """
+    rows = []
+    for record in records:
+        if record.get("rev") == "workspace":
+            continue  # the workspace repeats HEAD's run, or holds a run that no commit or experiment records
+        row = {"name": record.get("Experiment") or record.get("rev"), "rev": record.get("rev")}
+        for key, value in record.items():
+            # When two metrics files of any listed commit share a name, DVC names both by file
+            # (metrics/eval.json:val_loss); a metric is one column whichever file holds it.
+            name = key.rsplit(":", 1)[-1] if key.startswith("metrics/") else key
+            if (_is_param(name) or _is_read(name)) and row.get(name) is None:
+                row[name] = _value(value)
+        row[CODE] = code_hash(record)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty or "best_val_loss" not in frame:
+        return frame
+    for metric in [*metric_columns(frame), *setting_columns(frame)]:
+        frame[metric] = pd.to_numeric(frame[metric], errors="coerce")  # null stays NaN, never a made-up number
+    frame = frame[frame["best_val_loss"].notna()]  # queued, running or failed: no metrics
+    # The same params and code give the same losses on a CPU: a commit that changed neither repeats its parent's
+    # run (--all-commits lists each), as does an experiment of the committed params. Count such a run once.
+    same_run = [*param_columns(frame), CODE, *(m for m in metric_columns(frame) if not has_role(m, Role.TIMING))]
+    return frame[~frame[same_run].astype(str).duplicated()].reset_index(drop=True)
+
+
+# A column the report adds: a rope run evaluated with its frequencies scaled (eval.rope_scaling) is also a group of
+# its own per method, whose ppl_at_Kx are the run's ppl_at_Kx_<method>; "none" is the run as trained.
+SCALING = "eval.rope_scaling_method"
+SCALED_METRIC = re.compile(SCALED_PPL.pattern)  # group 1: the unscaled metric, group 2: the method
+
+
+def with_rope_scaling_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each run with ppl_at_Kx_<method> metrics once more per method, as a row of SCALING=<method>.
+
+    A scaled row keeps the run's params and its perplexities up to the training context (where every method is
+    the identity); its other metrics are left out (null), being either the unscaled run's or not measured scaled.
+    """
+    scaled = {c: m for c in frame.columns if (m := SCALED_METRIC.fullmatch(c))}
+    if not scaled:
+        return frame
+    parts = [frame.drop(columns=list(scaled)).assign(**{SCALING: "none"})]
+    for method in dict.fromkeys(m.group(2) for m in scaled.values()):
+        columns = {c: m.group(1) for c, m in scaled.items() if m.group(2) == method}
+        rows = frame[frame[list(columns)].notna().any(axis=1)]
+        if rows.empty:
+            continue
+        part = rows.drop(columns=list(scaled)).copy()
+        for metric in metric_columns(part):
+            if not ((match := CONTEXT_METRIC.match(metric)) and not match["mode"]):  # not ppl_at_Kx
+                part[metric] = np.nan
+        for column, metric in columns.items():
+            part[metric] = rows[column]
+        parts.append(part.assign(**{SCALING: method}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def code_hash(record: dict[str, Any]) -> str | None:
+    """A short hash of the source files' hashes that the record's dvc.lock holds (None when it holds none)."""
+    code = sorted(f"{key}={value}" for key, value in record.items() if key.startswith(CODE_PREFIXES))
+    return hashlib.sha256("\n".join(code).encode()).hexdigest()[:8] if code else None
+
+
+def _is_param(key: str) -> bool:
+    return key.startswith(PARAM_SECTIONS)
+
+
+def _is_read(key: str) -> bool:
+    """A metric the report reads: a result, a timing or a setting of METRICS (not one it leaves unreported)."""
+    return has_role(key, Role.RESULT, Role.TIMING, Role.SETTING)
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, str):
+        # "!" is how DVC marks a value the experiment does not have (a metric an older commit did not write).
+        return {"None": None, "True": True, "False": False, "": None, "!": None}.get(value, value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)  # DVC reads integers back as floats: 400.0 steps
+    return value
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The frame's results and timings, in the order of METRICS' rows."""
+    return [c for row in METRICS if row.role in (Role.RESULT, Role.TIMING) for c in frame.columns if row.matches(c)]
+
+
+def setting_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if has_role(c, Role.SETTING)]
+
+
+def param_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if _is_param(c)]
+
+
+def select(frame: pd.DataFrame, only: Iterable[str]) -> pd.DataFrame:
+    """The experiments whose params match every KEY=VALUE (the value as a YAML scalar would read)."""
+    wanted = dict(_parse_condition(condition, frame) for condition in only)
+    if SCALING in wanted and SCALING not in frame:
+        raise ReportError(
+            f"--only {SCALING}: the RoPE-scaled evaluations are groups of the report, not experiments to select; "
+            f"select the runs (--only model.pos=rope) and the report pairs each method with them"
+        )
+    return frame[matching(frame, wanted)].reset_index(drop=True)
+
+
+def matching(frame: pd.DataFrame, wanted: dict[str, Any]) -> pd.Series:
+    """A mask of the rows whose params have every wanted value."""
+    mask = pd.Series(True, index=frame.index)
+    for key, value in wanted.items():
+        mask &= frame[key].map(lambda v, want=value: _same(v, want))
+    return mask
+
+
+def _parse_condition(condition: str, frame: pd.DataFrame) -> tuple[str, Any]:
+    if "=" not in condition:
+        raise ReportError(f"--only/--baseline: expected KEY=VALUE, got {condition!r}")
+    key, value = condition.split("=", 1)
+    if key not in frame.columns and key != SCALING:  # SCALING: a column of the scaled rows write_report adds
+        raise ReportError(f"{key}: no such param among the experiments; params: {', '.join(param_columns(frame))}")
+    return key, yaml.safe_load(value)
+
+
+def _same(value: Any, want: Any) -> bool:
+    if isinstance(want, (int, float)) and not isinstance(want, bool) and isinstance(value, (int, float)):
+        return math.isclose(float(value), float(want))
+    return value == want
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+
+
+def group_keys(frame: pd.DataFrame) -> list[str]:
+    """The params that vary among the experiments, train.seed aside, and the code if it varies: what tells one
+    group from another."""
+    candidates = [*param_columns(frame), *([CODE] if CODE in frame else [])]
+    return [c for c in candidates if c != SEED and frame[c].map(repr).nunique() > 1]
+
+
+def check_one_run_per_seed(frame: pd.DataFrame, keys: list[str]) -> None:
+    """Pairing by seed needs one run per group and seed; two runs that differ in their results are not one run."""
+    for label, group in iter_groups(frame, keys):
+        repeated = group[group[SEED].duplicated(keep=False)]
+        if not repeated.empty:
+            seed = repeated[SEED].iloc[0]
+            names = ", ".join(repeated.loc[repeated[SEED] == seed, "name"].astype(str))
+            raise ReportError(
+                f"{label}: several runs with {SEED}={seed} ({names}) of the same params and code but other results; "
+                "keep one: remove the others with `dvc exp remove NAME`, or select with --only"
+            )
+
+
+def group_label(row: pd.Series | dict[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{k}={None if pd.isna(row[k]) else row[k]}" for k in keys) or "all"
+
+
+def short_label(row: pd.Series | dict[str, Any], keys: list[str]) -> str:
+    """The group's values alone (`native rope`, `native rope + yarn`), for the legends of the figures."""
+    parts = []
+    for key in keys:
+        if key == CODE:
+            parts.append(f"code {row[key]}")
+        elif key == SCALING:
+            parts += [] if row[key] == "none" else [f"+ {row[key]}"]  # unscaled: the run as trained, no suffix
+        else:
+            parts.append(str(row[key]))
+    return " ".join(parts) or "all"
+
+
+def t_interval(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean, sample std and the half-width of the Student's t 95% interval of the mean (NaN below n = 2)."""
+    n = len(values)
+    mean = float(np.mean(values)) if n else math.nan
+    if n < 2:
+        return mean, math.nan, math.nan
+    std = float(np.std(values, ddof=1))
+    return mean, std, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
+def summarize(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per group and metric: n (runs with a value), mean, std, the 95% interval's bounds and, where no run
+    has a value, why (`reason`)."""
+    rows = []
+    for label, group in iter_groups(frame, keys):
+        for metric in metric_columns(frame):
+            values = group[metric].dropna().astype(float).to_numpy()  # a null stays out: never averaged in
+            mean, std, half = t_interval(values)
+            rows.append({
+                "group": label, **{k: group[k].iloc[0] for k in keys}, "metric": metric, "n": len(values),
+                "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half,
+                "reason": null_reason(group, metric) if len(values) == 0 else None,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+# ppl_at_0p5x: the test perplexity with windows of 0.5 × train.context (llama_pe.evaluate.metric_suffix).
+CONTEXT_METRIC = re.compile(r"^(?P<mode>sliding_)?ppl_at_(?P<multiple>\d+(p\d+)?)x$")
+
+
+def context_multiple(metric: str) -> float | None:
+    """The multiple of train.context that a perplexity-by-context metric scores at; None for other metrics."""
+    match = CONTEXT_METRIC.match(metric)
+    return float(match["multiple"].replace("p", ".")) if match else None
+
+
+def null_reason(group: pd.DataFrame, metric: str) -> str:
+    """Why no run of the group has the metric, told from what its runs do have (the evaluate stage records a null
+    with its reason; DVC's metrics keep only the null)."""
+    first = group.iloc[0]
+    if first.get(SCALING, "none") != "none":
+        return "scaled evaluation (ppl_at_Kx only)"
+    encoding = first.get("model.pos", "these")
+    multiple = context_multiple(metric)
+    scored_at_1x = "ppl_at_1x" in group and group["ppl_at_1x"].notna().any()
+    if multiple is not None and multiple > 1 and scored_at_1x:  # scored up to the training length, not past it
+        if first.get("data.split") == "random_chunks":
+            return "data.split=random_chunks has no text longer than train.context + 1 tokens"
+        return f"{encoding} positions stop at train.context"
+    return f"not defined for model.pos={encoding}" if "model.pos" in group else "no run recorded it"
+
+
+def iter_groups(frame: pd.DataFrame, keys: list[str]):
+    if not keys:
+        yield "all", frame
+        return
+    for _, group in frame.groupby([frame[k].map(repr) for k in keys], sort=False):
+        yield group_label(group.iloc[0], keys), group
+
+
+NOISE = "not distinguishable from seed noise"
+
+
+def paired_differences(frame: pd.DataFrame, keys: list[str], baseline: dict[str, Any]) -> pd.DataFrame:
+    """Every group against the baseline group, seed by seed: the mean difference, its 95% interval, a verdict."""
+    is_baseline = matching(frame, baseline)
+    base = frame[is_baseline]
+    wanted = ", ".join(f"{k}={v}" for k, v in baseline.items())
+    if not baseline:
+        raise ReportError(
+            f"the groups differ in {', '.join(keys)}, not in what the default baseline names "
+            f"({', '.join(DEFAULT_BASELINE)}): give --baseline KEY=VALUE of one group"
+        )
+    if base.empty:
+        raise ReportError(f"--baseline {wanted}: no experiment matches it; give --baseline KEY=VALUE of one group")
+    matched = [label for label, _ in iter_groups(base, keys)]
+    if len(matched) > 1:
+        raise ReportError(
+            f"--baseline {wanted}: matches {len(matched)} groups ({'; '.join(matched)}); add --baseline KEY=VALUE "
+            "until it names one, or select fewer experiments with --only"
+        )
+    base_by_seed = base.set_index(SEED)
+    rows = []
+    for label, group in iter_groups(frame[~is_baseline], keys):
+        if not set(group[SEED]) & set(base_by_seed.index):
+            raise ReportError(
+                f"{label}: none of its runs ({SEED} {_seeds(group)}) pairs with a run of the baseline "
+                f"({SEED} {_seeds(base)}); run the same seeds for both, or choose another --baseline"
+            )
+        for metric in compared_metrics(frame):
+            paired = group.set_index(SEED)[metric].astype(float) - base_by_seed[metric].astype(float)
+            diffs = paired.dropna().to_numpy()  # only seeds where both runs have a value
+            mean, std, half = t_interval(diffs)
+            rows.append({
+                "group": label, "metric": metric, "n_pairs": len(diffs), "mean_diff": mean, "std_diff": std,
+                "ci95_low": mean - half, "ci95_high": mean + half,
+                "verdict": unpaired_reason(group, base, metric) if len(diffs) == 0 else verdict(metric, mean, half),
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def compared_metrics(frame: pd.DataFrame) -> list[str]:
+    """The metrics that groups are compared on: every metric but the timings (llama_pe.metrics.Role.TIMING)."""
+    return [metric for metric in metric_columns(frame) if not has_role(metric, Role.TIMING)]
+
+
+def unpaired_reason(group: pd.DataFrame, base: pd.DataFrame, metric: str) -> str:
+    """Why no seed pairs a value of the group with one of the baseline."""
+    if group[metric].isna().all():
+        return f"n/a: {null_reason(group, metric)}"
+    if base[metric].isna().all():
+        return f"n/a: baseline: {null_reason(base, metric)}"
+    return f"n/a: no seed has a value in both (group {SEED} {_seeds(group)}, baseline {_seeds(base)})"
+
+
+def _seeds(frame: pd.DataFrame) -> str:
+    return ", ".join(str(seed) for seed in sorted(frame[SEED].unique()))
+
+
+ONE_PAIR = "(1 pair: no interval, no verdict)"
+
+
+def verdict(metric: str, mean_diff: float, half_width: float) -> str:
+    """better or worse when the 95% interval of the paired difference excludes 0; else seed noise."""
+    row = metric_row(metric)
+    if row is None or row.better is None or row.role is not Role.RESULT:
+        return "-"
+    if math.isnan(half_width):
+        return ONE_PAIR
+    if abs(mean_diff) <= half_width:
+        return NOISE
+    return "better" if (mean_diff < 0) == (row.better == LOWER) else "worse"
+
+
+def baseline_conditions(frame: pd.DataFrame, baseline: list[str]) -> dict[str, Any]:
+    """--baseline KEY=VALUE as a dict; by default native rope, on the keys that vary among the experiments."""
+    conditions = baseline or [c for c in DEFAULT_BASELINE if c.split("=")[0] in group_keys(frame)]
+    return dict(_parse_condition(c, frame) for c in conditions)
+
+
+def read_val_curves(repo: str | Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """Each experiment's validation loss by tokens seen, read from its own DVCLive files at its own revision."""
+    from dvc.api import DVCFileSystem
+
+    curves = []
+    for name, rev in zip(frame["name"], frame["rev"], strict=True):
+        fs = DVCFileSystem(str(repo), rev=rev)
+        try:
+            loss, tokens = (
+                pd.read_csv(io.StringIO(fs.read_text(f"{VAL_CURVE}/{column}.tsv")), sep="\t")[["step", column]]
+                for column in ("loss", "tokens")
+            )
+        except FileNotFoundError:
+            log.warning("%s (%s) has no validation curve at %s: left out of val_curves.png", name, rev, VAL_CURVE)
+            continue
+        curves.append(loss.merge(tokens, on="step").assign(name=name))
+    return pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=["name", "step", "tokens", "loss"])

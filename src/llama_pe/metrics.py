@@ -1,0 +1,75 @@
+"""Every metric the stages record, in one table: what the report does with it and which way is better.
+
+A metric is a row's pattern (a regular expression its whole name matches; exactly one row matches each name the
+train, evaluate and tokenizer stages write: the tests check it); a new metric is a row here, never a branch in the
+report. The rows' order is the order of the report's tables.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
+
+
+class Role(Enum):
+    RESULT = "result"  # aggregated over seeds and compared between groups
+    # Timings vary from run to run of the same code and params; everything else repeats exactly on a CPU. Runs that
+    # shared a machine (queue workers, other work) time the machine's load, not the encoding: a timing is described
+    # (mean ± std), never compared.
+    TIMING = "timing"
+    SETTING = "setting"  # describes a run's setting, not its result: the report's opening lines, never averaged
+    UNREPORTED = "unreported"  # recorded for the run's own record (dvc metrics show); no report reads it
+
+
+LOWER, HIGHER = "lower", "higher"  # which way is better; None: no verdict (params: a count, not a score)
+
+
+@dataclass(frozen=True)
+class Metric:
+    pattern: str
+    role: Role
+    better: str | None = None
+    headline: tuple[str, ...] = ()  # the names of this row in the report's first table: the answer at a glance
+
+    def matches(self, name: str) -> bool:
+        return re.fullmatch(self.pattern, name) is not None
+
+
+CONTEXT = r"\d+(?:p\d+)?x"  # ppl_at_0p5x: windows of 0.5 × train.context (llama_pe.evaluate.metric_suffix)
+# A rope run's perplexity by context with its frequencies scaled by a method (eval.rope_scaling): group 1 is the
+# unscaled metric, group 2 the method. The report makes it a group of its own per method (experiments.py).
+SCALED_PPL = Metric(rf"(ppl_at_{CONTEXT})_({'|'.join(map(re.escape, ROPE_SCALING_METHODS))})", Role.RESULT, LOWER)
+
+METRICS = (
+    Metric(r"best_val_loss", Role.RESULT, LOWER, headline=("best_val_loss",)),
+    Metric(r"best_val_bpc", Role.RESULT, LOWER),
+    Metric(r"(val|test|holdout)_(loss|ppl|bpc)", Role.RESULT, LOWER, headline=("test_ppl", "holdout_bpc")),
+    Metric(rf"ppl_at_{CONTEXT}", Role.RESULT, LOWER, headline=("ppl_at_8x",)),
+    SCALED_PPL,
+    Metric(rf"sliding_ppl_at_{CONTEXT}", Role.RESULT, LOWER, headline=("sliding_ppl_at_8x",)),
+    Metric(r"tokens_per_sec", Role.TIMING, HIGHER),
+    Metric(r"params", Role.RESULT),
+    Metric(r"trained_steps|trained_tokens|unigram_val_bpc", Role.SETTING),
+    # The train stage's record of its run: where the best checkpoint was, how it ended, on what, how long.
+    Metric(r"best_step|best_tokens|stopped_early|device|precision", Role.UNREPORTED),
+    Metric(r"wall_time_s|val_time_s", Role.UNREPORTED),  # timings of the whole run: tokens_per_sec speaks for them
+    # The tokenizer stage's: the same for every run of the same data and tokenizer params.
+    Metric(r"vocab_size|pieces_used|tokens|chars|chars_per_token|unk_tokens|lossless", Role.UNREPORTED),
+)
+# The first table's columns, in this order; timings are no part of it.
+HEADLINE = tuple(name for row in METRICS for name in row.headline)
+
+
+def metric_row(name: str) -> Metric | None:
+    """The table's row for a metric name; None for a name that is no metric (a param, a column DVC adds)."""
+    rows = [row for row in METRICS if row.matches(name)]
+    assert len(rows) <= 1, f"{name} matches {len(rows)} rows of METRICS"  # the table's own invariant
+    return rows[0] if rows else None
+
+
+def has_role(name: str, *roles: Role) -> bool:
+    row = metric_row(name)
+    return row is not None and row.role in roles

@@ -1,0 +1,282 @@
+"""The report's files: runs.csv, summary.csv, comparison.md and the figures, drafted aside and moved into place;
+a committed report is changed only when asked. Written for `llama-pe report` and for `llama-pe study` alike."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llama_pe.experiments import (
+    CODE,
+    CONTEXT_METRIC,
+    SCALING,
+    SEED,
+    ReportError,
+    check_one_run_per_seed,
+    group_keys,
+    iter_groups,
+    paired_differences,
+    summarize,
+    with_rope_scaling_rows,
+)
+from llama_pe.io import atomic_path, write_text
+from llama_pe.metrics import HEADLINE, Role, has_role
+
+log = logging.getLogger(__name__)
+
+
+def write_report(
+    frame: pd.DataFrame, out_dir: Path, baseline: dict[str, Any], curves: pd.DataFrame | None = None,
+    force: bool = False,
+) -> dict[str, Path]:  # fmt: skip
+    """The tables (runs.csv, summary.csv, comparison.md) and, given the curves, the figures; returns their paths.
+
+    Everything is drafted aside first: a committed file (one that git tracks) is changed only with `force`, so a
+    narrower report never silently replaces a study's record.
+    """
+    if frame.empty:
+        raise ReportError(
+            "no finished experiments selected: run some (dvc exp run, llama-pe study) or widen the selection "
+            "(--all-commits for the experiments of every commit, fewer --only)"
+        )
+    with tempfile.TemporaryDirectory(prefix="llama-pe-report.") as tmp:
+        drafts, described = draft_report(frame, Path(tmp), baseline, curves)
+        if not force:
+            refuse_overwrite(out_dir, drafts)
+        paths = {name: out_dir / name for name in drafts}
+        for name, draft in drafts.items():
+            with atomic_path(paths[name]) as final:
+                shutil.copyfile(draft, final)
+    log.info("%s: wrote %s", described, ", ".join(map(str, paths.values())))
+    return paths
+
+
+def draft_report(
+    frame: pd.DataFrame, out_dir: Path, baseline: dict[str, Any], curves: pd.DataFrame | None
+) -> tuple[dict[str, Path], str]:
+    """write_report's files, written into out_dir by name; and a line that says what they hold."""
+    from llama_pe import report_figures  # matplotlib is slow to import
+
+    trained, frame = frame, with_rope_scaling_rows(frame)
+    if SCALING in frame and SCALING not in baseline:
+        baseline = {**baseline, SCALING: "none"}  # the baseline as trained, not one of its scaled evaluations
+    keys = group_keys(frame)
+    check_one_run_per_seed(frame, keys)
+    summary = summarize(frame, keys)
+    diffs = paired_differences(frame, keys, baseline) if keys else pd.DataFrame()
+    paths = {name: out_dir / name for name in ("runs.csv", "summary.csv", "comparison.md")}
+    tables = {"runs.csv": trained, "summary.csv": summary}  # runs.csv: one row per experiment, scaled metrics included
+    if curves is not None:
+        paths["val_curves.csv"] = out_dir / "val_curves.csv"
+        tables["val_curves.csv"] = curves
+    for name, table in tables.items():
+        with atomic_path(paths[name]) as tmp:
+            table.to_csv(tmp, index=False)
+    if warning := untrained_warning(trained):
+        log.warning(warning)
+    write_text(paths["comparison.md"], comparison_markdown(trained, summary, diffs, keys, baseline))
+    paths["extrapolation.png"] = report_figures.extrapolation(frame, keys, out_dir / "extrapolation.png")
+    paths["bpc.png"] = report_figures.bits_per_character(trained, group_keys(trained), out_dir / "bpc.png")
+    if curves is not None:
+        # The curves of training: a scaled evaluation trained nothing of its own.
+        paths["val_curves.png"] = report_figures.val_curves(trained, group_keys(trained), curves,
+                                                            out_dir / "val_curves.png")  # fmt: skip
+    runs = f"{len(trained)} experiment" + ("s" if len(trained) != 1 else "")
+    return paths, f"{runs} in {summary['group'].nunique()} groups by {', '.join(keys) or 'nothing'}"
+
+
+# ---------------------------------------------------------------------------------------------- committed files
+
+
+# Every file a report can write into its folder (val_curves.*: when the experiments' curves are read).
+REPORT_FILES = (
+    "runs.csv", "summary.csv", "comparison.md", "val_curves.csv", "extrapolation.png", "bpc.png", "val_curves.png",
+)  # fmt: skip
+
+
+def refuse_overwrite(out_dir: Path, drafts: dict[str, Path]) -> None:
+    """Refuse to change a file under out_dir that git tracks: bytes equal to the draft's may stay as they are."""
+    changed = [name for name in committed(out_dir, drafts) if not _same_bytes(out_dir / name, drafts[name])]
+    if changed:
+        raise ReportError(overwrite_message(out_dir, changed))
+
+
+def refuse_committed_folder(out_dir: Path) -> None:
+    """Refuse a folder that holds a committed report (before a study trains runs that would change it)."""
+    if names := committed(out_dir, REPORT_FILES):
+        raise ReportError(overwrite_message(out_dir, names))
+
+
+def overwrite_message(out_dir: Path, names: list[str]) -> str:
+    files = f"{len(names)} committed file{'s' if len(names) != 1 else ''}"
+    return (f"--out {out_dir}: the report would change {files} there ({', '.join(names)}); give --out a new folder "
+            "to write it elsewhere, or --force to overwrite them")  # fmt: skip
+
+
+def committed(out_dir: Path, names: Iterable[str]) -> list[str]:
+    """Those of the names whose files under out_dir git tracks; none when out_dir is in no git repository."""
+    names = list(names)
+    folder = out_dir.absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.is_dir())  # git needs a folder to run in
+    listed = subprocess.run(["git", "ls-files", "-z", "--", *(str(folder / name) for name in names)],
+                            cwd=existing, capture_output=True, text=True)  # fmt: skip
+    if listed.returncode != 0:
+        return []  # not in a git repository: nothing is committed
+    tracked = {(existing / path).resolve() for path in listed.stdout.split("\0") if path}
+    return [name for name in names if (folder / name).resolve() in tracked]
+
+
+def _same_bytes(path: Path, draft: Path) -> bool:
+    return path.is_file() and path.read_bytes() == draft.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------- comparison.md
+
+
+TIMING_NOTE = (
+    "Not a speed comparison: runs shared a machine (queue workers, other work), so a timing describes its run's "
+    "machine, not its encoding; `llama-pe bench` compares speed. Mean ± std over seeds, no verdict.\n"
+)
+
+
+def comparison_markdown(
+    trained: pd.DataFrame, summary: pd.DataFrame, diffs: pd.DataFrame, keys: list[str], baseline: dict[str, Any]
+) -> str:
+    """The report's reading: the runs' setting, the headline, perplexity by context, the paired verdicts, the rest."""
+    groups = list(dict.fromkeys(summary["group"]))  # the experiments' order, not the alphabet's
+    metrics = list(dict.fromkeys(summary["metric"]))
+    cells = summary.assign(cell=summary.apply(_summary_cell, axis=1)).pivot(index="group", columns="metric",
+                                                                           values="cell")  # fmt: skip
+    cells = cells.reindex(index=groups, columns=metrics)
+    compared = [m for m in metrics if not has_role(m, Role.TIMING)]
+    headline = [m for m in HEADLINE if m in compared]
+    by_context = [m for m in compared if CONTEXT_METRIC.match(m)]
+    parts = [
+        "# Position encodings compared\n",
+        *setting_lines(trained),
+        f"\nGroups by {', '.join(f'`{k}`' for k in keys) or 'nothing'}; each cell is mean ± std over seeds (n runs), "
+        "or n/a with the reason no run has a value.\n",
+        "## Headline\n",
+        markdown_table(cells[headline].reset_index()),
+    ]
+    if by_context:
+        parts += ["\n## Test perplexity by evaluation context (multiples of train.context)\n",
+                  markdown_table(cells[by_context].reset_index())]  # fmt: skip
+    if not diffs.empty:
+        diffs = diffs.assign(difference=diffs.apply(_difference, axis=1))
+        parts += _verdicts(diffs, [g for g in groups if g in set(diffs["group"])], headline, baseline)
+    parts += ["\n## Every metric\n", markdown_table(cells[compared].reset_index())]
+    if timings := [m for m in metrics if has_role(m, Role.TIMING)]:
+        parts += ["\n## Timings\n", TIMING_NOTE, markdown_table(cells[timings].reset_index())]
+    if not diffs.empty:
+        parts += ["\n## Every paired difference\n",
+                  markdown_table(diffs[["group", "metric", "n_pairs", "difference", "verdict"]])]  # fmt: skip
+    return "\n".join(parts) + "\n"
+
+
+def _verdicts(diffs: pd.DataFrame, groups: list[str], headline: list[str], baseline: dict[str, Any]) -> list[str]:
+    wanted = ", ".join(f"{k}={v}" for k, v in baseline.items())
+    verdicts = diffs.assign(cell=(diffs["difference"] + " " + diffs["verdict"]).str.strip())
+    verdicts = verdicts.pivot(index="group", columns="metric", values="cell").reindex(index=groups, columns=headline)
+    return [
+        f"\n## Against {wanted}, paired by seed\n",
+        "Mean difference (group − baseline) over the seeds both ran, with its Student's t 95% interval; *better* "
+        "or *worse* only when the interval excludes 0.\n",
+        markdown_table(verdicts.reset_index()),
+    ]
+
+
+def _summary_cell(row: pd.Series) -> str:
+    if row["n"] == 0:
+        return f"n/a: {row['reason']}"
+    std = "" if math.isnan(row["std"]) else f" ± {row['std']:.4g}"
+    return f"{row['mean']:.4g}{std} (n={row['n']})"
+
+
+def _difference(row: pd.Series) -> str:
+    """The mean paired difference and its interval; empty when no seed pairs (the verdict says why)."""
+    if row["n_pairs"] == 0:
+        return ""
+    interval = "" if math.isnan(row["ci95_low"]) else f" [{row['ci95_low']:+.4g}, {row['ci95_high']:+.4g}]"
+    return f"{row['mean_diff']:+.4g}{interval}"
+
+
+def setting_lines(trained: pd.DataFrame) -> list[str]:
+    """What the runs were: size, budget, seeds, code; a verdict read without its setting misleads."""
+    keys = group_keys(trained)
+    sizes = pd.Series([len(group) for _, group in iter_groups(trained, keys)])
+    n = f"{sizes.min()}" if sizes.nunique() == 1 else f"{sizes.min()} to {sizes.max()}"
+    seeds = ", ".join(str(seed) for seed in sorted(trained[SEED].unique())) if SEED in trained else "not recorded"
+    budget = [f"{name}={value}" for name in ("train.max_steps", "train.max_tokens", "train.context")
+              if (value := describe_values(trained, name)) is not None]  # fmt: skip
+    done = [f"{value} {unit}" for name, unit in (("trained_steps", "steps"), ("trained_tokens", "tokens"))
+            if (value := describe_values(trained, name)) is not None]  # fmt: skip
+    lines = [
+        f"- **Runs:** {len(trained)}, in {len(sizes)} group{'s' if len(sizes) != 1 else ''} of n = {n} "
+        f"({SEED} {seeds})",
+        f"- **Model:** model.size={describe_values(trained, 'model.size') or 'not recorded'}, "
+        f"{describe_values(trained, 'params') or 'an unrecorded number of'} parameters",
+        f"- **Budget:** {', '.join(budget) or 'not recorded'}; "
+        + (f"trained {' and '.join(done)} per run" if done else "steps and tokens trained not recorded"),
+        f"- **Code:** {describe_values(trained, CODE) or 'not recorded'} (the hash of the stages' source files; "
+        "runs.csv names each run's revision)",
+    ]
+    if sizes.min() < 2:
+        lines.append("- **n = 1:** a group with one run has no interval, and no verdict against the baseline")
+    if warning := untrained_warning(trained):
+        lines.append(f"- **Warning:** {warning}")
+    return lines
+
+
+def untrained_warning(trained: pd.DataFrame) -> str | None:
+    """A warning when runs do not beat a unigram model on validation: a verdict between them is one between
+    untrained models."""
+    if not {"best_val_bpc", "unigram_val_bpc"} <= set(trained.columns):
+        return None
+    both = trained[["best_val_bpc", "unigram_val_bpc"]].dropna()
+    untrained = int((both["best_val_bpc"] >= both["unigram_val_bpc"]).sum())
+    if not untrained:
+        return None
+    return (f"{untrained} of {len(both)} runs do not beat a unigram model (best_val_bpc ≥ unigram_val_bpc): these "
+            "models are barely trained, and the verdicts describe untrained models, not the encodings")  # fmt: skip
+
+
+def describe_values(frame: pd.DataFrame, column: str) -> str | None:
+    """A column's values over the runs: `400`, `400 (25 runs), 312 (2 runs)`, `300 to 400`; None when none has one."""
+    values = frame[column].dropna() if column in frame else pd.Series(dtype=object)
+    if values.empty:
+        return None
+    counts = values.map(_plain).value_counts()
+    if len(counts) == 1:
+        return str(counts.index[0])
+    if len(counts) > 3 and pd.api.types.is_numeric_dtype(values):
+        return f"{_plain(values.min())} to {_plain(values.max())}"
+    return ", ".join(f"{value} ({count} run{'s' if count != 1 else ''})" for value, count in counts.items())
+
+
+def _plain(value: Any) -> str:
+    """A number as a reader writes it: 819,200 and 400, not 819200.0."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub table of the frame's cells as text (pandas' to_markdown needs the tabulate package)."""
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += [
+        "| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
+    return "\n".join(lines)
