@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llama_pe.provenance import SOURCE_ROOT, import_closure
+from llama_pe.provenance import SOURCE_ROOT, direct_imports, import_closure
 from tests.conftest import REPO_ROOT
 
 
@@ -80,3 +80,37 @@ def test_the_import_walk_follows_lazy_and_from_imports(tmp_path):
     entry.write_text("import llama_pe.top\n")
     closure = {str(p.relative_to(tmp_path)) for p in import_closure(entry, root=tmp_path)}
     assert closure == {"llama_pe/__init__.py", "llama_pe/top.py", "llama_pe/sub/__init__.py", "llama_pe/sub/leaf.py"}
+
+
+def import_cycles(root: Path) -> list[list[str]]:
+    """Every set of llama_pe modules that import one another, directly or around a loop (lazy imports count: they
+    run all the same); a package importing its own modules in its __init__.py is no loop."""
+    files = sorted(path.resolve() for path in (root / "llama_pe").rglob("*.py"))
+    graph = {path: direct_imports(path, root) for path in files}
+    reach = {path: set() for path in files}
+    for start in files:
+        pending = list(graph[start])
+        while pending:
+            path = pending.pop()
+            if path not in reach[start]:
+                reach[start].add(path)
+                pending.extend(graph.get(path, ()))
+    cycles = {
+        tuple(sorted(str(other.relative_to(root)) for other in files if other in reach[path] and path in reach[other]))
+        for path in files
+        if path in reach[path]
+    }
+    return sorted(map(list, cycles))
+
+
+def test_no_module_of_the_library_imports_one_that_imports_it_back():
+    assert import_cycles(SOURCE_ROOT) == []
+
+
+def test_the_cycle_check_sees_a_loop_through_a_lazy_import(tmp_path):
+    package = tmp_path / "llama_pe"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "low.py").write_text("def f():\n    from llama_pe import high\n")
+    (package / "high.py").write_text("from llama_pe.low import f\n")
+    assert import_cycles(tmp_path) == [["llama_pe/high.py", "llama_pe/low.py"]]

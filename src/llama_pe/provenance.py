@@ -36,6 +36,12 @@ def _imported_modules(path: Path) -> set[str]:
     return {name for name in found if name == PACKAGE or name.startswith(PACKAGE + ".")}
 
 
+def direct_imports(path: Path, root: Path = SOURCE_ROOT) -> set[Path]:
+    """The llama_pe files that `path` imports itself (lazy imports too), without the parent packages' __init__.py."""
+    files = (module_file(module, root) for module in _imported_modules(path))
+    return {file.resolve() for file in files if file is not None}
+
+
 def import_closure(entry: Path, root: Path = SOURCE_ROOT) -> list[Path]:
     """The llama_pe files that running `entry` imports, transitively, parent packages' __init__.py included."""
     seen: set[Path] = set()
