@@ -1,0 +1,49 @@
+"""The RoPE scaling registry is the one list of methods: config's checks, the HF parameters and dvc.yaml's plot
+read it, and it loads without torch (config checks params in the first stage, before torch)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from llama_pe.config import ConfigError
+from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS, RopeScaling
+from tests.conftest import REPO_ROOT, make_config
+
+
+def test_config_takes_every_registered_method_and_names_them_all_when_refusing():
+    assert make_config(eval={"rope_scaling": list(ROPE_SCALING_METHODS)}).eval.rope_scaling == tuple(
+        ROPE_SCALING_METHODS
+    )
+    with pytest.raises(ConfigError, match=f"expected one of {', '.join(ROPE_SCALING_METHODS)}; got 'ntk'"):
+        make_config(eval={"rope_scaling": ["ntk"]})
+
+
+@pytest.mark.parametrize("method", ROPE_SCALING_METHODS)
+def test_hf_parameters_carry_the_training_length_where_the_method_reads_it(method):
+    from llama_pe.model.hf import hf_rope_parameters
+
+    parameters = hf_rope_parameters(10000.0, RopeScaling(method, 4.0, 64))
+    assert parameters["rope_type"] == method and parameters["factor"] == 4.0
+    wanted = ROPE_SCALING_METHODS[method].hf_original_context
+    assert ("original_max_position_embeddings" in parameters) == wanted
+
+
+def test_the_dvc_plot_of_scaled_rope_draws_every_registered_method():
+    # dvc.yaml cannot read the registry: it is checked against it here.
+    plots = [plot for plot in yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["plots"] if isinstance(plot, dict)]
+    (scaled,) = [plot["rope scaling"] for plot in plots if "rope scaling" in plot]
+    assert scaled["y"] == {
+        "plots/eval/extrapolation.json": ["nonoverlapping_ppl", *(f"{method}_ppl" for method in ROPE_SCALING_METHODS)]
+    }
+
+
+def test_the_registry_and_config_load_without_torch():
+    code = "import sys, llama_pe.config, llama_pe.rope_scaling_methods; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")})  # fmt: skip
+    assert result.stdout.strip() == "False"
