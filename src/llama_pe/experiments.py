@@ -27,7 +27,7 @@ import yaml
 from scipy import stats
 
 from llama_pe.errors import LlamaPeError
-from llama_pe.metrics import LOWER, METRICS, SCALED_PPL, Role, has_role, metric_row
+from llama_pe.metrics import LOWER, METRICS, MULTIPLE, SCALED_PPL, Role, has_role, metric_row
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def summarize(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 # ppl_at_0p5x: the test perplexity with windows of 0.5 × train.context (llama_pe.evaluate.metric_suffix).
-CONTEXT_METRIC = re.compile(r"^(?P<mode>sliding_)?ppl_at_(?P<multiple>\d+(p\d+)?)x$")
+CONTEXT_METRIC = re.compile(rf"^(?P<mode>sliding_)?ppl_at_(?P<multiple>{MULTIPLE})x$")
 
 
 def context_multiple(metric: str) -> float | None:

@@ -38,18 +38,18 @@ class Metric:
         return re.fullmatch(self.pattern, name) is not None
 
 
-CONTEXT = r"\d+(?:p\d+)?x"  # ppl_at_0p5x: windows of 0.5 × train.context (llama_pe.evaluate.metric_suffix)
+MULTIPLE = r"\d+(?:p\d+)?"  # ppl_at_0p5x: windows of 0.5 × train.context (llama_pe.evaluate.metric_suffix)
 # A rope run's perplexity by context with its frequencies scaled by a method (eval.rope_scaling): group 1 is the
 # unscaled metric, group 2 the method. The report makes it a group of its own per method (experiments.py).
-SCALED_PPL = Metric(rf"(ppl_at_{CONTEXT})_({'|'.join(map(re.escape, ROPE_SCALING_METHODS))})", Role.RESULT, LOWER)
+SCALED_PPL = Metric(rf"(ppl_at_{MULTIPLE}x)_({'|'.join(map(re.escape, ROPE_SCALING_METHODS))})", Role.RESULT, LOWER)
 
 METRICS = (
     Metric(r"best_val_loss", Role.RESULT, LOWER, headline=("best_val_loss",)),
     Metric(r"best_val_bpc", Role.RESULT, LOWER),
     Metric(r"(val|test|holdout)_(loss|ppl|bpc)", Role.RESULT, LOWER, headline=("test_ppl", "holdout_bpc")),
-    Metric(rf"ppl_at_{CONTEXT}", Role.RESULT, LOWER, headline=("ppl_at_8x",)),
+    Metric(rf"ppl_at_{MULTIPLE}x", Role.RESULT, LOWER, headline=("ppl_at_8x",)),
     SCALED_PPL,
-    Metric(rf"sliding_ppl_at_{CONTEXT}", Role.RESULT, LOWER, headline=("sliding_ppl_at_8x",)),
+    Metric(rf"sliding_ppl_at_{MULTIPLE}x", Role.RESULT, LOWER, headline=("sliding_ppl_at_8x",)),
     Metric(r"tokens_per_sec", Role.TIMING, HIGHER),
     Metric(r"params", Role.RESULT),
     Metric(r"trained_steps|trained_tokens|unigram_val_bpc", Role.SETTING),
