@@ -68,8 +68,8 @@ def _not_in_cache(name: str, rev: str, head: str, has_remote: bool, repo: Path) 
     if has_remote:
         return f"{missing}; `dvc exp pull origin {name}` fetches an experiment and its model that were pushed to origin"
     return (
-        f"{missing}, and no DVC remote is configured: only the repository that ran it holds its model (README, "
-        f"Remotes: `dvc exp push` there, `dvc exp pull` here)"
+        f"{missing}, and no DVC remote is configured: only the repository that ran it holds its model "
+        f"(docs/scale-out.md, remotes: `dvc exp push` there, `dvc exp pull` here)"
     )
 
 
