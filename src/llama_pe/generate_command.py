@@ -106,9 +106,16 @@ def read_prompt(prompt: str, stdin: TextIO) -> str:
 
 
 def generate_text(
-    checkpoint: str | None, exp: str | None, prompt: str, tokens: int, temperature: float, top_k: int | None,
-    seed: int, out: TextIO = sys.stdout, stdin: TextIO = sys.stdin,
-) -> str:  # fmt: skip
+    checkpoint: str | None,
+    exp: str | None,
+    prompt: str,
+    tokens: int,
+    temperature: float,
+    top_k: int | None,
+    seed: int,
+    out: TextIO = sys.stdout,
+    stdin: TextIO = sys.stdin,
+) -> str:
     """Write the prompt, then each new piece of text as soon as its token is sampled; returns the continuation."""
     if checkpoint and exp:
         raise ConfigError("--checkpoint and --exp name two models; give one")
