@@ -18,9 +18,13 @@ def main() -> None:
     parser.add_argument("--samples", required=True, help="text file of generated samples")
     args = parser.parse_args()
     evaluate_checkpoint(
-        load_config(args.params), Path(args.checkpoint), Path(args.encoded), Path(args.metrics), Path(args.curve),
+        load_config(args.params),
+        Path(args.checkpoint),
+        Path(args.encoded),
+        Path(args.metrics),
+        Path(args.curve),
         Path(args.samples),
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

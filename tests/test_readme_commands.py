@@ -1,4 +1,4 @@
-"""Every `dvc exp run -S ...` command that README.md shows runs, as written, on the repository's own params.
+"""Every `dvc exp run -S ...` command that README.md or docs/*.md shows runs, as written, on the repository's params.
 
 The project here is the real params.yaml (the `small` model and every default) on a generated corpus, with only a
 smaller vocabulary and a two-step budget added, so that a documented command cannot fail unnoticed.
@@ -18,25 +18,34 @@ import torch
 
 from tests.conftest import REPO_ROOT, base_params, generate_rich_corpus, make_dvc_project, run
 
-pytestmark = pytest.mark.slow
-
 # Commands whose values are placeholders, not settings: `-S key=value`, `-S model.pos=...`.
 _PLACEHOLDER = re.compile(r"=\.\.\.|key=value")
 # Appended to every command: the README's settings stay; only the budget shrinks.
 FEW_STEPS = ["-S", "train.max_steps=2", "-S", "train.eval_interval=1", "-S", "eval.sample_tokens=4"]
 
 
-def readme_commands() -> list[str]:
-    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+def documented_pages() -> list[Path]:
+    return [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+
+
+def documented_commands() -> list[str]:
+    text = "\n".join(page.read_text(encoding="utf-8") for page in documented_pages())
     found = re.findall(r"dvc exp run(?: --queue)?(?: -S [^\s`]+)+", text)
     return list(dict.fromkeys(cmd for cmd in found if not _PLACEHOLDER.search(cmd)))
 
 
-def test_the_readme_shows_the_commands_this_module_runs():
-    commands = readme_commands()
+def test_the_docs_show_the_commands_this_module_runs():
+    commands = documented_commands()
     assert "dvc exp run -S model.pos=alibi" in commands
     assert any("--queue" in c for c in commands) and any("seed33m" in c for c in commands)
-    assert len(commands) >= 7
+    assert any("train.nproc=8" in c for c in commands) and any("random_chunks" in c for c in commands)
+    assert len(commands) >= 9
+
+
+def test_every_docs_page_is_searched():
+    """A command in any docs page is collected: the pages are README.md and every docs/*.md, none missed."""
+    pages = {page.relative_to(REPO_ROOT).as_posix() for page in documented_pages()}
+    assert "README.md" in pages and "docs/scale-out.md" in pages and "docs/study.md" in pages
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +69,9 @@ def _param(command: str):
     return pytest.param(command, marks=pytest.mark.skipif(needs_gpus, reason=f"needs {gpus} CUDA GPU(s)"))
 
 
-@pytest.mark.parametrize("command", [_param(c) for c in readme_commands()])
-def test_readme_command_runs(project, command):
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [_param(c) for c in documented_commands()])
+def test_documented_command_runs(project, command):
     root, env = project
     try:
         if "--queue" in command:
@@ -99,6 +109,6 @@ def _failed_logs(root: Path, env: dict[str, str]) -> str:
     for line in status.splitlines():
         if "Failed" in line:
             task = line.split()[0]
-            logs.append(subprocess.run(["dvc", "queue", "logs", task], cwd=root, env=env,
-                                       capture_output=True, text=True).stdout[-3000:])  # fmt: skip
+            shown = subprocess.run(["dvc", "queue", "logs", task], cwd=root, env=env, capture_output=True, text=True)
+            logs.append(shown.stdout[-3000:])
     return "\n".join(logs)

@@ -231,15 +231,20 @@ def parse_dropouts(text: str) -> list[float]:
         try:
             values.append(float(item))
         except ValueError:
-            raise ConfigError(f"--dropout: expected numbers in [0, 1), comma-separated, e.g. 0,0.1; "
-                              f"{item!r} is not a number") from None  # fmt: skip
+            raise ConfigError(
+                f"--dropout: expected numbers in [0, 1), comma-separated, e.g. 0,0.1; {item!r} is not a number"
+            ) from None
     return values
 
 
 def check_settings(
-    size: str, encodings: list[str], dropouts: list[float], counts: dict[str, int], device_setting: str,
+    size: str,
+    encodings: list[str],
+    dropouts: list[float],
+    counts: dict[str, int],
+    device_setting: str,
     precision_setting: str,
-) -> tuple[torch.device, str]:  # fmt: skip
+) -> tuple[torch.device, str]:
     """Every option of bench, before anything is built or timed; the device and precision they resolve to."""
     if size not in SIZES:
         raise ConfigError(f"--size: unknown size {size!r}; valid sizes: {', '.join(SIZES)}")
@@ -256,8 +261,10 @@ def check_settings(
     for option, value in counts.items():
         if value < LEAST[option]:
             raise ConfigError(f"{option}: expected an integer of at least {LEAST[option]}, got {value}")
-    for option, setting, given in (("--device", "device", device_setting),
-                                   ("--precision", "precision", precision_setting)):  # fmt: skip
+    for option, setting, given in (
+        ("--device", "device", device_setting),
+        ("--precision", "precision", precision_setting),
+    ):
         valid = typing.get_args(typing.get_type_hints(TrainConfig)[setting])  # train.device's names, and so on
         if given not in valid:
             raise ConfigError(f"{option}: expected one of {', '.join(valid)}; got {given!r}")
@@ -277,8 +284,9 @@ def check_out(out: Path) -> None:
     try:  # a file made and removed again: permissions, read-only or virtual file systems, root or not
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as err:
-        raise ConfigError(f"--out: {out} cannot be written: no file can be made in {folder} ({err.strerror}); "
-                          f"choose another --out") from None  # fmt: skip
+        raise ConfigError(
+            f"--out: {out} cannot be written: no file can be made in {folder} ({err.strerror}); choose another --out"
+        ) from None
 
 
 def load_params(params_file: Path, size: str, variants: list[Variant]) -> dict[str, Any]:
@@ -293,19 +301,39 @@ def load_params(params_file: Path, size: str, variants: list[Variant]) -> dict[s
 
 
 def run_bench(
-    size: str, encodings: list[str], hf: bool, dropouts: list[float], context: int, batch_size: int, rounds: int,
-    steps: int, warmup: int, device_setting: str, precision_setting: str, generate_tokens: int, params_file: Path,
+    size: str,
+    encodings: list[str],
+    hf: bool,
+    dropouts: list[float],
+    context: int,
+    batch_size: int,
+    rounds: int,
+    steps: int,
+    warmup: int,
+    device_setting: str,
+    precision_setting: str,
+    generate_tokens: int,
+    params_file: Path,
     profile: bool = False,
-) -> dict[str, Any]:  # fmt: skip
-    counts = {"--rounds": rounds, "--steps": steps, "--warmup": warmup, "--context": context,
-              "--batch-size": batch_size, "--generate-tokens": generate_tokens}  # fmt: skip
+) -> dict[str, Any]:
+    counts = {
+        "--rounds": rounds,
+        "--steps": steps,
+        "--warmup": warmup,
+        "--context": context,
+        "--batch-size": batch_size,
+        "--generate-tokens": generate_tokens,
+    }
     device, precision = check_settings(size, encodings, dropouts, counts, device_setting, precision_setting)
     variants = [Variant("native", pos, d) for d in dropouts for pos in encodings]
     variants += [Variant("hf", "rope", d) for d in dropouts] if hf else []
     params = load_params(params_file, size, variants)
     if rounds < 3:
-        log.warning("--rounds %d: a median of fewer than 3 rounds is noise on a shared machine; use 3 or more for "
-                    "figures to quote", rounds)  # fmt: skip
+        log.warning(
+            "--rounds %d: a median of fewer than 3 rounds is noise on a shared machine; use 3 or more for "
+            "figures to quote",
+            rounds,
+        )
     amp = autocast(device, precision)
     torch.set_float32_matmul_precision("high")
     with logging_redirect_tqdm():  # log lines print above the bars instead of through them
@@ -320,9 +348,8 @@ def run_bench(
         generation = _generation(runs, generate_tokens, device) if generate_tokens else {}
         profiles = _profiles(runs, batch, amp, device) if profile else {}
     figures = {variant: run.figures for variant, run in runs.items()}
-    results = _results(variants, figures, peak, device, precision, generation, dict(
-        size=size, context=context, batch_size=batch_size, rounds=rounds, steps=steps, warmup=warmup,
-    ))  # fmt: skip
+    settings = dict(size=size, context=context, batch_size=batch_size, rounds=rounds, steps=steps, warmup=warmup)
+    results = _results(variants, figures, peak, device, precision, generation, settings)
     for row in results["rows"]:
         name = Variant(row["impl"], row["pos"], row["dropout"]).name
         if name in profiles:
@@ -372,8 +399,9 @@ def time_round(runs: dict[Variant, Run], round_: int, rounds: int, batch, steps:
             run = runs[variant]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            run.figures.train_tokens_per_sec.append(tokens / train_seconds(run.model, run.optimizer, batch, steps,
-                                                                           amp, device))  # fmt: skip
+            run.figures.train_tokens_per_sec.append(
+                tokens / train_seconds(run.model, run.optimizer, batch, steps, amp, device)
+            )
             if device.type == "cuda":
                 run.figures.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
             bar.update()
@@ -440,20 +468,26 @@ def _results(variants, figures, peak, device, precision, generation, settings) -
         train = statistics.median(fig.train_tokens_per_sec)
         evaluation = statistics.median(fig.eval_tokens_per_sec)
         hf, native = reference.get(variant.dropout), rope.get(variant.dropout)
-        rows.append({
-            **asdict(variant), "params": fig.params, "train_tokens_per_sec": train,
-            "eval_tokens_per_sec": evaluation, "peak_memory_mb": fig.peak_memory_mb,
-            "mfu": train * fig.flops_per_token / peak,
-            "train_vs_hf": train / statistics.median(hf.train_tokens_per_sec) if hf else None,
-            "train_vs_rope": train / statistics.median(native.train_tokens_per_sec) if native else None,
-            "eval_vs_hf": evaluation / statistics.median(hf.eval_tokens_per_sec) if hf else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                **asdict(variant),
+                "params": fig.params,
+                "train_tokens_per_sec": train,
+                "eval_tokens_per_sec": evaluation,
+                "peak_memory_mb": fig.peak_memory_mb,
+                "mfu": train * fig.flops_per_token / peak,
+                "train_vs_hf": train / statistics.median(hf.train_tokens_per_sec) if hf else None,
+                "train_vs_rope": train / statistics.median(native.train_tokens_per_sec) if native else None,
+                "eval_vs_hf": evaluation / statistics.median(hf.eval_tokens_per_sec) if hf else None,
+            }
+        )
     dropout_cost = {}
     for variant in variants:
         zero = figures.get(Variant(variant.impl, variant.pos, 0.0))
         if variant.dropout > 0 and zero:
             cost = 1 - statistics.median(figures[variant].train_tokens_per_sec) / statistics.median(
-                zero.train_tokens_per_sec)  # fmt: skip
+                zero.train_tokens_per_sec
+            )
             dropout_cost[variant.name] = cost
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -500,21 +534,31 @@ def table(results: dict[str, Any]) -> str:
             f"{row['mfu']:.0%} | {row['eval_tokens_per_sec']:,.0f} | {ratio(row['eval_vs_hf'])} | {memory} |"
         )
     if results["dropout_cost"]:
-        lines.append("\ndropout cost (share of the dropout-0 training speed lost): " + ", ".join(
-            f"{name}: {cost:.1%}" for name, cost in results["dropout_cost"].items()))  # fmt: skip
+        lines.append(
+            "\ndropout cost (share of the dropout-0 training speed lost): "
+            + ", ".join(f"{name}: {cost:.1%}" for name, cost in results["dropout_cost"].items())
+        )
     if results["generation"]:
         g = results["generation"]
-        lines.append(f"\ngeneration of {g['tokens']} tokens (native rope, greedy): cached {g['cached_s']:.2f} s, "
-                     f"uncached {g['uncached_s']:.2f} s: {g['speedup']:.1f}× faster with the KV cache")  # fmt: skip
+        lines.append(
+            f"\ngeneration of {g['tokens']} tokens (native rope, greedy): cached {g['cached_s']:.2f} s, "
+            f"uncached {g['uncached_s']:.2f} s: {g['speedup']:.1f}× faster with the KV cache"
+        )
     profiled = [row for row in results["rows"] if "profile" in row]
     if profiled:
-        lines += ["", "torch.profiler, training steps (the tables are in the JSON):", "",
-                  "| variant | share of op time in the linear layers' GEMMs | their FLOP/s / matmul peak |",
-                  "| --- | --- | --- |"]  # fmt: skip
+        lines += [
+            "",
+            "torch.profiler, training steps (the tables are in the JSON):",
+            "",
+            "| variant | share of op time in the linear layers' GEMMs | their FLOP/s / matmul peak |",
+            "| --- | --- | --- |",
+        ]
         for row in profiled:
             p = row["profile"]
-            lines.append(f"| {row['pos']} {row['impl']} dropout {row['dropout']:g} | {p['gemm_share']:.0%} | "
-                         f"{p['gemm_efficiency']:.0%} |")  # fmt: skip
+            lines.append(
+                f"| {row['pos']} {row['impl']} dropout {row['dropout']:g} | {p['gemm_share']:.0%} | "
+                f"{p['gemm_efficiency']:.0%} |"
+            )
     return "\n".join(lines)
 
 

@@ -32,15 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("checkpoint", help="checkpoint file written by the train stage")
     export.add_argument("out_dir", help="folder for config.json, model.safetensors and the tokenizer files")
     export.add_argument(
-        "--force", action="store_true", help="replace out_dir when it exists and is not an empty folder (never one "
-        "that holds the checkpoint)",
-    )  # fmt: skip
+        "--force",
+        action="store_true",
+        help="replace out_dir when it exists and is not an empty folder (never one that holds the checkpoint)",
+    )
     report = commands.add_parser(
         "report", help="aggregate the experiments' seeds: means, intervals, paired differences"
     )
     report.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
-    report.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
-                        help="keep matching experiments, repeatable (default: all)")  # fmt: skip
+    report.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep matching experiments, repeatable (default: all)",
+    )
     report.add_argument(
         "--baseline",
         action="append",
@@ -48,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="the group the others are compared with (default: model.pos=rope, model.impl=native)",
     )
-    report.add_argument("--out", default="reports",
-                        help="folder for the tables (CSV, Markdown) and figures (default: %(default)s)")  # fmt: skip
+    report.add_argument(
+        "--out", default="reports", help="folder for the tables (CSV, Markdown) and figures (default: %(default)s)"
+    )
     report.add_argument("--force", action="store_true", help="overwrite files in --out that git tracks")
     study = commands.add_parser(
         "study", help="queue a grid of experiments on DVC's queue, wait for them and write the report"
@@ -58,22 +65,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--pos", default="rope", help="encodings (model.pos), comma-separated, e.g. rope,alibi (default: %(default)s)"
     )
     study.add_argument("--hf", action="store_true", help="add transformers' LlamaForCausalLM (model.impl=hf, rope)")
-    study.add_argument("--seeds", default="0",
-                       help="train.seed values, comma-separated, e.g. 0,1,2 (default: %(default)s)")  # fmt: skip
     study.add_argument(
-        "-S", "--set-param", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+        "--seeds", default="0", help="train.seed values, comma-separated, e.g. 0,1,2 (default: %(default)s)"
+    )
+    study.add_argument(
+        "-S",
+        "--set-param",
+        action="append",
+        default=[],
+        dest="sets",
+        metavar="KEY=VALUE",
         help="a params.yaml override for every experiment of the grid, as dvc exp run -S takes it",
-    )  # fmt: skip
-    study.add_argument("-j", "--jobs", type=int, default=1,
-                       help="DVC queue workers, as dvc queue start -j (default: %(default)s)")  # fmt: skip
-    study.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
-                       help="as for report (default: model.pos=rope, model.impl=native)")  # fmt: skip
+    )
+    study.add_argument(
+        "-j", "--jobs", type=int, default=1, help="DVC queue workers, as dvc queue start -j (default: %(default)s)"
+    )
+    study.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="as for report (default: model.pos=rope, model.impl=native)",
+    )
     study.add_argument("--out", default="reports", help="folder for the report (default: %(default)s)")
     study.add_argument(
         "--force", action="store_true", help="overwrite files in --out that git tracks (checked before queueing)"
     )
-    study.add_argument("--poll", type=float, default=15.0,
-                       help="seconds between looks at the queue (default: %(default)s)")  # fmt: skip
+    study.add_argument(
+        "--poll", type=float, default=15.0, help="seconds between looks at the queue (default: %(default)s)"
+    )
     study.add_argument("--dry-run", action="store_true", help="say what exists and what would be queued, only")
     gen = commands.add_parser("generate", help="continue a prompt with a trained model, streaming the text")
     gen.add_argument("--checkpoint", help="a checkpoint file (default: models/best.pt)")
@@ -121,32 +141,57 @@ def main(argv: list[str] | None = None) -> None:
     def study_command() -> None:
         from llama_pe.study import study
 
-        study(Path("."), args.pos, args.seeds, args.hf, args.sets, args.jobs, Path(args.out), args.baseline,
-              args.poll, args.dry_run, args.force)  # fmt: skip
+        study(
+            Path("."),
+            args.pos,
+            args.seeds,
+            args.hf,
+            args.sets,
+            args.jobs,
+            Path(args.out),
+            args.baseline,
+            args.poll,
+            args.dry_run,
+            args.force,
+        )
 
     def generate_command() -> None:
         from llama_pe.generate_command import generate_text, quiet_end_of_stream
 
         with quiet_end_of_stream():
-            generate_text(args.checkpoint, args.exp, args.prompt, args.tokens, args.temperature, args.top_k or None,
-                          args.seed)  # fmt: skip
+            generate_text(
+                args.checkpoint, args.exp, args.prompt, args.tokens, args.temperature, args.top_k or None, args.seed
+            )
 
     def bench_command() -> None:
         from llama_pe.bench import bench, parse_dropouts, table
 
         results = bench(
-            Path(args.out), size=args.size, encodings=args.pos.split(","), hf=not args.no_hf,
-            dropouts=parse_dropouts(args.dropout), context=args.context, batch_size=args.batch_size,
-            rounds=args.rounds, steps=args.steps, warmup=args.warmup, device_setting=args.device,
-            precision_setting=args.precision, generate_tokens=args.generate_tokens, params_file=Path("params.yaml"),
+            Path(args.out),
+            size=args.size,
+            encodings=args.pos.split(","),
+            hf=not args.no_hf,
+            dropouts=parse_dropouts(args.dropout),
+            context=args.context,
+            batch_size=args.batch_size,
+            rounds=args.rounds,
+            steps=args.steps,
+            warmup=args.warmup,
+            device_setting=args.device,
+            precision_setting=args.precision,
+            generate_tokens=args.generate_tokens,
+            params_file=Path("params.yaml"),
             profile=args.profile,
-        )  # fmt: skip
+        )
         print(table(results))  # the command's output
 
     commands_by_name = {
-        "export-hf": export_command, "report": report_command, "study": study_command, "bench": bench_command,
+        "export-hf": export_command,
+        "report": report_command,
+        "study": study_command,
+        "bench": bench_command,
         "generate": generate_command,
-    }  # fmt: skip
+    }
     run_stage(commands_by_name[args.command])
 
 

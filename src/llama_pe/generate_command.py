@@ -68,8 +68,8 @@ def _not_in_cache(name: str, rev: str, head: str, has_remote: bool, repo: Path) 
     if has_remote:
         return f"{missing}; `dvc exp pull origin {name}` fetches an experiment and its model that were pushed to origin"
     return (
-        f"{missing}, and no DVC remote is configured: only the repository that ran it holds its model (README, "
-        f"Remotes: `dvc exp push` there, `dvc exp pull` here)"
+        f"{missing}, and no DVC remote is configured: only the repository that ran it holds its model "
+        f"(docs/scale-out.md, remotes: `dvc exp push` there, `dvc exp pull` here)"
     )
 
 
@@ -106,9 +106,16 @@ def read_prompt(prompt: str, stdin: TextIO) -> str:
 
 
 def generate_text(
-    checkpoint: str | None, exp: str | None, prompt: str, tokens: int, temperature: float, top_k: int | None,
-    seed: int, out: TextIO = sys.stdout, stdin: TextIO = sys.stdin,
-) -> str:  # fmt: skip
+    checkpoint: str | None,
+    exp: str | None,
+    prompt: str,
+    tokens: int,
+    temperature: float,
+    top_k: int | None,
+    seed: int,
+    out: TextIO = sys.stdout,
+    stdin: TextIO = sys.stdin,
+) -> str:
     """Write the prompt, then each new piece of text as soon as its token is sampled; returns the continuation."""
     if checkpoint and exp:
         raise ConfigError("--checkpoint and --exp name two models; give one")

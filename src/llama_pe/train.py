@@ -79,9 +79,14 @@ class BatchSampler:
     """
 
     def __init__(
-        self, tokens: np.ndarray, context: int, batch_size: int, seed: int, chunk_tokens: int | None = None,
+        self,
+        tokens: np.ndarray,
+        context: int,
+        batch_size: int,
+        seed: int,
+        chunk_tokens: int | None = None,
         ranks: Ranks = ONE_PROCESS,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.tokens, self.context, self.batch_size, self.chunk_tokens = tokens, context, batch_size, chunk_tokens
         self.generator = torch.Generator().manual_seed(seed)
         share = batch_size // ranks.world_size
@@ -286,15 +291,25 @@ def train(cfg: Config, paths: Paths, stop_after: int | None = None) -> dict[str,
     amp = autocast(device, precision)
     log.info(
         "model.impl=%s model.pos=%s: %s parameters on %s (%s); %d steps of %d tokens",
-        args.impl, args.pos, f"{model.num_params():,}", device, precision, tcfg.total_steps, tcfg.tokens_per_step,
-    )  # fmt: skip
+        args.impl,
+        args.pos,
+        f"{model.num_params():,}",
+        device,
+        precision,
+        tcfg.total_steps,
+        tcfg.tokens_per_step,
+    )
 
     def checkpoint(path: Path) -> None:
         # The best checkpoint is for evaluation and export; only the last one carries the resume state.
         # Every rank comes here at the same steps (their losses are the same), so the gather inside can run.
-        resume = {} if path == paths.best else {
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states(sampler, ranks),
-        }  # fmt: skip
+        resume = {}
+        if path != paths.best:
+            resume = {
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_states(sampler, ranks),
+            }
         # Through JSON, so the history's keys are shared strings whether it was built here or loaded by a resume
         # (pickle writes a shared string once and refers back to it: other sharing, other bytes).
         saved_state = json.loads(json.dumps(dataclasses.asdict(state)))
@@ -308,16 +323,19 @@ def train(cfg: Config, paths: Paths, stop_after: int | None = None) -> dict[str,
     with _live(paths.live) if ranks.is_main else _NoLive() as live:
         for point in state.history:  # a resumed run rewrites the curves it had, so they match an unbroken run
             _log_point(live, point)
-        loop = Loop(forward, optimizer, scaler, sampler, val_windows, tcfg, device, amp, live, checkpoint, paths,
-                    ranks)  # fmt: skip
+        loop = Loop(forward, optimizer, scaler, sampler, val_windows, tcfg, device, amp, live, checkpoint, paths, ranks)
         finished = loop.run(state, stop_after)
     if not finished:
         return None
     metrics = final_metrics(state, tcfg, meta, splits, model, device, precision)
     if ranks.is_main:
         write_json(paths.metrics, metrics)
-    log.info("best val loss %.4f nats/token (%.4f bits/char) at step %d",
-             metrics["best_val_loss"], metrics["best_val_bpc"], metrics["best_step"])  # fmt: skip
+    log.info(
+        "best val loss %.4f nats/token (%.4f bits/char) at step %d",
+        metrics["best_val_loss"],
+        metrics["best_val_bpc"],
+        metrics["best_step"],
+    )
     return metrics
 
 
@@ -375,8 +393,14 @@ class Loop:
     def run(self, state: TrainState, stop_after: int | None) -> bool:
         """Step until the budget or early stopping; False if stop_after ended it first."""
         cfg = self.cfg
-        bar = tqdm(total=cfg.total_steps, initial=state.step, desc="train", unit="step", mininterval=1.0,
-                   disable=not self.ranks.is_main)  # fmt: skip
+        bar = tqdm(
+            total=cfg.total_steps,
+            initial=state.step,
+            desc="train",
+            unit="step",
+            mininterval=1.0,
+            disable=not self.ranks.is_main,
+        )
         steps_here = 0
         with logging_redirect_tqdm(), bar:  # log lines print above the bar instead of through it
             while not state.finished(cfg):
@@ -384,8 +408,9 @@ class Loop:
                     return False
                 started = time.perf_counter()
                 lr = lr_at(state.step, cfg)
-                loss = train_step(self.forward, self.optimizer, self.scaler, self.sampler, cfg, lr, self.device,
-                                  self.amp)  # fmt: skip
+                loss = train_step(
+                    self.forward, self.optimizer, self.scaler, self.sampler, cfg, lr, self.device, self.amp
+                )
                 loss = distributed.mean_over_ranks(loss, self.ranks, self.device)  # the global batch's loss
                 if not math.isfinite(loss):
                     self._diverged(state, "training", loss)
@@ -414,8 +439,7 @@ class Loop:
         _log_point(self.live, point)
 
     def _evaluate(self, state: TrainState) -> None:
-        val_loss = evaluate(self.forward, self.val_windows, self.cfg.eval_batch_size, self.device, self.amp,
-                            self.ranks)  # fmt: skip
+        val_loss = evaluate(self.forward, self.val_windows, self.cfg.eval_batch_size, self.device, self.amp, self.ranks)
         if not math.isfinite(val_loss):
             self._diverged(state, "validation", val_loss)
         self._record(state, {"step": state.step, "val/loss": val_loss, "val/tokens": state.tokens})
@@ -425,8 +449,9 @@ class Loop:
             self.checkpoint(self.paths.best)
         else:
             state.evals_since_best += 1
-        log.info("step %d: val loss %.4f (best %.4f at step %d)", state.step, val_loss, state.best_val_loss,
-                 state.best_step)  # fmt: skip
+        log.info(
+            "step %d: val loss %.4f (best %.4f at step %d)", state.step, val_loss, state.best_val_loss, state.best_step
+        )
         self.checkpoint(self.paths.last)
 
 
@@ -510,8 +535,10 @@ def _why_not_resume(saved: dict[str, Any] | None, made_by: dict[str, Any], state
     if not (isinstance(saved, dict) and isinstance(saved.get("params"), dict) and isinstance(saved.get("code"), dict)):
         return "records no provenance this version can read (an older version wrote it)"
     if saved["params"] != made_by["params"]:
-        changes = [f"{key}: {saved['params'].get(key)!r} -> {made_by['params'].get(key)!r}"
-                   for key in _differing(saved["params"], made_by["params"])]  # fmt: skip
+        changes = [
+            f"{key}: {saved['params'].get(key)!r} -> {made_by['params'].get(key)!r}"
+            for key in _differing(saved["params"], made_by["params"])
+        ]
         more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
         return f"was made with other params or data ({'; '.join(changes[:5])}{more})"
     if saved["code"] != made_by["code"]:

@@ -38,11 +38,20 @@ class ModelArgs:
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name}: expected a positive integer, got {getattr(self, name)}")
         check_architecture(
-            dim=self.dim, n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
-            ffn_hidden=self.ffn_hidden, dropout=self.dropout, tie_embeddings=self.tie_embeddings, pos=self.pos,
-            impl=self.impl, rope_theta=self.rope_theta, alibi_learnable=self.alibi_learnable,
-            t5_buckets=self.t5_buckets, t5_max_distance=self.t5_max_distance,
-        )  # fmt: skip
+            dim=self.dim,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads,
+            ffn_hidden=self.ffn_hidden,
+            dropout=self.dropout,
+            tie_embeddings=self.tie_embeddings,
+            pos=self.pos,
+            impl=self.impl,
+            rope_theta=self.rope_theta,
+            alibi_learnable=self.alibi_learnable,
+            t5_buckets=self.t5_buckets,
+            t5_max_distance=self.t5_max_distance,
+        )
 
     @property
     def head_dim(self) -> int:

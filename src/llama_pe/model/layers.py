@@ -98,9 +98,12 @@ class Attention(nn.Module):
             out = biased_causal_attention(q, k, v, score_mod)  # the bias inside a fused kernel, not in memory
         else:
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask,
+                q,
+                k,
+                v,
+                attn_mask=mask,
                 is_causal=mask is None,  # no bias, no cache, every query: the fused causal kernel
                 dropout_p=self.dropout if self.training else 0.0,
                 enable_gqa=self.n_kv_heads != self.n_heads,  # each kv head serves n_heads / n_kv_heads query heads
-            )  # fmt: skip
+            )
         return self.wo(out.transpose(1, 2).reshape(batch, q.shape[-2], -1))  # (B, T or queries, dim)

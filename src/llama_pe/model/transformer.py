@@ -73,9 +73,12 @@ class Transformer(nn.Module):
         return KVCache(self.args.n_layers)
 
     def forward(
-        self, tokens: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
         last: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) for tokens (B, T); with targets, (None, mean cross-entropy) instead.
 
         With targets the head and the loss run fused (model/loss.py), so no logits are made to return.
