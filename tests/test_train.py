@@ -12,14 +12,13 @@ import torch
 import llama_pe.train as train_module
 from llama_pe.checkpoint import load_checkpoint
 from llama_pe.config import ConfigError
+from llama_pe.data.batches import BatchSampler, eval_windows
 from llama_pe.device import resolve_device
 from llama_pe.errors import DataError
 from llama_pe.model import build_model
 from llama_pe.train import (
-    BatchSampler,
     Paths,
     TrainingError,
-    eval_windows,
     lr_at,
     make_optimizer,
     train,
@@ -159,7 +158,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(data_dirs, tmp_path, pos, 
     parts_paths = paths_in(tmp_path / "parts", data_dirs)
     # Stopped 7 steps after the checkpoint of step 20: those steps are lost, as in a kill, and redone.
     assert train(cfg, parts_paths, stop_after=27) is None
-    with caplog.at_level(logging.INFO, logger="llama_pe.train"):
+    with caplog.at_level(logging.INFO, logger="llama_pe"):
         resumed = train(cfg, parts_paths)
     assert "resuming from" in caplog.text and "at step 20" in caplog.text
     assert without_timing(resumed) == without_timing(whole)
@@ -187,7 +186,7 @@ def test_checkpoint_holds_everything_to_resume(data_dirs, tmp_path):
 def test_checkpoint_of_other_params_is_not_resumed(data_dirs, tmp_path, caplog):
     paths = paths_in(tmp_path, data_dirs)
     assert train(tiny_config(), paths, stop_after=30) is None
-    with caplog.at_level(logging.INFO, logger="llama_pe.train"):
+    with caplog.at_level(logging.INFO, logger="llama_pe"):
         metrics = train(tiny_config(lr=1e-3), paths)
     assert "was made with other params or data (train.lr: 0.003 -> 0.001): training from scratch" in caplog.text
     assert metrics["trained_steps"] == 80
@@ -200,7 +199,7 @@ def test_checkpoint_of_other_code_is_not_resumed(data_dirs, tmp_path, caplog, mo
     real = train_module.code_fingerprint("llama_pe.train")
     edited = {**real, "llama_pe/model/layers.py": "0" * 64}
     monkeypatch.setattr(train_module, "code_fingerprint", lambda module: edited)
-    with caplog.at_level(logging.INFO, logger="llama_pe.train"):
+    with caplog.at_level(logging.INFO, logger="llama_pe"):
         metrics = train(tiny_config(), paths)
     assert "was made by other code (changed since: llama_pe/model/layers.py): training from scratch" in caplog.text
     assert "resuming" not in caplog.text
@@ -214,7 +213,7 @@ def test_a_checkpoint_of_an_older_version_is_not_resumed(data_dirs, tmp_path, ca
     checkpoint = load_checkpoint(paths.last)
     checkpoint["provenance"] = provenance
     torch.save(checkpoint, paths.last)
-    with caplog.at_level(logging.INFO, logger="llama_pe.train"):
+    with caplog.at_level(logging.INFO, logger="llama_pe"):
         metrics = train(tiny_config(), paths)
     assert "records no provenance this version can read (an older version wrote it): training from scratch" in (
         caplog.text
@@ -227,7 +226,7 @@ def test_a_finished_run_is_trained_again_not_resumed(data_dirs, tmp_path, caplog
     paths = paths_in(tmp_path, data_dirs)
     first = train(tiny_config(), paths)
     paths.best.unlink()
-    with caplog.at_level(logging.INFO, logger="llama_pe.train"):
+    with caplog.at_level(logging.INFO, logger="llama_pe"):
         second = train(tiny_config(), paths)
     assert "holds a finished run (step 80): training from scratch" in caplog.text
     assert without_timing(first) == without_timing(second) and paths.best.is_file()
@@ -238,7 +237,7 @@ def test_a_truncated_last_checkpoint_is_kept_aside_and_training_starts_afresh(da
     assert train(tiny_config(), paths, stop_after=30) is None
     damaged = paths.last.read_bytes()[:1000]
     paths.last.write_bytes(damaged)
-    with caplog.at_level(logging.INFO, logger="llama_pe.train"):
+    with caplog.at_level(logging.INFO, logger="llama_pe"):
         metrics = train(tiny_config(), paths)
     assert re.search(r"last\.pt cannot be resumed \(is not a readable checkpoint, truncated or damaged", caplog.text)
     assert "dvc checkout" not in caplog.text  # last.pt is not in DVC's cache: no advice that cannot work

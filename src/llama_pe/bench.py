@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,13 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from llama_pe.config import SIZES, Config, TrainConfig, config_from_dict
-from llama_pe.device import FUSED_ADAMW_DEVICES, autocast, resolve_device, resolve_precision
+from llama_pe.device import autocast, resolve_device, resolve_precision
 from llama_pe.errors import ConfigError
 from llama_pe.generate import generate, stream_tokens
 from llama_pe.io import write_json
 from llama_pe.model import build_model, model_args_from_config
 from llama_pe.model.position import POSITION_ENCODINGS
+from llama_pe.train import make_optimizer, train_step
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +69,30 @@ class Figures:
 
 @dataclass
 class Run:
-    """One variant's model, optimizer and figures, kept across the rounds."""
+    """One variant's model, its training step (the trainer's own, with its optimizer) and figures, kept across
+    the rounds."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    step: Callable[[], float]
     figures: Figures
+
+
+class FixedBatch:
+    """The trainer's batch sampler, drawing the same batch every time: a benchmark times steps, not data."""
+
+    def __init__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.batch = batch
+
+    def next(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.batch
+
+
+def trainer_step(model: nn.Module, cfg: TrainConfig, batch, amp, device: torch.device) -> Callable[[], float]:
+    """llama_pe.train.train_step as `dvc repro` runs it (its AdamW groups, clipping, accumulation), at peak lr."""
+    optimizer = make_optimizer(model, cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)  # fp16 is refused on a CPU, and bench has no loss scale
+    sampler = FixedBatch(batch)
+    return lambda: train_step(model, optimizer, scaler, sampler, cfg, cfg.lr, device, amp)
 
 
 def variant_config(params: dict[str, Any], variant: Variant) -> Config:
@@ -123,18 +144,9 @@ def seconds_per_call(step, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - started) / steps
 
 
-def train_seconds(model, optimizer, batch, steps: int, amp, device) -> float:
-    """Seconds per training step (forward, backward, AdamW), averaged over `steps` steps."""
+def train_seconds(model: nn.Module, step: Callable[[], float], steps: int, device) -> float:
+    """Seconds per training step (the trainer's: forward, backward, clipping, AdamW), averaged over `steps` steps."""
     model.train()
-    x, y = batch
-
-    def step() -> None:
-        with amp:
-            _, loss = model(x, y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     return seconds_per_call(step, steps, device)
 
 
@@ -154,7 +166,7 @@ def eval_seconds(model, batch, steps: int, amp, device) -> float:
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::addmm_")
 
 
-def profile_training(model, optimizer, batch, amp, device, steps: int = PROFILED_STEPS) -> tuple[str, dict[str, float]]:
+def profile_training(model, step, batch, device, steps: int = PROFILED_STEPS) -> tuple[str, dict[str, float]]:
     """torch.profiler over `steps` training steps: the table of the costliest ops, and where the time went.
 
     gemm_share: the share of the profiled op time spent in the linear layers' matrix multiplies; gemm_efficiency:
@@ -166,7 +178,7 @@ def profile_training(model, optimizer, batch, amp, device, steps: int = PROFILED
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
-        seconds = train_seconds(model, optimizer, batch, steps, amp, device)
+        seconds = train_seconds(model, step, steps, device)
     events = prof.key_averages()
     own = "self_device_time_total" if cuda else "self_cpu_time_total"
     total = sum(getattr(e, own) for e in events)
@@ -200,8 +212,9 @@ def _peak_rss_mb(params: dict, variant: Variant, context: int, batch_size: int, 
     sampler = threading.Thread(target=sample)
     sampler.start()
     model = model_for(params, variant, context, torch.device("cpu"))
-    optimizer = torch.optim.AdamW(model.parameters(), fused=True)
-    train_seconds(model, optimizer, batch, 2, torch.autocast("cpu", enabled=False), torch.device("cpu"))
+    cpu = torch.device("cpu")
+    step = trainer_step(model, variant_config(params, variant).train, batch, torch.autocast("cpu", enabled=False), cpu)
+    train_seconds(model, step, 2, cpu)
     done.set()
     sampler.join()
     queue.put(max(peak[0], _rss_mb()) - before)
@@ -377,11 +390,11 @@ def build_runs(params, variants: list[Variant], context: int, batch, warmup: int
         for variant in variants:
             torch.manual_seed(0)
             model = model_for(params, variant, context, device)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in FUSED_ADAMW_DEVICES)
+            step = trainer_step(model, variant_config(params, variant).train, batch, amp, device)
             figures = Figures(flops_per_token=flops_per_token(model, context), params=model.num_params())
-            runs[variant] = Run(model, optimizer, figures)
+            runs[variant] = Run(model, step, figures)
             if warmup:
-                train_seconds(model, optimizer, batch, warmup, amp, device)
+                train_seconds(model, step, warmup, device)
                 eval_seconds(model, batch, warmup, amp, device)
             bar.update()
     return runs
@@ -399,9 +412,7 @@ def time_round(runs: dict[Variant, Run], round_: int, rounds: int, batch, steps:
             run = runs[variant]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            run.figures.train_tokens_per_sec.append(
-                tokens / train_seconds(run.model, run.optimizer, batch, steps, amp, device)
-            )
+            run.figures.train_tokens_per_sec.append(tokens / train_seconds(run.model, run.step, steps, device))
             if device.type == "cuda":
                 run.figures.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
             bar.update()
@@ -426,7 +437,7 @@ def _profiles(runs: dict[Variant, Run], batch, amp, device) -> dict[str, tuple[s
     profiles = {}
     for variant, run in runs.items():
         log.info("profiling %s: %d training steps under torch.profiler", variant.name, PROFILED_STEPS)
-        profiles[variant.name] = profile_training(run.model, run.optimizer, batch, amp, device, PROFILED_STEPS)
+        profiles[variant.name] = profile_training(run.model, run.step, batch, device, PROFILED_STEPS)
     return profiles
 
 

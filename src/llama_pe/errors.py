@@ -19,3 +19,7 @@ class MissingInputError(LlamaPeError, FileNotFoundError):
 
 class ContextLengthError(LlamaPeError, ValueError):
     """A sequence is longer than the model's position encoding can place."""
+
+
+class TrainingError(LlamaPeError, RuntimeError):
+    """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
