@@ -13,7 +13,7 @@ import torch
 from llama_pe import bench
 from llama_pe.cli import main
 from llama_pe.config import SIZES
-from llama_pe.model.position import POSITION_ENCODINGS
+from llama_pe.encodings import ENCODINGS
 from tests.conftest import REPO_ROOT
 
 # What measures or builds: none of it may run before every option is checked.
@@ -42,7 +42,7 @@ def test_bench_measures_every_variant_and_writes_its_record(tmp_path):
 
 BAD_OPTIONS = [
     (["--size", "huge"], f"--size: unknown size 'huge'; valid sizes: {', '.join(SIZES)}"),
-    (["--pos", "rope,ropee"], f"--pos: unknown position encoding 'ropee'; valid: {', '.join(POSITION_ENCODINGS)}"),
+    (["--pos", "rope,ropee"], f"--pos: unknown position encoding 'ropee'; valid: {', '.join(ENCODINGS)}"),
     (["--pos", "rope,rope"], "--pos: rope is given twice; give each value once"),
     (["--dropout", "0,x"], "--dropout: expected numbers in [0, 1), comma-separated, e.g. 0,0.1; 'x' is not a number"),
     (["--dropout", "1"], "--dropout: expected numbers in [0, 1), got 1"),

@@ -4,6 +4,7 @@ import re
 import pytest
 
 from llama_pe.config import MAX_VOCAB_SIZE, ConfigError, config_from_dict, load_config
+from llama_pe.encodings import ENCODINGS
 from tests.conftest import REPO_ROOT, base_params, make_config
 
 
@@ -175,15 +176,16 @@ def test_yaml_infinity_is_refused_as_loaded_from_a_file(tmp_path):
     ("model", "message"),
     [
         ({"size": "huge"}, r"model\.size: unknown size 'huge'; valid sizes: tiny, small, base, seed33m"),
-        (
-            {"pos": "xpos"},
-            r"model\.pos: expected one of rope, abs, learned, alibi, abs_rel, nope, t5, fire; "
-            r"got 'xpos'",
-        ),
+        ({"pos": "xpos"}, rf"model\.pos: unknown position encoding 'xpos'; valid: {', '.join(ENCODINGS)}$"),
         ({"dim": 256}, r"model\.dim: 256 is not divisible by model\.n_heads=6"),  # small has 6 heads
         ({"n_kv_heads": 4}, r"model\.n_heads: 6 is not a multiple of model\.n_kv_heads=4"),
         ({"impl": "hf", "pos": "alibi"}, r"model\.impl=hf supports model\.pos=rope only"),
-        ({"pos": "rope", "alibi_learnable": True}, r"model\.alibi_learnable: true has no meaning for model\.pos=rope"),
+        (
+            {"pos": "rope", "alibi_learnable": True},
+            r"model\.alibi_learnable: true has no meaning for model\.pos=rope \(only alibi, abs_rel use it\); set it "
+            r"back to false",
+        ),
+        ({"pos": "rope", "t5_buckets": 2}, r"model\.t5_buckets: 2 has no meaning for model\.pos=rope"),
         ({"dropout": 1.0}, r"model\.dropout: expected a number in \[0, 1\), got 1\.0"),
     ],
 )
@@ -196,9 +198,10 @@ def test_model_settings_are_checked_when_params_are_loaded(model, message):
 @pytest.mark.parametrize(
     ("section", "values", "message"),
     [
-        ("model", {"t5_buckets": 2}, r"model\.t5_buckets: expected an integer of at least 4 .*got 2"),
-        ("model", {"t5_max_distance": 16}, r"model\.t5_max_distance: expected more than half of model\.t5_buckets "
-                                           r"\(16\), where the log-spaced buckets start, got 16"),
+        ("model", {"pos": "t5", "t5_buckets": 2}, r"model\.t5_buckets: expected an integer of at least 4 .*got 2"),
+        ("model", {"pos": "t5", "t5_max_distance": 16},
+         r"model\.t5_max_distance: expected more than half of model\.t5_buckets \(16\), where the log-spaced "
+         r"buckets start, got 16"),
         ("eval", {"rope_scaling": ["yarn", "ntk"]}, r"eval\.rope_scaling.*expected one of linear, dynamic, yarn; "
                                                     r"got 'ntk'"),
         ("eval", {"rope_scaling": ["yarn", "yarn"]}, r"eval\.rope_scaling: expected each method once"),

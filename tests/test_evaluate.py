@@ -15,6 +15,7 @@ from llama_pe.errors import DataError, MissingInputError
 from llama_pe.evaluate import Score, evaluate_checkpoint, metric_suffix, split_plan, total_loss, window_plan
 from llama_pe.figures import plain_log_y
 from llama_pe.plotting import extrapolation_figure, training_figure
+from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
 from llama_pe.train import train
 from tests.conftest import make_config, make_data_dirs
 from tests.model.conftest import tiny_model
@@ -112,9 +113,9 @@ def test_evaluation_metrics_and_extrapolation_to_4x(trained, tmp_path):
 def test_rope_is_scored_once_more_per_scaling_method_past_the_training_context(trained, tmp_path):
     metrics, out = evaluate_run(trained["rope"], tmp_path, "rope")  # eval.rope_scaling: every method by default
     assert {m for m in metrics if m.endswith(("_linear", "_dynamic", "_yarn"))} == {
-        f"ppl_at_{k}x_{method}" for k in (2, 4, 8) for method in ("linear", "dynamic", "yarn")
+        f"ppl_at_{k}x_{method}" for k in (2, 4, 8) for method in ROPE_SCALING_METHODS
     }  # past the training context only: up to it, each method is the identity
-    assert all(math.isfinite(metrics[f"ppl_at_8x_{m}"]) for m in ("linear", "dynamic", "yarn"))
+    assert all(math.isfinite(metrics[f"ppl_at_8x_{m}"]) for m in ROPE_SCALING_METHODS)
     assert len({metrics["ppl_at_8x"], metrics["ppl_at_8x_linear"], metrics["ppl_at_8x_yarn"]}) == 3
     curve = json.loads(out["curve.json"].read_text())
     assert curve[1]["yarn_ppl"] == curve[1]["nonoverlapping_ppl"]  # 1x: the identity, not scored again

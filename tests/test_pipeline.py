@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llama_pe.encodings import ENCODINGS
 from tests.conftest import base_params, generate_corpus, make_dvc_project, run, tiny_pipeline_params
 
 pytestmark = pytest.mark.slow
@@ -156,12 +157,7 @@ def test_the_documented_command_trains_again_from_scratch_and_reevaluates(projec
 @pytest.mark.parametrize(
     ("section", "key", "value", "message"),
     [
-        (
-            "model",
-            "pos",
-            "xpos",
-            "model.pos: expected one of rope, abs, learned, alibi, abs_rel, nope, t5, fire; got 'xpos'",
-        ),
+        ("model", "pos", "xpos", f"model.pos: unknown position encoding 'xpos'; valid: {', '.join(ENCODINGS)}"),
         ("model", "size", "huge", "model.size: unknown size 'huge'; valid sizes: tiny, small, base, seed33m"),
         ("model", "dim", 30, "model.dim: 30 is not divisible by model.n_heads=4"),
     ],

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from llama_pe.encodings import ENCODINGS
+from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
 from llama_pe.study import StudyError, branch_kept, parse_grid
 from tests.conftest import REPO_ROOT, generate_corpus, make_dvc_project, run, tiny_pipeline_params
 
@@ -37,9 +39,8 @@ def test_a_repeated_encoding_or_seed_is_one_point():
 @pytest.mark.parametrize(
     ("pos", "seeds", "sets", "message"),
     [
-        ("rope,xpos", "0", [],
-         r"--pos: unknown encoding 'xpos'; valid: rope, abs, learned, alibi, abs_rel, nope, t5, fire"),
-        ("", "0", [], r"--pos: expected encodings separated by commas; valid: rope"),
+        ("rope,xpos", "0", [], rf"--pos: unknown encoding 'xpos'; valid: {', '.join(ENCODINGS)}$"),
+        ("", "0", [], rf"--pos: expected encodings separated by commas; valid: {', '.join(ENCODINGS)}$"),
         ("rope", "0,one", [], r"--seeds: expected integers separated by commas, such as 0,1,2; got '0,one'"),
         ("rope", "0", ["train.steps=3"], r"-S train\.steps=3: params\.yaml has no train\.steps; valid keys: "),
         ("rope", "0", ["train.max_steps"], r"-S train\.max_steps: expected KEY=VALUE"),
@@ -177,7 +178,7 @@ def test_study_runs_the_grid_on_dvcs_queue_then_reports_every_group_over_its_see
     ]  # fmt: skip
     summary = pd.read_csv(reports / "summary.csv")
     trained = {"model.pos=rope, eval.rope_scaling_method=none", "model.pos=alibi, eval.rope_scaling_method=none"}
-    scaled = {f"model.pos=rope, eval.rope_scaling_method={m}" for m in ("linear", "dynamic", "yarn")}
+    scaled = {f"model.pos=rope, eval.rope_scaling_method={m}" for m in ROPE_SCALING_METHODS}
     assert set(summary["group"]) == trained | scaled  # eval.rope_scaling's default: rope also scored scaled
     best = summary[summary["metric"] == "best_val_loss"].set_index("group")["n"]
     assert (best[list(trained)] == 2).all() and (best[list(scaled)] == 0).all()

@@ -14,6 +14,7 @@ from llama_pe.checkpoint import load_checkpoint
 from llama_pe.config import ConfigError
 from llama_pe.data.batches import BatchSampler, eval_windows
 from llama_pe.device import resolve_device
+from llama_pe.encodings import ENCODINGS, hf_encoding
 from llama_pe.errors import DataError
 from llama_pe.model import build_model
 from llama_pe.train import (
@@ -25,7 +26,7 @@ from llama_pe.train import (
     unigram_loss,
 )
 from tests.conftest import make_config
-from tests.model.conftest import tiny_args
+from tests.model.conftest import learnable, tiny_args
 
 TINY_TRAIN = dict(
     context=16, batch_size=8, max_steps=80, warmup_steps=5, lr=3e-3, min_lr=3e-4,
@@ -85,13 +86,14 @@ def test_token_budget_sets_the_number_of_steps():
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_weight_decay_is_on_attention_and_feed_forward_matrices_only(tied):
-    model = build_model(tiny_args(pos="abs_rel", alibi_learnable=True, tie_embeddings=tied))
+@pytest.mark.parametrize("pos", list(ENCODINGS))
+def test_weight_decay_is_on_attention_and_feed_forward_matrices_only(pos, tied):
+    model = build_model(tiny_args(pos=pos, tie_embeddings=tied, **learnable(pos)))
     optimizer = make_optimizer(model, tiny_config().train, torch.device("cpu"))
     decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
     names = {name for name, p in model.named_parameters() if id(p) in decayed}
     matrices = {name for name, _ in model.named_parameters() if ".attention.w" in name or ".feed_forward.w" in name}
-    assert names == matrices  # no norm, embedding, output head (tied or not) or ALiBi slope
+    assert names == matrices  # no norm, embedding, output head (tied or not) or position parameter
     assert optimizer.param_groups[1]["weight_decay"] == 0.0
 
 
@@ -132,9 +134,7 @@ def test_a_tiny_run_lowers_the_loss_and_writes_its_outputs(data_dirs, tmp_path):
     assert abs(implied_seconds - (metrics["wall_time_s"] - metrics["val_time_s"])) <= 0.011
 
 
-@pytest.mark.parametrize(
-    "model", [{"pos": p} for p in ("abs", "learned", "abs_rel", "nope")] + [{"pos": "rope", "impl": "hf"}]
-)
+@pytest.mark.parametrize("model", [{"pos": pos} for pos in ENCODINGS] + [{"pos": hf_encoding(), "impl": "hf"}])
 def test_every_encoding_and_the_hf_reference_train(model, data_dirs, tmp_path):
     metrics = train(tiny_config(model=model, max_steps=20), paths_in(tmp_path, data_dirs))
     assert metrics["best_val_loss"] < math.log(400)

@@ -33,11 +33,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from llama_pe.config import SIZES, Config, TrainConfig, config_from_dict
 from llama_pe.device import autocast, resolve_device, resolve_precision
+from llama_pe.encodings import encoding, hf_encoding
 from llama_pe.errors import ConfigError
 from llama_pe.generate import generate, stream_tokens
 from llama_pe.io import write_json
 from llama_pe.model import build_model, model_args_from_config
-from llama_pe.model.position import POSITION_ENCODINGS
 from llama_pe.train import make_optimizer, train_step
 
 log = logging.getLogger(__name__)
@@ -262,8 +262,7 @@ def check_settings(
     if size not in SIZES:
         raise ConfigError(f"--size: unknown size {size!r}; valid sizes: {', '.join(SIZES)}")
     for name in encodings:
-        if name not in POSITION_ENCODINGS:
-            raise ConfigError(f"--pos: unknown position encoding {name!r}; valid: {', '.join(POSITION_ENCODINGS)}")
+        encoding(name, "--pos")
     for dropout in dropouts:
         if not 0 <= dropout < 1:  # nan fails this too
             raise ConfigError(f"--dropout: expected numbers in [0, 1), got {dropout:g}")
@@ -339,7 +338,7 @@ def run_bench(
     }
     device, precision = check_settings(size, encodings, dropouts, counts, device_setting, precision_setting)
     variants = [Variant("native", pos, d) for d in dropouts for pos in encodings]
-    variants += [Variant("hf", "rope", d) for d in dropouts] if hf else []
+    variants += [Variant("hf", hf_encoding(), d) for d in dropouts] if hf else []
     params = load_params(params_file, size, variants)
     if rounds < 3:
         log.warning(
@@ -445,7 +444,7 @@ def _generation(runs: dict[Variant, Run], n_tokens: int, device: torch.device) -
     """KV-cached against uncached greedy generation of n_tokens from one token, native rope: the medians of five
     interleaved pairs (a cached run of 512 tokens at `small` takes under a second, and with two pairs the figure
     moved by 40% from one bench run to the next)."""
-    rope = next((v for v in runs if v.impl == "native" and v.pos == "rope"), None)
+    rope = next((v for v in runs if v.impl == "native" and v.pos == hf_encoding()), None)
     if rope is None:
         log.info("generation: not timed, --pos names no rope (it times native rope's KV cache)")
         return {}
@@ -473,7 +472,7 @@ def generation_seconds(model: nn.Module, n_tokens: int, use_cache: bool, device:
 def _results(variants, figures, peak, device, precision, generation, settings) -> dict[str, Any]:
     rows = []
     reference = {v.dropout: figures[v] for v in variants if v.impl == "hf"}
-    rope = {v.dropout: figures[v] for v in variants if v.impl == "native" and v.pos == "rope"}
+    rope = {v.dropout: figures[v] for v in variants if v.impl == "native" and v.pos == hf_encoding()}
     for variant in variants:
         fig = figures[variant]
         train = statistics.median(fig.train_tokens_per_sec)

@@ -109,7 +109,7 @@ def model_from_checkpoint(
     checkpoint: dict[str, Any], path: str | Path = "the checkpoint", advice: str | None = None
 ) -> nn.Module:
     try:
-        model = build_model(ModelArgs(**checkpoint["model_args"]))
+        model = build_model(ModelArgs.from_saved(checkpoint["model_args"]))
         model.load_state_dict(checkpoint["model"])
     except Exception as err:  # args of another version fail in as many ways as the model has parts
         reason = f"holds a model this version of llama-pe cannot rebuild ({_short(err)})"

@@ -6,7 +6,8 @@ import argparse
 import typing
 from pathlib import Path
 
-from llama_pe.config import SIZES, PositionName, TrainConfig
+from llama_pe.config import SIZES, TrainConfig
+from llama_pe.encodings import ENCODINGS
 from llama_pe.stage import run_stage
 
 
@@ -62,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         "study", help="queue a grid of experiments on DVC's queue, wait for them and write the report"
     )
     study.add_argument(
-        "--pos", default="rope", help="encodings (model.pos), comma-separated, e.g. rope,alibi (default: %(default)s)"
+        "--pos",
+        default="rope",
+        help=f"encodings (model.pos), comma-separated: {', '.join(ENCODINGS)} (default: %(default)s)",
     )
     study.add_argument("--hf", action="store_true", help="add transformers' LlamaForCausalLM (model.impl=hf, rope)")
     study.add_argument(
@@ -107,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="seed of the sampler (temperature above 0)")
     bench = commands.add_parser("bench", help="training and evaluation speed, memory and MFU, side by side with HF")
     bench.add_argument("--size", default="small", help=f"model.size preset: {', '.join(SIZES)}")
-    bench.add_argument("--pos", default=",".join(typing.get_args(PositionName)), help="encodings, comma-separated")
+    bench.add_argument("--pos", default=",".join(ENCODINGS), help="encodings, comma-separated")
     bench.add_argument("--no-hf", action="store_true", help="leave out transformers' LlamaForCausalLM")
     bench.add_argument("--dropout", default="0,0.1", help="model.dropout values in [0, 1), comma-separated")
     bench.add_argument("--context", type=int, default=64, help="tokens per sequence")

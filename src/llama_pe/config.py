@@ -6,12 +6,14 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from llama_pe.encodings import check_encoding_settings, encoding, settings_of_every_encoding
 from llama_pe.errors import ConfigError
 from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
 
@@ -28,21 +30,57 @@ REFUSED_TOKENIZER_TYPES = {
     "word without a piece of its own is spelt in bytes, and the space before it comes back as ▁), and this project "
     "needs a lossless tokenizer",
 }
-# The names of llama_pe.model.position's registry, here so that a bad model.pos fails when params are loaded, in
-# the first stage that runs, without importing torch; the registry checks at import that both name the same set.
-PositionName = Literal["rope", "abs", "learned", "alibi", "abs_rel", "nope", "t5", "fire"]
 RopeScalingName = Literal[tuple(ROPE_SCALING_METHODS)]  # the registry's names, for the checks of eval.rope_scaling
 
-# Named model sizes: the fields each sets, every one overridable from params (model.<field>: null keeps it).
-SIZES: dict[str, dict[str, Any]] = {
+
+def _require(ok: bool, key: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {got!r}")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A model's shape: what a size preset sets and a model.<field> override changes, with its rules."""
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_hidden: int | None = None  # None: LLaMA's rule, 2/3 of 4*dim rounded up to a multiple of 64
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads"):
+            _require(getattr(self, name) >= 1, f"model.{name}", "a positive integer", getattr(self, name))
+        if self.dim % self.n_heads:
+            raise ConfigError(f"model.dim: {self.dim} is not divisible by model.n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"model.n_heads: {self.n_heads} is not a multiple of model.n_kv_heads={self.n_kv_heads} "
+                f"(grouped-query attention shares each kv head among n_heads / n_kv_heads query heads)"
+            )
+        positive_or_null = self.ffn_hidden is None or self.ffn_hidden >= 1
+        _require(positive_or_null, "model.ffn_hidden", "a positive integer or null", self.ffn_hidden)
+        _require(0 <= self.dropout < 1, "model.dropout", "a number in [0, 1)", self.dropout)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+# Named model sizes, every field overridable from params (model.<field>: null keeps the preset's).
+SIZES: dict[str, Architecture] = {
     # Tests and CI: trains in seconds.
-    "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=None, dropout=0.0, tie_embeddings=True),
+    "tiny": Architecture(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, dropout=0.0),
     # The CPU default: about 3.1M parameters with an 8192 vocabulary; ~0.7 s per 2048-token step on 2 cores.
-    "small": dict(dim=192, n_layers=4, n_heads=6, n_kv_heads=2, ffn_hidden=None, dropout=0.1, tie_embeddings=True),
+    "small": Architecture(dim=192, n_layers=4, n_heads=6, n_kv_heads=2, dropout=0.1),
     # A GPU size: about 12.6M parameters with an 8192 vocabulary.
-    "base": dict(dim=384, n_layers=6, n_heads=12, n_kv_heads=4, ffn_hidden=None, dropout=0.1, tie_embeddings=True),
+    "base": Architecture(dim=384, n_layers=6, n_heads=12, n_kv_heads=4, dropout=0.1),
     # The original study: d_model 512, 8 layers, 16 query / 8 kv heads, SwiGLU 1536, untied: 33.6M parameters.
-    "seed33m": dict(dim=512, n_layers=8, n_heads=16, n_kv_heads=8, ffn_hidden=1536, dropout=0.1, tie_embeddings=False),
+    "seed33m": Architecture(
+        dim=512, n_layers=8, n_heads=16, n_kv_heads=8, ffn_hidden=1536, dropout=0.1, tie_embeddings=False
+    ),
 }
 
 
@@ -104,86 +142,46 @@ class TokenizerConfig:
 class ModelConfig:
     impl: Literal["native", "hf"]
     size: str  # a key of SIZES
-    pos: PositionName
-    rope_theta: float
-    alibi_learnable: bool
-    t5_buckets: int
-    t5_max_distance: int
-    # Overrides of the size preset; null keeps the preset's value.
-    dim: int | None
-    n_layers: int | None
-    n_heads: int | None
-    n_kv_heads: int | None
-    ffn_hidden: int | None
-    dropout: float | None
-    tie_embeddings: bool | None
+    pos: str  # a key of llama_pe.encodings.ENCODINGS
+    overrides: Mapping[str, Any]  # model.<Architecture field>; null keeps the preset's value
+    encoding_values: Mapping[str, Any]  # every encoding's own keys (model.rope_theta, ...), as params.yaml sets them
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:
             raise ConfigError(f"model.size: unknown size {self.size!r}; valid sizes: {', '.join(SIZES)}")
-        check_architecture(**self.sized(), pos=self.pos, impl=self.impl, rope_theta=self.rope_theta,
-                           alibi_learnable=self.alibi_learnable, t5_buckets=self.t5_buckets,
-                           t5_max_distance=self.t5_max_distance)  # fmt: skip
+        self.encoding_settings  # noqa: B018 (checks the encoding's keys, and the architecture before them)
 
-    def sized(self) -> dict[str, Any]:
-        """The preset that model.size names, with every non-null override applied."""
-        sized = dict(SIZES[self.size])
-        for name in sized:
-            override = getattr(self, name)
-            if override is not None:
-                sized[name] = override
-        return sized
+    @property
+    def architecture(self) -> Architecture:
+        """The preset that model.size names, with every non-null override applied (and checked)."""
+        changes = {name: value for name, value in self.overrides.items() if value is not None}
+        return dataclasses.replace(SIZES[self.size], **changes)
 
+    @property
+    def encoding_settings(self) -> dict[str, Any]:
+        """The keys that model.pos owns, checked by its rules (a key it does not use must keep its default)."""
+        return check_encoding_settings(self.pos, self.encoding_values, self.architecture.head_dim, self.impl)
 
-def check_architecture(
-    *,
-    dim: int,
-    n_layers: int,
-    n_heads: int,
-    n_kv_heads: int,
-    ffn_hidden: int | None,
-    dropout: float,
-    tie_embeddings: bool,
-    pos: str,
-    impl: str,
-    rope_theta: float,
-    alibi_learnable: bool,
-    t5_buckets: int,
-    t5_max_distance: int,
-) -> None:
-    """The rules a model's shape must follow; ModelConfig checks them at load time and ModelArgs again."""
-    for name, value in (("dim", dim), ("n_layers", n_layers), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
-        _require(value >= 1, f"model.{name}", "a positive integer", value)
-    if dim % n_heads:
-        raise ConfigError(f"model.dim: {dim} is not divisible by model.n_heads={n_heads}")
-    if n_heads % n_kv_heads:
-        raise ConfigError(
-            f"model.n_heads: {n_heads} is not a multiple of model.n_kv_heads={n_kv_heads} "
-            f"(grouped-query attention shares each kv head among n_heads / n_kv_heads query heads)"
-        )
-    if pos == "rope" and (dim // n_heads) % 2:
-        raise ConfigError(
-            f"model.pos=rope rotates pairs of dimensions, so the head dimension must be even; "
-            f"model.dim / model.n_heads = {dim} / {n_heads} = {dim // n_heads}"
-        )
-    _require(ffn_hidden is None or ffn_hidden >= 1, "model.ffn_hidden", "a positive integer or null", ffn_hidden)
-    _require(0 <= dropout < 1, "model.dropout", "a number in [0, 1)", dropout)
-    _require(rope_theta > 0, "model.rope_theta", "a positive number", rope_theta)
-    if impl == "hf" and pos != "rope":
-        raise ConfigError(
-            f"model.impl=hf supports model.pos=rope only (LlamaForCausalLM has rotary positions); "
-            f"got model.pos={pos}. Use model.impl=native for {pos}."
-        )
-    # T5's buckets: the first half exact distances, the second log-spaced from there to t5_max_distance.
-    _require(t5_buckets >= 4, "model.t5_buckets", "an integer of at least 4 (half exact distances, half log-spaced)",
-             t5_buckets)  # fmt: skip
-    _require(t5_max_distance > t5_buckets // 2, "model.t5_max_distance",
-             f"more than half of model.t5_buckets ({t5_buckets // 2}), where the log-spaced buckets start",
-             t5_max_distance)  # fmt: skip
-    if alibi_learnable and pos not in ("alibi", "abs_rel"):
-        raise ConfigError(
-            f"model.alibi_learnable: true has no meaning for model.pos={pos} (it trains ALiBi's slopes, which only "
-            f"alibi and abs_rel have); set it to false"
+    def params(self) -> dict[str, Any]:
+        """The section as params.yaml spells it: model.pos, model.dim, model.rope_theta, ..."""
+        return {"impl": self.impl, "size": self.size, "pos": self.pos, **self.encoding_values, **self.overrides}
+
+    @classmethod
+    def from_params(cls, raw: Any, where: str) -> ModelConfig:
+        """Strictly, as every section: each of params.yaml's model keys is required and typed."""
+        settings = settings_of_every_encoding()
+        shape = typing.get_type_hints(Architecture)
+        hints: dict[str, Any] = {"impl": Literal["native", "hf"], "size": str, "pos": str}
+        hints |= {name: type(setting.default) for name, setting in settings.items()}
+        hints |= {spec.name: shape[spec.name] | None for spec in dataclasses.fields(Architecture)}
+        values = _read_section(hints, raw, where)
+        encoding(values["pos"])  # an unknown name: the error that lists the valid ones
+        return cls(
+            impl=values["impl"],
+            size=values["size"],
+            pos=values["pos"],
+            overrides={spec.name: values[spec.name] for spec in dataclasses.fields(Architecture)},
+            encoding_values={name: values[name] for name in settings},
         )
 
 
@@ -245,11 +243,6 @@ class TrainConfig:
         if self.max_steps is not None:
             return self.max_steps
         return -(-self.max_tokens // self.tokens_per_step)  # ceil: the budget is at least max_tokens
-
-
-def _require(ok: bool, key: str, expected: str, got: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: expected {expected}, got {got!r}")
 
 
 @dataclass(frozen=True)
@@ -352,25 +345,33 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _build_dataclass(cls: type, raw: Any, where: str) -> Any:
-    if raw is None and not any(_is_required(f) for f in dataclasses.fields(cls)):
+    if hasattr(cls, "from_params"):
+        return cls.from_params(raw, where)
+    fields = dataclasses.fields(cls)
+    if raw is None and not any(_is_required(f) for f in fields):
         raw = {}  # an empty YAML section (`eval:`) reads as None
+    hints = typing.get_type_hints(cls)
+    optional = {f.name for f in fields if not _is_required(f)}
+    return cls(**_read_section({f.name: hints[f.name] for f in fields}, raw, where, optional))
+
+
+def _read_section(hints: dict[str, Any], raw: Any, where: str, optional: set[str] = frozenset()) -> dict[str, Any]:
+    """The settings of one section, each converted to its type hint; unknown keys and missing required ones raise."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'params'}: expected a mapping of settings, got {raw!r}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
-        if key not in known:
-            valid = ", ".join(known) or "none"
+        if key not in hints:
+            valid = ", ".join(hints) or "none"
             raise ConfigError(f"{_join(where, str(key))}: unknown setting; valid keys here: {valid}")
-    hints = typing.get_type_hints(cls)
     values = {}
-    for name, spec in known.items():
+    for name, hint in hints.items():
         key = _join(where, name)
         if name not in raw:
-            if _is_required(spec):
+            if name not in optional:
                 raise ConfigError(f"{key}: missing required setting")
             continue
-        values[name] = _convert(hints[name], raw[name], key)
-    return cls(**values)
+        values[name] = _convert(hint, raw[name], key)
+    return values
 
 
 def _is_required(spec: dataclasses.Field) -> bool:

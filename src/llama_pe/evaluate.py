@@ -18,6 +18,7 @@ from llama_pe.checkpoint import load_checkpoint, model_from_checkpoint
 from llama_pe.config import Config
 from llama_pe.data.tokens import check_tokenizer, load_splits
 from llama_pe.device import autocast, resolve_device, resolve_precision
+from llama_pe.encodings import ENCODINGS
 from llama_pe.generate import generate
 from llama_pe.io import write_json, write_text
 from llama_pe.model.rope_scaling import ROPE_SCALING_METHODS, RopeScaling
@@ -161,7 +162,7 @@ def extrapolation(model, tokens, chars, cfg: Config, device, amp, known: dict | 
         row["reason"] = None
         # Recorded as null with the reason: neither a crash nor a made-up number.
         if model.max_positions is not None and context > model.max_positions:
-            row["reason"] = f"model.pos={model.args.pos} has {model.max_positions} learned positions, not {context}"
+            row["reason"] = f"model.pos={model.args.pos} places {model.max_positions} positions, not {context}"
         elif cfg.chunk_tokens is not None and context > cfg.chunk_tokens - 1:
             row["reason"] = (
                 f"data.split=random_chunks: every sample is one chunk of {cfg.chunk_tokens} tokens of shuffled text, "
@@ -187,7 +188,7 @@ def rope_scaled_ppls(model, tokens, chars, context: int, cfg: Config, device, am
     the rotary frequencies stretched by context / train.context; null for a method not asked for or a model
     without rotary positions. Up to the training length every method is the identity: the unscaled figure."""
     ppls: dict[str, float | None] = {f"{method}_ppl": None for method in ROPE_SCALING_METHODS}
-    if not cfg.eval.rope_scaling or model.args.pos != "rope":
+    if not cfg.eval.rope_scaling or not ENCODINGS[model.args.pos].rotary:
         return ppls
     for method in cfg.eval.rope_scaling:
         if context <= cfg.train.context:
@@ -241,10 +242,10 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, encoded: Path, metrics: P
     for row in curve_rows:
         results[f"ppl_at_{metric_suffix(row['multiple'])}"] = row["nonoverlapping_ppl"]
         results[f"sliding_ppl_at_{metric_suffix(row['multiple'])}"] = row["sliding_ppl"]
-        for method in cfg.eval.rope_scaling if model.args.pos == "rope" else ():
+        for method in cfg.eval.rope_scaling if ENCODINGS[model.args.pos].rotary else ():
             if row["multiple"] > 1:  # the identity up to the training length: nothing new to record
                 results[f"ppl_at_{metric_suffix(row['multiple'])}_{method}"] = row[f"{method}_ppl"]
-    if cfg.eval.rope_scaling and model.args.pos != "rope":
+    if cfg.eval.rope_scaling and not ENCODINGS[model.args.pos].rotary:
         log.info("eval.rope_scaling: skipped, model.pos=%s has no rotary positions to scale", model.args.pos)
     results = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}
     write_json(metrics, results)

@@ -15,6 +15,7 @@ from transformers.tokenization_utils_base import generate_merges
 
 from llama_pe.checkpoint import load_checkpoint, model_from_checkpoint
 from llama_pe.data.tokenizer import model_type
+from llama_pe.encodings import ENCODINGS, hf_encoding
 from llama_pe.errors import ConfigError
 from llama_pe.io import atomic_path
 from llama_pe.model.hf import HFLlama, llama_config, native_to_hf
@@ -111,10 +112,10 @@ def export_hf(checkpoint_path: str | Path, out_dir: str | Path, force: bool = Fa
     check_export_target(checkpoint_path, out_dir, force)
     checkpoint = load_checkpoint(checkpoint_path)
     pos, impl = checkpoint["model_args"].get("pos"), checkpoint["model_args"].get("impl")
-    if pos != "rope":
+    if pos in ENCODINGS and not ENCODINGS[pos].hf_exportable:
         raise ConfigError(
-            f"model.pos={pos} has no Hugging Face equivalent (LlamaForCausalLM has rotary positions only); "
-            f"only rope checkpoints can be exported"
+            f"export-hf: model.pos={pos} ({ENCODINGS[pos].summary}) has no Hugging Face equivalent: "
+            f"LlamaForCausalLM computes model.pos={hf_encoding()} only, so only its checkpoints can be exported"
         )
     model = model_from_checkpoint(checkpoint, checkpoint_path)
     if isinstance(model, HFLlama):

@@ -43,7 +43,7 @@ class TrainState:
 
 def run_settings(cfg: Config, meta: dict[str, Any]) -> dict[str, Any]:
     """The params and data a run trains with, flat ("model.pos": "rope", "data.vocab_size": 8192, ...)."""
-    return _flatten({"model": dataclasses.asdict(cfg.model), "train": dataclasses.asdict(cfg.train), "data": meta})
+    return _flatten({"model": cfg.model.params(), "train": dataclasses.asdict(cfg.train), "data": meta})
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

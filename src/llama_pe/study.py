@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import typing
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from llama_pe.config import PositionName, config_from_dict
+from llama_pe.config import config_from_dict
+from llama_pe.encodings import ENCODINGS, hf_encoding
 from llama_pe.errors import LlamaPeError
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def parse_grid(pos: str, seeds: str, hf: bool, sets: list[str], params_file: Pat
     for seed in seed_values:
         variants = [(f"{name} native", ("model.impl=native", f"model.pos={name}")) for name in encodings]
         if hf:
-            variants.append(("rope hf", ("model.impl=hf", "model.pos=rope")))
+            variants.append((f"{hf_encoding()} hf", ("model.impl=hf", f"model.pos={hf_encoding()}")))
         for variant, grid_overrides in variants:
             label, overrides = f"{variant} seed {seed}", (*grid_overrides, f"train.seed={seed}", *common)
             points.append(Point(label, overrides, _apply(params_file, overrides, label)))
@@ -74,7 +74,7 @@ def parse_grid(pos: str, seeds: str, hf: bool, sets: list[str], params_file: Pat
 
 
 def _encodings(pos: str) -> list[str]:
-    valid = typing.get_args(PositionName)
+    valid = list(ENCODINGS)
     names = [name.strip() for name in pos.split(",") if name.strip()]
     if not names:
         raise StudyError(f"--pos: expected encodings separated by commas; valid: {', '.join(valid)}")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llama_pe.model import flex
-from tests.model.conftest import VOCAB, tiny_model
+from tests.model.conftest import BIASED, VOCAB, learnable, tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention.*:UserWarning")
 
@@ -18,10 +18,10 @@ def flex_on_cpu(monkeypatch):
     monkeypatch.setattr(flex, "FLEX_DEVICES", ("cuda", "cpu"))
 
 
-@pytest.mark.parametrize("pos", ["alibi", "abs_rel", "t5", "fire"])
+@pytest.mark.parametrize("pos", BIASED)
 @pytest.mark.parametrize("last", [None, 5])  # every query, or the final block's queries at the last 5 positions
 def test_flex_path_gives_the_logits_of_the_sdpa_path(pos, last, monkeypatch):
-    model = tiny_model(pos=pos, alibi_learnable=pos in ("alibi", "abs_rel")).eval()
+    model = tiny_model(pos=pos, **learnable(pos)).eval()
     with torch.no_grad():  # learned parameters moved off their init: the score_mod must read the live values
         for param in model.positions.parameters():
             param.mul_(torch.linspace(0.5, 2.0, param.numel()).view_as(param))
@@ -40,13 +40,13 @@ def test_flex_path_gives_the_logits_of_the_sdpa_path(pos, last, monkeypatch):
 
 def test_rope_and_training_with_dropout_and_the_cache_keep_sdpa(flex_on_cpu):
     alibi = tiny_model(pos="alibi")
-    assert flex.wants_flex(torch.device("cpu"), alibi.positions.biased, dropout_active=False, cached=False)
-    assert not flex.wants_flex(torch.device("cpu"), alibi.positions.biased, dropout_active=True, cached=False)
-    assert not flex.wants_flex(torch.device("cpu"), alibi.positions.biased, dropout_active=False, cached=True)
-    assert not tiny_model(pos="rope").positions.biased and tiny_model(pos="rope").positions.score_mod(4, 4) is None
+    assert flex.wants_flex(torch.device("cpu"), alibi.positions.spec.biased, dropout_active=False, cached=False)
+    assert not flex.wants_flex(torch.device("cpu"), alibi.positions.spec.biased, dropout_active=True, cached=False)
+    assert not flex.wants_flex(torch.device("cpu"), alibi.positions.spec.biased, dropout_active=False, cached=True)
+    assert not tiny_model(pos="rope").positions.spec.biased and tiny_model(pos="rope").positions.score_mod(4, 4) is None
     assert not flex.wants_flex(torch.device("cpu"), False, dropout_active=False, cached=False)
 
 
 def test_cpu_keeps_sdpa_by_default():
     alibi = tiny_model(pos="alibi")
-    assert not flex.wants_flex(torch.device("cpu"), alibi.positions.biased, dropout_active=False, cached=False)
+    assert not flex.wants_flex(torch.device("cpu"), alibi.positions.spec.biased, dropout_active=False, cached=False)

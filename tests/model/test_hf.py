@@ -13,6 +13,7 @@ from llama_pe.checkpoint import load_checkpoint, model_from_checkpoint, save_che
 from llama_pe.cli import main as cli_main
 from llama_pe.data.download import MIRROR_ENV
 from llama_pe.data.tokenizer import BYTE_PIECES, CONTROL_PIECES, train_tokenizer, training_sentences
+from llama_pe.encodings import ENCODINGS, hf_encoding
 from llama_pe.errors import ConfigError
 from llama_pe.export import hf_tokenizer
 from llama_pe.model import Transformer, build_model
@@ -160,10 +161,12 @@ def test_exported_tokenizer_gives_sentencepiece_ids_on_the_real_corpus(kind, tmp
     assert reloaded(paragraphs, add_special_tokens=False)["input_ids"] == sp.encode(paragraphs)
 
 
-def test_export_of_another_encoding_is_a_clear_error(tokenizer_model, tmp_path):
+@pytest.mark.parametrize("pos", [name for name, entry in ENCODINGS.items() if not entry.hf_exportable])
+def test_export_of_another_encoding_is_a_clear_error(pos, tokenizer_model, tmp_path):
     from llama_pe.export import export_hf
 
-    save_checkpoint(tmp_path / "alibi.pt", build_model(tiny_args(pos="alibi", vocab_size=400)), tokenizer_model)
-    with pytest.raises(ConfigError, match=r"model\.pos=alibi has no Hugging Face equivalent"):
-        export_hf(tmp_path / "alibi.pt", tmp_path / "out")
+    save_checkpoint(tmp_path / "other.pt", build_model(tiny_args(pos=pos, vocab_size=400)), tokenizer_model)
+    message = rf"export-hf: model\.pos={pos} \(.*\) has no Hugging Face equivalent: LlamaForCausalLM computes "
+    with pytest.raises(ConfigError, match=message + rf"model\.pos={hf_encoding()} only"):
+        export_hf(tmp_path / "other.pt", tmp_path / "out")
     assert not (tmp_path / "out").exists()

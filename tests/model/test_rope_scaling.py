@@ -10,19 +10,20 @@ from llama_pe.errors import ConfigError
 from llama_pe.model.hf import hf_rope_parameters, hf_to_native, llama_config
 from llama_pe.model.rope_scaling import RopeScaling, base_frequencies, scaled_frequencies
 from llama_pe.model.transformer import Transformer
+from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
 from tests.model.conftest import VOCAB, tiny_args, tiny_model
 
 TRAIN = 16  # the tiny models' training context
 
 
-@pytest.mark.parametrize("method", ["linear", "dynamic", "yarn"])
+@pytest.mark.parametrize("method", list(ROPE_SCALING_METHODS))
 @pytest.mark.parametrize("multiple", [4, 8])
 def test_native_scaled_rope_matches_hugging_face_llama(method, multiple):
     """The same weights, the same method and factor: LlamaForCausalLM with rope_parameters gives the same logits."""
     args = tiny_args(pos="rope")
     scaling = RopeScaling(method, factor=float(multiple), original_context=TRAIN)
     config = llama_config(args)
-    config.rope_parameters = hf_rope_parameters(args.rope_theta, scaling)
+    config.rope_parameters = hf_rope_parameters(args.encoding["rope_theta"], scaling)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     hf = LlamaForCausalLM(config).eval()

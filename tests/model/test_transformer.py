@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from llama_pe.config import ConfigError
+from llama_pe.encodings import ENCODINGS
 from llama_pe.errors import ContextLengthError
 from llama_pe.model import SIZES, build_model, model_args_from_config
 from tests.conftest import make_config
-from tests.model.conftest import VOCAB, tiny_args, tiny_model
+from tests.model.conftest import UNBOUNDED, VOCAB, learnable, tiny_args, tiny_model
 
 
 def test_changing_a_later_token_changes_no_earlier_logit(pos):
@@ -30,7 +31,7 @@ def test_first_loss_is_near_uniform(pos):
 
 
 def test_tiny_model_overfits_one_batch(pos):
-    model = tiny_model(pos=pos, alibi_learnable=pos in ("alibi", "abs_rel"))
+    model = tiny_model(pos=pos, **learnable(pos))
     tokens = torch.randint(0, VOCAB, (4, 17), generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for _ in range(150):
@@ -41,17 +42,19 @@ def test_tiny_model_overfits_one_batch(pos):
     assert loss.item() < 0.2
 
 
-@pytest.mark.parametrize("pos", ["rope", "abs", "alibi", "abs_rel", "nope"])
+@pytest.mark.parametrize("pos", UNBOUNDED)
 def test_runs_at_four_times_the_training_context(pos):
     model = tiny_model(pos=pos, max_seq_len=16).eval()
     logits, _ = model(torch.randint(0, VOCAB, (1, 64)))
     assert logits.shape == (1, 64, VOCAB) and torch.isfinite(logits).all()
 
 
-def test_learned_positions_refuse_to_run_past_their_table():
-    model = tiny_model(pos="learned", max_seq_len=16).eval()
+@pytest.mark.parametrize("pos", [name for name in ENCODINGS if name not in UNBOUNDED])
+def test_a_bounded_encoding_refuses_to_run_past_its_table(pos):
+    model = tiny_model(pos=pos, max_seq_len=16).eval()
     model(torch.randint(0, VOCAB, (1, 16)))
-    with pytest.raises(ContextLengthError, match=r"model\.pos=learned: position 63 is past the learned position table"):
+    message = rf"model\.pos={pos}: position 63 is past the 16 positions it can place \(train\.context; "
+    with pytest.raises(ContextLengthError, match=message):
         model(torch.randint(0, VOCAB, (1, 64)))
 
 
@@ -96,7 +99,7 @@ def test_seed33m_is_the_original_studys_shape():
 def test_params_override_the_preset():
     cfg = make_config(model={"size": "small", "dim": 96, "n_layers": 2, "dropout": 0.0}).model
     args = model_args_from_config(cfg, vocab_size=8192, context=64)
-    assert (args.dim, args.n_layers, args.dropout, args.n_heads) == (96, 2, 0.0, SIZES["small"]["n_heads"])
+    assert (args.dim, args.n_layers, args.dropout, args.n_heads) == (96, 2, 0.0, SIZES["small"].n_heads)
 
 
 @pytest.mark.parametrize(
@@ -106,11 +109,7 @@ def test_params_override_the_preset():
         ({"n_heads": 4, "n_kv_heads": 3}, r"model\.n_heads: 4 is not a multiple of model\.n_kv_heads=3"),
         ({"dim": 36, "n_heads": 4, "n_kv_heads": 4, "pos": "rope"}, r"head dimension must be even.*= 9"),
         ({"size": "huge"}, r"model\.size: unknown size 'huge'; valid sizes: tiny, small, base, seed33m"),
-        (
-            {"pos": "xpos"},
-            r"model\.pos: expected one of rope, abs, learned, alibi, abs_rel, nope, t5, fire; "
-            r"got 'xpos'",
-        ),
+        ({"pos": "xpos"}, rf"model\.pos: unknown position encoding 'xpos'; valid: {', '.join(ENCODINGS)}$"),
         ({"impl": "hf", "pos": "alibi"}, r"model\.impl=hf supports model\.pos=rope only"),
     ],
 )

@@ -1,61 +1,39 @@
-"""Model hyper-parameters: a frozen ModelArgs and a dict of named sizes, each field overridable from params."""
+"""Model hyper-parameters: a frozen ModelArgs, the config's Architecture plus what the model needs besides."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from llama_pe.config import SIZES, ModelConfig, check_architecture
+from llama_pe.config import SIZES, Architecture, ModelConfig
+from llama_pe.encodings import complete_settings, settings_of_every_encoding, validate_encoding
 from llama_pe.errors import ConfigError
 
 __all__ = ["SIZES", "ModelArgs", "model_args_from_config"]
 
 
-@dataclass(frozen=True)
-class ModelArgs:
+@dataclass(frozen=True, kw_only=True)
+class ModelArgs(Architecture):
     vocab_size: int
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    max_seq_len: int  # the training context; only a learned position table is bound by it
-    ffn_hidden: int | None = None  # None: LLaMA's rule, 2/3 of 4*dim rounded up to multiple_of
+    max_seq_len: int  # the training context; only a bounded encoding (a learned table) is held to it
+    pos: str = "rope"
+    impl: str = "native"
+    # The settings model.pos owns (llama_pe.encodings), each one it leaves out at its default.
+    encoding: Mapping[str, Any] = field(default_factory=dict)
     multiple_of: int = 64
-    dropout: float = 0.0
-    tie_embeddings: bool = True
     norm_eps: float = 1e-5
     init_std: float = 0.02
-    pos: str = "rope"
-    rope_theta: float = 10000.0
-    alibi_learnable: bool = False
-    t5_buckets: int = 32
-    t5_max_distance: int = 128
-    impl: str = "native"
 
     def __post_init__(self) -> None:
-        _positive = ("vocab_size", "max_seq_len", "multiple_of")
-        for name in _positive:
+        super().__post_init__()
+        for name in ("vocab_size", "max_seq_len", "multiple_of"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name}: expected a positive integer, got {getattr(self, name)}")
-        check_architecture(
-            dim=self.dim,
-            n_layers=self.n_layers,
-            n_heads=self.n_heads,
-            n_kv_heads=self.n_kv_heads,
-            ffn_hidden=self.ffn_hidden,
-            dropout=self.dropout,
-            tie_embeddings=self.tie_embeddings,
-            pos=self.pos,
-            impl=self.impl,
-            rope_theta=self.rope_theta,
-            alibi_learnable=self.alibi_learnable,
-            t5_buckets=self.t5_buckets,
-            t5_max_distance=self.t5_max_distance,
-        )
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        own = complete_settings(self.pos, self.encoding)
+        validate_encoding(self.pos, own, self.head_dim, self.impl)
+        object.__setattr__(self, "encoding", own)  # frozen: the completed settings, as a checkpoint stores them
 
     @property
     def hidden_dim(self) -> int:
@@ -67,18 +45,24 @@ class ModelArgs:
     def replace(self, **changes) -> ModelArgs:
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any]) -> ModelArgs:
+        """The args a checkpoint stores; one written before the encodings' settings were grouped had them flat."""
+        saved = dict(saved)
+        if "encoding" not in saved:
+            flat = {key: saved.pop(key) for key in settings_of_every_encoding() if key in saved}
+            own = complete_settings(saved.get("pos", "rope"), {})
+            saved["encoding"] = {key: flat.get(key, default) for key, default in own.items()}
+        return cls(**saved)
+
 
 def model_args_from_config(cfg: ModelConfig, vocab_size: int, context: int) -> ModelArgs:
     """The preset named by model.size, with every non-null override from params.yaml applied."""
-    sized = cfg.sized()
     return ModelArgs(
+        **dataclasses.asdict(cfg.architecture),
         vocab_size=vocab_size,
         max_seq_len=context,
         pos=cfg.pos,
-        rope_theta=cfg.rope_theta,
-        alibi_learnable=cfg.alibi_learnable,
-        t5_buckets=cfg.t5_buckets,
-        t5_max_distance=cfg.t5_max_distance,
         impl=cfg.impl,
-        **sized,
+        encoding=cfg.encoding_settings,
     )

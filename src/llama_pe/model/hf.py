@@ -47,7 +47,7 @@ def llama_config(args: ModelArgs) -> LlamaConfig:
         head_dim=args.head_dim,
         max_position_embeddings=args.max_seq_len,
         rms_norm_eps=args.norm_eps,
-        rope_parameters=hf_rope_parameters(args.rope_theta, None),
+        rope_parameters=hf_rope_parameters(args.encoding["rope_theta"], None),
         tie_word_embeddings=args.tie_embeddings,
         attention_dropout=args.dropout,
         initializer_range=args.init_std,
@@ -121,7 +121,7 @@ class HFLlama(nn.Module):
         """Hugging Face's own implementation of the scaling method, inside the block (HF reads `factor` against
         max_position_embeddings, which is train.context here, as the native model does)."""
         config = copy.deepcopy(self.hf.config)
-        config.rope_parameters = hf_rope_parameters(self.args.rope_theta, scaling)
+        config.rope_parameters = hf_rope_parameters(self.args.encoding["rope_theta"], scaling)
         original = self.hf.model.rotary_emb
         self.hf.model.rotary_emb = LlamaRotaryEmbedding(config).to(self.output.weight.device)
         try:

@@ -93,7 +93,7 @@ class Attention(nn.Module):
         if mask is not None and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)  # SDPA wants a float mask in the dtype of the queries (bf16 under autocast)
         dropout_active = self.training and self.dropout > 0
-        if wants_flex(q.device, positions.biased, dropout_active, cached=cache is not None):
+        if wants_flex(q.device, positions.spec.biased, dropout_active, cached=cache is not None):
             score_mod = positions.score_mod(q.shape[-2], k.shape[-2])
             out = biased_causal_attention(q, k, v, score_mod)  # the bias inside a fused kernel, not in memory
         else:

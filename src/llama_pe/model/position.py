@@ -3,19 +3,22 @@
 Each encoding may add to the token embeddings (`embed`), rotate queries and keys (`rotate`) and add a bias to
 the attention logits (`attn_bias`); all three are no-ops by default, so attention never asks which one it has.
 Positions are absolute: `start` is the position of the first token, which is the KV-cache length when decoding.
+
+The catalogue (llama_pe.encodings) names each class and says what it is; registration, at import, checks that the
+class is what its entry says (a rotary entry is a Rotary, a biased one gives its bias to FlexAttention too).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import typing
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from llama_pe.config import PositionName
+from llama_pe.encodings import ENCODINGS, Encoding, encoding
 from llama_pe.errors import ConfigError, ContextLengthError
 from llama_pe.model.args import ModelArgs
 from llama_pe.model.flex import ScoreMod
@@ -23,10 +26,14 @@ from llama_pe.model.rope_scaling import RopeScaling, base_frequencies, scaled_fr
 
 
 class PositionEncoding(nn.Module):
-    # Longest sequence the encoding can place; None means any length (it can extrapolate).
-    max_positions: int | None = None
-    # Whether attn_bias adds a bias (then score_mod gives the same bias to FlexAttention on a GPU).
-    biased: bool = False
+    # Set at registration from the catalogue: the encoding's name and what it is (llama_pe.encodings.Encoding).
+    name: str
+    spec: Encoding
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        # Longest sequence the encoding can place: train.context for a bounded one (a learned table), else any.
+        self.max_positions: int | None = args.max_seq_len if self.spec.bounded else None
 
     def embed(self, x: torch.Tensor, start: int) -> torch.Tensor:  # x: (B, T, dim)
         return x
@@ -47,30 +54,25 @@ class PositionEncoding(nn.Module):
     def check_length(self, end: int) -> None:
         if self.max_positions is not None and end > self.max_positions:
             raise ContextLengthError(
-                f"model.pos={self.name}: position {end - 1} is past the learned position table of "
-                f"{self.max_positions} positions (the training context, train.context); learned absolute "
-                f"positions cannot extrapolate to {end} tokens"
+                f"model.pos={self.name}: position {end - 1} is past the {self.max_positions} positions it can place "
+                f"(train.context; {self.spec.summary}), so it cannot extrapolate to {end} tokens"
             )
-
-    @property
-    def name(self) -> str:
-        return next(name for name, cls in POSITION_ENCODINGS.items() if cls is type(self))
 
 
 class NoPositions(PositionEncoding):
     """NoPE: the causal mask is the only source of order (Kazemnejad et al., arXiv 2305.19466)."""
 
     def __init__(self, args: ModelArgs) -> None:
-        super().__init__()
+        super().__init__(args)
 
 
 class Rotary(PositionEncoding):
     """RoPE (Su et al., arXiv 2104.09864) in the rotate-half layout that Hugging Face's Llama uses."""
 
     def __init__(self, args: ModelArgs) -> None:
-        super().__init__()
-        self.theta, self.head_dim = args.rope_theta, args.head_dim
-        inv_freq = base_frequencies(args.rope_theta, args.head_dim)
+        super().__init__(args)
+        self.theta, self.head_dim = args.encoding["rope_theta"], args.head_dim
+        inv_freq = base_frequencies(self.theta, args.head_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (head_dim / 2,)
         self.scaling: RopeScaling | None = None  # context extension at evaluation (scaled_rope), never in training
 
@@ -93,7 +95,7 @@ class Rotary(PositionEncoding):
 @contextlib.contextmanager
 def scaled_rope(positions: PositionEncoding, scaling: RopeScaling) -> Iterator[None]:
     """Evaluate a rotary model with its frequencies stretched by `scaling` (model/rope_scaling.py) inside the block."""
-    if not isinstance(positions, Rotary):
+    if not positions.spec.rotary:
         raise ConfigError(f"eval.rope_scaling: {scaling.method} scales rotary positions; model.pos={positions.name} "
                           "has none")  # fmt: skip
     positions.scaling = scaling
@@ -122,7 +124,7 @@ class Sinusoidal(PositionEncoding):
     """Fixed sinusoidal absolute positions added to the token embeddings (arXiv 1706.03762)."""
 
     def __init__(self, args: ModelArgs) -> None:
-        super().__init__()
+        super().__init__(args)
         self.dim = args.dim
         # Scaled to the RMS of the embedding init (init_std), like the learned table, so that at init position
         # neither drowns the token signal (an unscaled table is 35x larger than 0.02-std embeddings).
@@ -137,8 +139,7 @@ class Learned(PositionEncoding):
     """Learned absolute position embeddings, as GPT-2; a table of train.context rows that cannot extrapolate."""
 
     def __init__(self, args: ModelArgs) -> None:
-        super().__init__()
-        self.max_positions = args.max_seq_len
+        super().__init__(args)
         self.table = nn.Embedding(args.max_seq_len, args.dim)
 
     def embed(self, x: torch.Tensor, start: int) -> torch.Tensor:
@@ -163,13 +164,11 @@ def alibi_slopes(n_heads: int) -> list[float]:
 class ALiBi(PositionEncoding):
     """Attention with Linear Biases (Press et al., arXiv 2108.12409): logit -= slope_h * (i - j), per query head."""
 
-    biased = True
-
     def __init__(self, args: ModelArgs) -> None:
-        super().__init__()
+        super().__init__(args)
         # One slope per query head: under grouped-query attention heads that share a kv head keep their own.
         slopes = torch.tensor(alibi_slopes(args.n_heads), dtype=torch.float32)
-        if args.alibi_learnable:
+        if args.encoding["alibi_learnable"]:
             self.slopes = nn.Parameter(slopes)
         else:
             self.register_buffer("slopes", slopes, persistent=False)
@@ -193,10 +192,8 @@ class ALiBi(PositionEncoding):
 class AbsoluteRelative(PositionEncoding):
     """Sinusoidal absolute positions plus the ALiBi bias: the original study's "absolute + relative"."""
 
-    biased = True
-
     def __init__(self, args: ModelArgs) -> None:
-        super().__init__()
+        super().__init__(args)
         self.absolute = Sinusoidal(args)
         self.relative = ALiBi(args)
 
@@ -224,12 +221,10 @@ def t5_buckets(distance: torch.Tensor, n_buckets: int, max_distance: int) -> tor
 class T5Bias(PositionEncoding):
     """T5's relative position bias: a learned scalar per head and distance bucket, shared by every layer as in T5."""
 
-    biased = True
-
     def __init__(self, args: ModelArgs) -> None:
-        super().__init__()
-        self.n_buckets, self.max_distance = args.t5_buckets, args.t5_max_distance
-        self.table = nn.Embedding(args.t5_buckets, args.n_heads)  # initialised as the other tables (init_std)
+        super().__init__(args)
+        self.n_buckets, self.max_distance = args.encoding["t5_buckets"], args.encoding["t5_max_distance"]
+        self.table = nn.Embedding(self.n_buckets, args.n_heads)  # initialised as the other tables (init_std)
 
     def attn_bias(self, q_len: int, k_len: int, start: int) -> torch.Tensor:
         device = self.table.weight.device
@@ -259,10 +254,8 @@ class FIRE(PositionEncoding):
     saw (the paper's 512 suits its 2048-token training). The code follows the paper's listing (its appendix).
     """
 
-    biased = True
-
     def __init__(self, args: ModelArgs) -> None:
-        super().__init__()
+        super().__init__(args)
         self.mlp = nn.Sequential(nn.Linear(1, FIRE_WIDTH), nn.ReLU(), nn.Linear(FIRE_WIDTH, args.n_heads))
         self.c = nn.Parameter(torch.tensor(0.1))  # the paper's init
         self.register_buffer("initial_threshold", torch.tensor(float(args.max_seq_len)), persistent=False)
@@ -288,25 +281,93 @@ class FIRE(PositionEncoding):
         return fire
 
 
-POSITION_ENCODINGS: dict[str, type[PositionEncoding]] = {
-    "rope": Rotary,
-    "abs": Sinusoidal,
-    "learned": Learned,
-    "alibi": ALiBi,
-    "abs_rel": AbsoluteRelative,
-    "nope": NoPositions,
-    "t5": T5Bias,
-    "fire": FIRE,
-}
+class KerpleLog(PositionEncoding):
+    """KERPLE's logarithmic kernel (Chi et al., arXiv 2205.09921): bias_h(i, j) = -r1_h log(1 + r2_h |i - j|).
+
+    r1 and r2 are learned per query head and shared by every layer, as the paper's code (github.com/chijames/KERPLE,
+    ParallelKerpleLog, one module handed to every layer) has them; it draws r1 ~ U(0, 2) and r2 ~ U(0, 1) and clamps
+    both to at least 0.01 in place. Here they are positive by construction instead: each is 0.01 + softplus of a
+    free parameter, which starts where the paper's draws put them.
+    """
+
+    EPS = 1e-2  # the paper's floor on r1 and r2
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__(args)
+        r1 = (torch.rand(args.n_heads) * 2).clamp(min=2 * self.EPS)  # (n_heads,), the paper's init
+        r2 = torch.rand(args.n_heads).clamp(min=2 * self.EPS)
+        self.r1_free = nn.Parameter(_softplus_inverse(r1 - self.EPS))
+        self.r2_free = nn.Parameter(_softplus_inverse(r2 - self.EPS))
+
+    def kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r1, r2), each (n_heads,) and above 0.01."""
+        return self.EPS + F.softplus(self.r1_free), self.EPS + F.softplus(self.r2_free)
+
+    def attn_bias(self, q_len: int, k_len: int, start: int) -> torch.Tensor:
+        r1, r2 = self.kernel()
+        q_pos = torch.arange(start, start + q_len, device=r1.device)
+        k_pos = torch.arange(k_len, device=r1.device)
+        distance = (q_pos[:, None] - k_pos[None, :]).clamp(min=0).float()  # (q_len, k_len); the future is masked
+        return -r1[:, None, None] * torch.log1p(r2[:, None, None] * distance)  # (n_heads, q_len, k_len)
+
+    def score_mod(self, q_len: int, k_len: int) -> ScoreMod:
+        r1, r2 = self.kernel()
+
+        def kerple(score, batch, head, q_pos, k_pos):
+            return score - r1[head] * torch.log1p(r2[head] * (q_pos - k_pos))  # the future is masked by the caller
+
+        return kerple
 
 
-# config.PositionName lets params be checked without importing the model; both must name the same encodings.
-if set(POSITION_ENCODINGS) != set(typing.get_args(PositionName)):
-    raise ImportError(f"llama_pe.config.PositionName {typing.get_args(PositionName)} and POSITION_ENCODINGS "
-                      f"{tuple(POSITION_ENCODINGS)} disagree: add the new encoding's name to both")  # fmt: skip
+def _softplus_inverse(y: torch.Tensor) -> torch.Tensor:
+    return y + torch.log(-torch.expm1(-y))  # log(exp(y) - 1), without overflow for large y
+
+
+class PartialRotary(Rotary):
+    """p-RoPE (Barbero et al., arXiv 2410.06205): rotary positions on the highest-frequency fraction
+    model.rope_fraction of the pairs; the lowest frequencies are set to zero, so those dimensions carry no position
+    and are free for semantic matching. RoPE scaling applies as to rope, to the frequencies that rotate."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__(args)
+        pairs = args.head_dim // 2
+        rotating = round(args.encoding["rope_fraction"] * pairs)  # the frequencies fall with the index
+        self.register_buffer("rotates", torch.arange(pairs) < rotating, persistent=False)  # (head_dim / 2,)
+
+    def frequencies(self, seq_len: int) -> tuple[torch.Tensor, float]:
+        inv_freq, attention_factor = super().frequencies(seq_len)
+        return inv_freq * self.rotates.to(inv_freq.device), attention_factor
+
+
+def _registered(name: str, entry: Encoding) -> type[PositionEncoding]:
+    """The class the catalogue names for `name`, once it is checked to be what the entry says."""
+    cls = globals().get(entry.implementation)
+    if not (isinstance(cls, type) and issubclass(cls, PositionEncoding)):
+        raise TypeError(f"ENCODINGS[{name!r}] names {entry.implementation!r}, which is no PositionEncoding here")
+    if entry.rotary != issubclass(cls, Rotary):
+        is_or_not = "is" if issubclass(cls, Rotary) else "is not"
+        raise TypeError(
+            f"ENCODINGS[{name!r}].rotary is {entry.rotary}, but {cls.__name__} {is_or_not} a Rotary: RoPE scaling "
+            f"would treat it wrongly"
+        )
+    overrides = [getattr(cls, method) is not getattr(PositionEncoding, method) for method in ("attn_bias", "score_mod")]
+    if entry.biased and not all(overrides):
+        raise TypeError(
+            f"ENCODINGS[{name!r}] is biased, so {cls.__name__} must define both attn_bias and score_mod "
+            f"(FlexAttention adds the bias through score_mod on a GPU)"
+        )
+    if not entry.biased and any(overrides):
+        raise TypeError(f"{cls.__name__} adds an attention bias, so ENCODINGS[{name!r}] must say biased=True")
+    if "name" in cls.__dict__:
+        raise TypeError(f"{cls.__name__} is registered twice, as {cls.name!r} and {name!r}")
+    cls.name, cls.spec = name, entry
+    return cls
+
+
+# Every entry of the catalogue, checked at import: a class that is not what its entry says fails on any machine.
+POSITION_ENCODINGS: dict[str, type[PositionEncoding]] = {name: _registered(name, e) for name, e in ENCODINGS.items()}
 
 
 def build_position_encoding(args: ModelArgs) -> PositionEncoding:
-    if args.pos not in POSITION_ENCODINGS:
-        raise ConfigError(f"model.pos: unknown position encoding {args.pos!r}; valid: {', '.join(POSITION_ENCODINGS)}")
+    encoding(args.pos)  # an unknown name: the error that lists the valid ones
     return POSITION_ENCODINGS[args.pos](args)
