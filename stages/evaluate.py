@@ -16,6 +16,7 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="evaluation metrics JSON")
     parser.add_argument("--curve", required=True, help="extrapolation curve JSON, for dvc plots")
     parser.add_argument("--samples", required=True, help="text file of generated samples")
+    parser.add_argument("--context-use", required=True, help="folder of the context-use curves, for dvc plots")
     args = parser.parse_args()
     evaluate_checkpoint(
         load_config(args.params),
@@ -24,6 +25,7 @@ def main() -> None:
         Path(args.metrics),
         Path(args.curve),
         Path(args.samples),
+        Path(args.context_use),
     )
 
 

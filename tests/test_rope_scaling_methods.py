@@ -19,18 +19,22 @@ def test_config_takes_every_registered_method_and_names_them_all_when_refusing()
     assert make_config(eval={"rope_scaling": list(ROPE_SCALING_METHODS)}).eval.rope_scaling == tuple(
         ROPE_SCALING_METHODS
     )
-    with pytest.raises(ConfigError, match=f"expected one of {', '.join(ROPE_SCALING_METHODS)}; got 'ntk'"):
-        make_config(eval={"rope_scaling": ["ntk"]})
+    with pytest.raises(ConfigError, match=f"expected one of {', '.join(ROPE_SCALING_METHODS)}; got 'xpos'"):
+        make_config(eval={"rope_scaling": ["xpos"]})
 
 
-@pytest.mark.parametrize("method", ROPE_SCALING_METHODS)
-def test_hf_parameters_carry_the_training_length_where_the_method_reads_it(method):
+def test_hf_parameters_carry_the_training_length_where_the_method_reads_it_and_ntk_is_a_raised_base():
     from llama_pe.model.hf import hf_rope_parameters
 
-    parameters = hf_rope_parameters(10000.0, RopeScaling(method, 4.0, 64))
-    assert parameters["rope_type"] == method and parameters["factor"] == 4.0
-    wanted = ROPE_SCALING_METHODS[method].hf_original_context
-    assert ("original_max_position_embeddings" in parameters) == wanted
+    for method in ("linear", "dynamic", "yarn"):  # the methods Hugging Face implements under the same name
+        parameters = hf_rope_parameters(10000.0, 32, RopeScaling(method, 4.0, 64))
+        assert parameters["rope_type"] == method and parameters["factor"] == 4.0
+        assert ("original_max_position_embeddings" in parameters) == (method == "yarn")
+    # Static NTK-aware scaling: alpha = factor raises the base by alpha^(d / (d - 2)); Hugging Face's default type.
+    assert hf_rope_parameters(10000.0, 32, RopeScaling("ntk", 4.0, 64)) == {
+        "rope_type": "default",
+        "rope_theta": pytest.approx(10000.0 * 4.0 ** (32 / 30)),
+    }
 
 
 def test_the_dvc_plot_of_scaled_rope_draws_every_registered_method():

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="seed of the sampler (temperature above 0)")
     bench = commands.add_parser("bench", help="training and evaluation speed, memory and MFU, side by side with HF")
     bench.add_argument("--size", default="small", help=f"model.size preset: {', '.join(SIZES)}")
-    bench.add_argument("--pos", default=",".join(ENCODINGS), help="encodings, comma-separated")
+    bench.add_argument("--pos", default=",".join(ENCODINGS), help="encodings, comma-separated (default: every one)")
     bench.add_argument("--no-hf", action="store_true", help="leave out transformers' LlamaForCausalLM")
     bench.add_argument("--dropout", default="0,0.1", help="model.dropout values in [0, 1), comma-separated")
     bench.add_argument("--context", type=int, default=64, help="tokens per sequence")

@@ -16,11 +16,13 @@ from torch import nn
 
 from llama_pe.checkpoint import load_checkpoint, model_from_checkpoint
 from llama_pe.config import Config
+from llama_pe.context_use import context_use
 from llama_pe.data.tokens import check_tokenizer, load_splits
-from llama_pe.device import autocast, resolve_device, resolve_precision
+from llama_pe.device import autocast, resolve_device, resolve_precision, windows_per_batch
 from llama_pe.encodings import ENCODINGS
 from llama_pe.generate import generate
 from llama_pe.io import write_json, write_text
+from llama_pe.metrics import metric_suffix
 from llama_pe.model.rope_scaling import ROPE_SCALING_METHODS, RopeScaling
 
 log = logging.getLogger(__name__)
@@ -70,18 +72,6 @@ def split_plan(n_tokens: int, context: int, stride: int | None, chunk_tokens: in
         for offset in segment_starts(n_tokens, chunk_tokens)
         for w in inside
     ]
-
-
-# On a CPU, long windows score faster a few at a time, their activations staying in cache: 8 windows of 512 tokens
-# at a time took 6.2 s where 32 took 8.8 s (the default model's test split, sliding). A GPU wants large batches.
-CPU_TOKENS_PER_BATCH = 4096
-
-
-def windows_per_batch(batch_size: int, length: int, device: torch.device) -> int:
-    """eval.batch_size windows of `length` tokens, fewer on a CPU where they would pass CPU_TOKENS_PER_BATCH."""
-    if device.type != "cpu":
-        return batch_size
-    return max(1, min(batch_size, CPU_TOKENS_PER_BATCH // length))
 
 
 @torch.no_grad()
@@ -201,10 +191,6 @@ def rope_scaled_ppls(model, tokens, chars, context: int, cfg: Config, device, am
     return ppls
 
 
-def metric_suffix(multiple: float) -> str:
-    return f"{multiple:g}".replace(".", "p") + "x"  # 0.5 -> 0p5x: a dot would read as nesting in `dvc exp show`
-
-
 def samples_text(model, tokenizer_model: bytes, cfg: Config) -> str:
     """Seeded continuations of fixed prompts, in a text file two experiments can be diffed on."""
     sp = spm.SentencePieceProcessor(model_proto=tokenizer_model)
@@ -216,8 +202,10 @@ def samples_text(model, tokenizer_model: bytes, cfg: Config) -> str:
     return "".join(parts)
 
 
-def evaluate_checkpoint(cfg: Config, checkpoint: Path, encoded: Path, metrics: Path, curve: Path, samples: Path):
-    """Write metrics/eval.json, the extrapolation curve and the samples for the best checkpoint."""
+def evaluate_checkpoint(
+    cfg: Config, checkpoint: Path, encoded: Path, metrics: Path, curve: Path, samples: Path, context_curves: Path
+):
+    """Write metrics/eval.json, the extrapolation curve, the context-use curves (a folder) and the samples."""
     splits, meta = load_splits(encoded)
     cfg.check_split_lengths({name: len(tokens) for name, tokens in splits.items()})
     saved = load_checkpoint(checkpoint)
@@ -247,9 +235,14 @@ def evaluate_checkpoint(cfg: Config, checkpoint: Path, encoded: Path, metrics: P
                 results[f"ppl_at_{metric_suffix(row['multiple'])}_{method}"] = row[f"{method}_ppl"]
     if cfg.eval.rope_scaling and not ENCODINGS[model.args.pos].rotary:
         log.info("eval.rope_scaling: skipped, model.pos=%s has no rotary positions to scale", model.args.pos)
+    used, curves = context_use(model, splits["test"], cfg, device, amp)
+    results.update(used)
     results = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}
     write_json(metrics, results)
     write_json(curve, curve_rows)
+    context_curves.mkdir(parents=True, exist_ok=True)
+    for name, rows in curves.items():
+        write_json(context_curves / f"{name}.json", rows)
     write_text(samples, samples_text(model, saved["tokenizer_model"], cfg))
     log.info("test: loss %.4f, ppl %.2f, %.4f bits/char; val ∪ test: %.4f bits/char", results["test_loss"],
              results["test_ppl"], results["test_bpc"], results["holdout_bpc"])  # fmt: skip

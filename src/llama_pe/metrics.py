@@ -38,7 +38,12 @@ class Metric:
         return re.fullmatch(self.pattern, name) is not None
 
 
-MULTIPLE = r"\d+(?:p\d+)?"  # ppl_at_0p5x: windows of 0.5 × train.context (llama_pe.evaluate.metric_suffix)
+def metric_suffix(multiple: float) -> str:
+    """A multiple of train.context in a metric's name: 0.5 -> 0p5x (a dot would read as nesting in `dvc exp show`)."""
+    return f"{multiple:g}".replace(".", "p") + "x"
+
+
+MULTIPLE = r"\d+(?:p\d+)?"  # ppl_at_0p5x: windows of 0.5 × train.context (metric_suffix)
 # A rope run's perplexity by context with its frequencies scaled by a method (eval.rope_scaling): group 1 is the
 # unscaled metric, group 2 the method. The report makes it a group of its own per method (experiments.py).
 SCALED_PPL = Metric(rf"(ppl_at_{MULTIPLE}x)_({'|'.join(map(re.escape, ROPE_SCALING_METHODS))})", Role.RESULT, LOWER)

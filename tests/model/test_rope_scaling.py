@@ -23,7 +23,7 @@ def test_native_scaled_rope_matches_hugging_face_llama(method, multiple):
     args = tiny_args(pos="rope")
     scaling = RopeScaling(method, factor=float(multiple), original_context=TRAIN)
     config = llama_config(args)
-    config.rope_parameters = hf_rope_parameters(args.encoding["rope_theta"], scaling)
+    config.rope_parameters = hf_rope_parameters(args.encoding["rope_theta"], args.head_dim, scaling)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     hf = LlamaForCausalLM(config).eval()
@@ -69,14 +69,20 @@ def test_frequencies_by_hand():
     grown, _ = scaled_frequencies(theta, head_dim, RopeScaling("dynamic", 4.0, 64), seq_len=256)
     new_theta = theta * (4 * 256 / 64 - 3) ** (8 / 6)  # NTK-aware: the base grows with the sequence
     torch.testing.assert_close(grown, base_frequencies(new_theta, head_dim))
+    for seq_len in (64, 256):  # static NTK-aware: alpha = factor at every length
+        ntk, _ = scaled_frequencies(theta, head_dim, RopeScaling("ntk", 4.0, 64), seq_len=seq_len)
+        torch.testing.assert_close(ntk, base_frequencies(theta * 4 ** (8 / 6), head_dim))
+        assert ntk[0] == base[0] and ntk[-1] == pytest.approx(base[-1] / 4)  # the slowest interpolated by alpha
     yarn, attention = scaled_frequencies(theta, head_dim, RopeScaling("yarn", 4.0, 64), seq_len=256)
     assert attention == pytest.approx(0.1 * math.log(4) + 1)
     assert yarn[0] == base[0] and yarn[-1] == pytest.approx(base[-1] / 4)  # fast dims kept, slow ones interpolated
 
 
 def test_bad_scalings_and_encodings_without_rotary_positions():
-    with pytest.raises(ValueError, match="unknown RoPE scaling method 'ntk'; valid: linear, dynamic, yarn"):
-        RopeScaling("ntk", 2.0, 64)
+    with pytest.raises(
+        ValueError, match=f"unknown RoPE scaling method 'xpos'; valid: {', '.join(ROPE_SCALING_METHODS)}$"
+    ):
+        RopeScaling("xpos", 2.0, 64)
     with pytest.raises(ValueError, match=r"RoPE scaling factor must be at least 1, got 0\.5"):
         RopeScaling("linear", 0.5, 64)
     alibi = tiny_model(pos="alibi")

@@ -47,7 +47,7 @@ def llama_config(args: ModelArgs) -> LlamaConfig:
         head_dim=args.head_dim,
         max_position_embeddings=args.max_seq_len,
         rms_norm_eps=args.norm_eps,
-        rope_parameters=hf_rope_parameters(args.encoding["rope_theta"], None),
+        rope_parameters=hf_rope_parameters(args.encoding["rope_theta"], args.head_dim, None),
         tie_word_embeddings=args.tie_embeddings,
         attention_dropout=args.dropout,
         initializer_range=args.init_std,
@@ -56,14 +56,11 @@ def llama_config(args: ModelArgs) -> LlamaConfig:
     )
 
 
-def hf_rope_parameters(theta: float, scaling: RopeScaling | None) -> dict:
+def hf_rope_parameters(theta: float, head_dim: int, scaling: RopeScaling | None) -> dict:
     """LlamaConfig.rope_parameters for the native model's rotary frequencies, scaled as `scaling` says."""
     if scaling is None:
         return {"rope_type": "default", "rope_theta": theta}
-    parameters = {"rope_type": scaling.method, "rope_theta": theta, "factor": scaling.factor}
-    if ROPE_SCALING_METHODS[scaling.method].hf_original_context:
-        parameters["original_max_position_embeddings"] = scaling.original_context
-    return parameters
+    return ROPE_SCALING_METHODS[scaling.method].hf_parameters(theta, head_dim, scaling)
 
 
 def native_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -121,13 +118,23 @@ class HFLlama(nn.Module):
         """Hugging Face's own implementation of the scaling method, inside the block (HF reads `factor` against
         max_position_embeddings, which is train.context here, as the native model does)."""
         config = copy.deepcopy(self.hf.config)
-        config.rope_parameters = hf_rope_parameters(self.args.encoding["rope_theta"], scaling)
+        config.rope_parameters = hf_rope_parameters(self.args.encoding["rope_theta"], self.args.head_dim, scaling)
         original = self.hf.model.rotary_emb
         self.hf.model.rotary_emb = LlamaRotaryEmbedding(config).to(self.output.weight.device)
         try:
             yield
         finally:
             self.hf.model.rotary_emb = original
+
+    @torch.no_grad()
+    def attention_maps(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's exact attention probabilities, (B, n_heads, T, T) per layer, from HF's eager attention."""
+        implementation = self.hf.config._attn_implementation
+        self.hf.set_attn_implementation("eager")  # SDPA gives no probabilities
+        try:
+            return [maps.float() for maps in self.hf(input_ids=tokens, output_attentions=True).attentions]
+        finally:
+            self.hf.set_attn_implementation(implementation)
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.hf.config)

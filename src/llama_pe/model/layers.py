@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,6 +61,18 @@ class KVCache:
         return k, v
 
 
+def attention_probabilities(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(head_dim) + mask), (B, n_heads, T, S), written out as SDPA computes it; mask None is
+    the causal mask of the last T of S positions."""
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # each kv head serves its group of query heads
+    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, n_heads, T, S)
+    if mask is None:
+        t, s = scores.shape[-2:]
+        future = torch.arange(s, device=q.device)[None, :] > torch.arange(s - t, s, device=q.device)[:, None]
+        mask = torch.zeros(t, s, device=q.device).masked_fill(future, float("-inf"))
+    return torch.softmax(scores + mask.float(), dim=-1)
+
+
 class Attention(nn.Module):
     """Grouped-query causal self-attention; logits scaled by 1/sqrt(head_dim) inside SDPA."""
 
@@ -70,6 +85,9 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
         self.dropout = args.dropout
+        # Diagnostics (llama_pe.context_use): called with this layer's exact attention probabilities, which the fused
+        # kernels never form; None in training and evaluation.
+        self.probe: Callable[[int, torch.Tensor], None] | None = None
 
     def forward(
         self,
@@ -92,6 +110,8 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer, k, v)
         if mask is not None and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)  # SDPA wants a float mask in the dtype of the queries (bf16 under autocast)
+        if self.probe is not None:
+            self.probe(self.layer, attention_probabilities(q, k, mask))
         dropout_active = self.training and self.dropout > 0
         if wants_flex(q.device, positions.spec.biased, dropout_active, cached=cache is not None):
             score_mod = positions.score_mod(q.shape[-2], k.shape[-2])

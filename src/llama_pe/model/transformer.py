@@ -43,23 +43,37 @@ class Transformer(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
+        # Fair pairing: for one seed every encoding starts from the same shared weights. The global generator (seeded
+        # by train.seed) gives one number; the shared tensors are drawn from it in a fixed order and the encoding's
+        # own parameters from a generator of their own, so no encoding shifts another tensor's draws.
+        init_seed = int(torch.randint(0, 2**62, (1,)).item())
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        self.positions = build_position_encoding(args)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed + 1)
+            self.positions = build_position_encoding(args)
+            self.positions.apply(self._init_weights)  # its tables and MLPs, drawn as the other tables are
         self.dropout = nn.Dropout(args.dropout)
         self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        self.apply(self._init_weights)
+        self._init_shared_weights(torch.Generator().manual_seed(init_seed))
+
+    def _init_weights(self, module: nn.Module, generator: torch.Generator | None = None) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.args.init_std, generator=generator)
+
+    def _init_shared_weights(self, generator: torch.Generator) -> None:
+        """Every tensor but the encoding's own, from `generator`, in the order of the modules (norms stay ones)."""
+        for name, module in self.named_modules():
+            if not name.startswith("positions"):
+                self._init_weights(module, generator)
         # GPT-2's scaled init: each residual projection adds to the stream 2 * n_layers times.
         for name, param in self.named_parameters():
             if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
-                nn.init.normal_(param, mean=0.0, std=args.init_std / math.sqrt(2 * args.n_layers))
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=self.args.init_std)
+                std = self.args.init_std / math.sqrt(2 * self.args.n_layers)
+                nn.init.normal_(param, mean=0.0, std=std, generator=generator)
 
     @property
     def max_positions(self) -> int | None:
@@ -68,6 +82,19 @@ class Transformer(nn.Module):
     def scaled_rope(self, scaling: RopeScaling) -> contextlib.AbstractContextManager:
         """Rotary frequencies stretched by `scaling` inside the block; a ConfigError for other encodings."""
         return scaled_rope(self.positions, scaling)
+
+    @torch.no_grad()
+    def attention_maps(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's exact attention probabilities for tokens (B, T): (B, n_heads, T, T) per layer."""
+        maps: list[torch.Tensor] = []
+        for block in self.layers:
+            block.attention.probe = lambda layer, probabilities: maps.append(probabilities)
+        try:
+            self(tokens)
+        finally:
+            for block in self.layers:
+                block.attention.probe = None
+        return maps
 
     def new_cache(self) -> KVCache:
         return KVCache(self.args.n_layers)
