@@ -37,9 +37,7 @@ def self_only_model():
     return model
 
 
-def test_a_model_that_sees_only_the_current_token_gains_nothing_from_context_and_attends_at_distance_zero(
-    cfg, tokens
-):
+def test_a_model_that_sees_only_the_current_token_gains_nothing_from_context_and_attends_at_distance_zero(cfg, tokens):
     metrics, curves = context_use(self_only_model(), tokens, cfg, CPU, NO_AMP)
     for multiple in ("2x", "4x", "8x"):
         assert metrics[f"context_gain_at_{multiple}"] == pytest.approx(0.0, abs=1e-5)

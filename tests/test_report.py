@@ -424,16 +424,18 @@ def test_a_null_metric_shows_its_reason_not_nan(tmp_path):
     learned = [record(f"learned{s}", "learned", s, loss) for s, loss in enumerate([5.3, 5.2, 5.25])]  # 8x: null
     runs = [{**r, "ppl_at_8x": 400.0 + s} for s, r in enumerate(ROPE)] + ALIBI + learned
     unmeasured = [{**r, "holdout_bpc": "None"} for r in ALIBI]  # a metric no alibi run recorded
-    write_report(experiments_frame(runs), tmp_path / "a", {"model.pos": "rope"})
+    write_report(experiments_frame(runs), tmp_path / "a", {"model.pos": "rope"}, primary=("best_val_loss", "ppl_at_8x"))
     comparison = (tmp_path / "a" / "comparison.md").read_text()
     assert "nan" not in comparison and "too few pairs" not in comparison
-    for section in comparison.split("\n## ")[1:4]:  # the headline, by context and the verdicts
-        row = next(line for line in section.splitlines() if line.startswith("| model.pos=learned |"))
+    sections = {part.split("\n")[0]: part for part in comparison.split("\n## ")}
+    for title in ("Headline", "Test perplexity by evaluation context (multiples of train.context)",
+                  "Against model.pos=rope, paired by seed"):  # fmt: skip
+        row = next(line for line in sections[title].splitlines() if line.startswith("| model.pos=learned |"))
         assert row.endswith("| n/a: learned positions stop at train.context |"), row
     summary = pd.read_csv(tmp_path / "a" / "summary.csv").set_index(["group", "metric"])
     assert summary.loc[("model.pos=learned", "ppl_at_8x"), "reason"] == "learned positions stop at train.context"
 
-    write_report(experiments_frame(ROPE + unmeasured), tmp_path / "b", {"model.pos": "rope"})
+    write_report(experiments_frame(ROPE + unmeasured), tmp_path / "b", {"model.pos": "rope"}, primary=("holdout_bpc",))
     headline = (tmp_path / "b" / "comparison.md").read_text().split("## Headline")[1]
     assert "n/a: not defined for model.pos=alibi" in headline
 
@@ -454,7 +456,7 @@ def test_timings_get_no_verdict_and_stay_out_of_the_headline(tmp_path):
     assert timed == ["Timings"], timed  # not the headline, the verdicts, every metric or every paired difference
     assert "Not a speed comparison: runs shared a machine" in sections["Timings"]
     assert "| model.pos=alibi | 11 ± 1 (n=3) |" in sections["Timings"]
-    assert all(verdict(metric, -90.0, 1.0) == "-" for metric in timings)
+    assert all(verdict(metric, -90.0, 0.0, 3) == "-" for metric in timings)
 
 
 def test_a_figure_of_single_runs_draws_no_interval_and_says_n(tmp_path, monkeypatch):
@@ -519,11 +521,208 @@ def test_every_metric_the_stages_record_is_one_row_of_the_metrics_table():
 
 def test_the_headline_and_the_verdict_direction_come_from_the_metrics_table(tmp_path):
     from llama_pe.experiments import verdict
-    from llama_pe.metrics import HEADLINE, metric_row
+    from llama_pe.metrics import DEFAULT_PRIMARY, is_judged
 
     write_report(experiments_frame(ROPE + ALIBI), tmp_path, {"model.pos": "rope"})
     headline = (tmp_path / "comparison.md").read_text().split("## Headline\n")[1].split("\n## ")[0]
-    shown = [m for m in HEADLINE if m in experiments_frame(ROPE).columns]
-    assert headline.strip().split("\n")[0] == "| group | " + " | ".join(shown) + " |"
-    assert all(metric_row(m).role.value == "result" for m in HEADLINE)
-    assert verdict("test_ppl", -5.0, 1.0) == "better" and verdict("params", -5.0, 1.0) == "-"
+    shown = [m for m in DEFAULT_PRIMARY if m in experiments_frame(ROPE).columns]
+    assert shown and next(line for line in headline.split("\n") if line.startswith("| group |")) == (
+        "| group | " + " | ".join(shown) + " |"
+    )
+    assert all(is_judged(m) for m in DEFAULT_PRIMARY)
+    assert verdict("test_ppl", -5.0, 0.001, 3) == "better" and verdict("params", -5.0, 0.001, 3) == "-"
+    assert verdict("test_ppl", +5.0, 0.001, 3) == "worse" and verdict("test_ppl", -5.0, 0.05, 3) == NOISE
+
+
+# ---------------------------------------------------------------------------------------------- many comparisons
+
+
+def shifted(pos: str, shifts: list[float], **more) -> list[dict]:
+    """Runs of an encoding whose best_val_loss is rope's of the same seed plus a shift."""
+    return [record(f"{pos}{s}", pos, s, r["best_val_loss"] + shift, **more) for s, (r, shift) in
+            enumerate(zip(ROPE, shifts, strict=True))]  # fmt: skip
+
+
+# Against rope: raw p 0.036 (the interval excludes 0), 0.074 and 0.0013.
+FAMILY = {"a": [-0.2, -0.1, -0.15], "b": [-0.3, -0.1, -0.2], "c": [-0.3, -0.31, -0.29]}
+
+
+def test_verdicts_use_holm_adjusted_p_values_within_each_metric(tmp_path):
+    from scipy import stats
+    from statsmodels.stats.multitest import multipletests
+
+    runs = ROPE + [run for pos, shifts in FAMILY.items() for run in shifted(pos, shifts)]
+    diffs = paired_differences(experiments_frame(runs), ["model.pos"], {"model.pos": "rope"})
+    loss = diffs[diffs["metric"] == "best_val_loss"].set_index("group")
+    groups = [f"model.pos={pos}" for pos in FAMILY]
+    base = [r["best_val_loss"] for r in ROPE]
+    raw = [stats.ttest_rel([b + d for b, d in zip(base, FAMILY[g.split("=")[1]], strict=True)], base).pvalue
+           for g in groups]  # fmt: skip
+    assert loss.loc[groups, "p_value"].tolist() == pytest.approx(raw)
+    assert loss.loc[groups, "p_holm"].tolist() == pytest.approx(multipletests(raw, method="holm")[1])
+    assert (loss["family_size"] == 3).all()
+    a = loss.loc["model.pos=a"]
+    assert a["p_value"] < 0.05 < a["p_holm"] and a["ci95_high"] < 0  # better alone, not among three
+    assert a["verdict"] == NOISE and loss.loc["model.pos=c", "verdict"] == "better"
+
+    paths = write_report(experiments_frame(runs), tmp_path, {"model.pos": "rope"})
+    written = pd.read_csv(paths["paired_differences.csv"]).set_index(["group", "metric"])
+    assert written.loc[("model.pos=a", "best_val_loss"), ["p_value", "p_holm", "family_size"]].tolist() == (
+        pytest.approx([raw[0], multipletests(raw, method="holm")[1][0], 3])
+    )
+    every = (tmp_path / "comparison.md").read_text().split("## Every paired difference")[1]
+    assert "| group | metric | n_pairs | difference | p | p_holm | family | verdict |" in every
+    row = next(line for line in every.splitlines() if line.startswith("| model.pos=a | best_val_loss |"))
+    assert f"| {raw[0]:.2g} | {multipletests(raw, method='holm')[1][0]:.2g} | 3 |" in row
+
+
+def test_next_to_seed_noise_the_smallest_detectable_difference(tmp_path):
+    from statsmodels.stats.power import TTestPower
+
+    noisy, clear = shifted("abs", [0.3, -0.3, 0.05]), shifted("alibi", FAMILY["c"])
+    write_report(experiments_frame(ROPE + noisy + clear), tmp_path, {"model.pos": "rope"}, primary=("best_val_loss",))
+    verdicts = (tmp_path / "comparison.md").read_text().split("paired by seed\n")[1].split("\n## ")[0]
+    std = pd.Series([0.3, -0.3, 0.05]).std()
+    detectable = std * TTestPower().solve_power(nobs=3, alpha=0.05, power=0.8, alternative="two-sided")
+    abs_row = next(line for line in verdicts.splitlines() if line.startswith("| model.pos=abs |"))
+    assert abs_row.endswith(f"{NOISE} (80% power only beyond ±{detectable:.3g}) |"), abs_row
+    alibi_row = next(line for line in verdicts.splitlines() if line.startswith("| model.pos=alibi |"))
+    assert alibi_row.endswith(" better |") and "power" not in alibi_row  # a verdict needs no power statement
+    assert "80% power" in verdicts and "Holm" in verdicts
+
+
+def test_an_evaluation_that_repeats_anothers_values_is_no_new_member_of_the_family():
+    from llama_pe.experiments import IDENTICAL, with_rope_scaling_rows
+
+    rope = [{**r, "ppl_at_8x": 400.0 + s, "ppl_at_8x_yarn": 300.0 + 2 * s, "sliding_ppl_at_1x": 150.0 + s}
+            for s, r in enumerate(ROPE)]  # fmt: skip
+    alibi = [{**r, "sliding_ppl_at_1x": 140.0 - s, "ppl_at_8x_yarn": "None"} for s, r in enumerate(ALIBI)]
+    frame = with_rope_scaling_rows(experiments_frame(rope + alibi))
+    diffs = paired_differences(frame, group_keys(frame), {"model.pos": "rope", "eval.rope_scaling_method": "none"})
+    diffs = diffs.set_index(["group", "metric"])
+    yarn = "model.pos=rope, eval.rope_scaling_method=yarn"
+    # Up to the training context yarn is the identity: rope's own values, no test; alibi alone is the family.
+    assert diffs.loc[(yarn, "ppl_at_1x"), "verdict"] == IDENTICAL
+    assert diffs.loc[(yarn, "sliding_ppl_at_1x"), "verdict"] == IDENTICAL  # kept for the local-window reference
+    assert diffs.loc[("model.pos=alibi, eval.rope_scaling_method=none", "ppl_at_1x"), "family_size"] == 1
+    assert diffs.loc[(yarn, "ppl_at_8x"), "family_size"] == 2  # alibi's and yarn's ppl_at_8x: two tests
+
+
+def test_a_group_repeating_another_groups_differences_takes_its_test():
+    rope_hf = [{**r, "Experiment": f"hf{s}", "rev": f"hf{s}", "model.impl": "hf"} for s, r in enumerate(ROPE)]
+    twin = [{**r, "Experiment": f"twin{s}", "rev": f"twin{s}", "model.impl": "twin"} for s, r in enumerate(ALIBI)]
+    runs = [{**r, "model.impl": "native"} for r in ROPE + ALIBI] + rope_hf + twin
+    frame = experiments_frame(runs)
+    diffs = paired_differences(frame, group_keys(frame), {"model.pos": "rope", "model.impl": "native"})
+    loss = diffs[diffs["metric"] == "best_val_loss"].set_index("group")
+    twin_row, alibi_row = loss.loc["model.pos=alibi, model.impl=twin"], loss.loc["model.pos=alibi, model.impl=native"]
+    assert twin_row["same_as"] == "model.pos=alibi, model.impl=native"
+    assert twin_row["p_holm"] == alibi_row["p_holm"] and twin_row["verdict"] == alibi_row["verdict"] == "better"
+    assert (loss["family_size"] == 1).all()  # hf: all 0, no test; the twin: alibi's test again
+
+
+# ---------------------------------------------------------------------------------------------- primary endpoints
+
+
+CONTEXT_USE = {"context_gain_at_8x": -0.05, "copy_gain_text_at_7x": -0.2, "copy_gain_random_at_7x": 0.01,
+               "band_loss_4to8x": 5.5, "attn_distance_l0_at_8x": 40.0}  # fmt: skip
+
+
+def test_the_headline_shows_the_primary_endpoints_and_null_new_metrics_say_why(tmp_path):
+    from llama_pe.metrics import DEFAULT_PRIMARY
+
+    with_probes = [{**r, **{k: v + r["train.seed"] / 100 + (r["model.pos"] == "alibi") for k, v in CONTEXT_USE.items()}}
+                   for r in ROPE + ALIBI]  # fmt: skip
+    learned = [{**record(f"learned{s}", "learned", s, 5.3), **dict.fromkeys(CONTEXT_USE, "None")} for s in range(3)]
+    write_report(experiments_frame(with_probes + learned), tmp_path / "a", {"model.pos": "rope"})
+    comparison = (tmp_path / "a" / "comparison.md").read_text()
+    sections = {part.split("\n")[0]: part for part in comparison.split("\n## ")}
+    header = "| group | " + " | ".join(DEFAULT_PRIMARY) + " |"
+    assert header in sections["Headline"] and header in sections["Against model.pos=rope, paired by seed"]
+    learned_row = next(line for line in sections["Headline"].splitlines() if line.startswith("| model.pos=learned"))
+    assert learned_row.count("n/a: learned positions stop at train.context") == 3  # the three probes at 7× and 8×
+    assert "nan" not in comparison
+    every = sections["Every paired difference"]
+    attention = next(line for line in every.splitlines() if "| model.pos=alibi | attn_distance_l0_at_8x |" in line)
+    assert attention.endswith("| +1 [+1, +1] |  |  | 0 | - |")  # described, not judged: no p, no family, no verdict
+
+    write_report(experiments_frame(ROPE + ALIBI), tmp_path / "b", {"model.pos": "rope"}, primary=("ppl_at_1x",))
+    headline = (tmp_path / "b" / "comparison.md").read_text().split("## Headline\n")[1].split("\n## ")[0]
+    assert "| group | ppl_at_1x |" in headline and "best_val_loss" not in headline
+    write_report(experiments_frame(ROPE + ALIBI), tmp_path / "c", {"model.pos": "rope"})
+    headline = (tmp_path / "c" / "comparison.md").read_text().split("## Headline\n")[1]
+    assert "No run recorded `context_gain_at_8x`, `copy_gain_text_at_7x`, `copy_gain_random_at_7x`" in headline
+
+
+@pytest.mark.parametrize("primary", [["holdout_ppx"], ["tokens_per_sec"], ["params"], ["ppl_at_8x_yarn"],
+                                     ["attn_entropy_l0_at_8x"], [""]])  # fmt: skip
+def test_a_primary_endpoint_that_gets_no_verdict_is_refused_before_anything_is_read(primary, monkeypatch, tmp_path):
+    from llama_pe import report as report_module
+    from llama_pe.study import study
+
+    def no_reading(*args):
+        raise AssertionError("read the experiments before checking --primary")
+
+    monkeypatch.setattr(report_module, "read_experiments", no_reading)
+    valid = r"valid: best_val_loss, best_val_bpc, \(val\|test\|holdout\)_\(loss\|ppl\|bpc\), ppl_at_<K>x, .*"
+    named = f"--primary {primary[0]}: not a metric that gets a verdict" if primary[0] else "--primary: empty"
+    with pytest.raises(ReportError, match=rf"^{named}; {valid}"):
+        report_module.report(".", tmp_path, all_commits=False, only=[], baseline=[], primary=primary)
+    with pytest.raises(ReportError, match=rf"^{named}; "):  # before the grid: tmp_path has no params.yaml to read
+        study(tmp_path, "rope", "0", False, [], 1, tmp_path / "out", [], primary=primary)
+
+
+def test_primary_is_a_comma_separated_option_of_report_and_study(monkeypatch, capsys):
+    from llama_pe import cli, report, study
+
+    calls = {}
+    monkeypatch.setattr(report, "report", lambda *args: calls.update(report=args[-1]))
+    monkeypatch.setattr(study, "study", lambda *args: calls.update(study=args[-1]))
+    cli.main(["report", "--primary", "best_val_loss,ppl_at_8x"])
+    cli.main(["study", "--primary", "test_ppl"])
+    assert calls == {"report": ["best_val_loss", "ppl_at_8x"], "study": ["test_ppl"]}
+    cli.main(["report"])
+    assert calls["report"] is None  # the metrics table's default, which the help names
+    with pytest.raises(SystemExit):
+        cli.main(["report", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default: best_val_loss, test_ppl, context_gain_at_8x, copy_gain_text_at_7x, copy_gain_random_at_7x)" in (
+        help_text
+    )
+
+
+# ---------------------------------------------------------------------------------------------- context beyond L
+
+
+def test_longer_context_counts_as_used_only_beyond_the_groups_own_local_window(tmp_path):
+    from llama_pe.local_window import HURT, NO_GAIN, USES_CONTEXT, local_window_verdicts
+
+    def runs(pos: str, local: list[float], longest: list[float | None], **more) -> list[dict]:
+        return [{**record(f"{pos}{s}", pos, s, 5.0, ppl_8x=ppl), "sliding_ppl_at_1x": window, **more}
+                for s, (window, ppl) in enumerate(zip(local, longest, strict=True))]  # fmt: skip
+
+    groups = {
+        "alibi": runs("alibi", [300.0, 310.0, 305.0], [290.0, 301.0, 294.0]),  # 10, 9, 11 below: uses it
+        "rope": runs("rope", [300.0, 310.0, 305.0], [380.0, 400.0, 390.0]),  # far above: hurt
+        "nope": runs("nope", [300.0, 310.0, 305.0], [295.0, 312.0, 306.0]),  # -5, +2, +1: noise
+        "learned": runs("learned", [300.0, 310.0, 305.0], [None] * 3),  # no 8x at all
+    }
+    frame = experiments_frame([run for group in groups.values() for run in group])
+    use = local_window_verdicts(frame, ["model.pos"]).set_index("group")
+    assert use["verdict"].to_dict() == {
+        "model.pos=alibi": USES_CONTEXT, "model.pos=rope": HURT, "model.pos=nope": NO_GAIN,
+        "model.pos=learned": "n/a: learned positions stop at train.context",
+    }  # fmt: skip
+    alibi = use.loc["model.pos=alibi"]
+    assert alibi["mean_diff"] == pytest.approx(-10.0)  # std 1: interval -10 ± t(2) / sqrt 3
+    assert alibi["ci95_high"] == pytest.approx(-10.0 + T_975[2] / math.sqrt(3))
+
+    write_report(frame, tmp_path, {"model.pos": "rope"})
+    section = (tmp_path / "comparison.md").read_text().split("## Context beyond the training length\n")[1]
+    table = section.split("\n## ")[0]
+    assert "| group | ppl_at_8x | sliding_ppl_at_1x | difference [95% CI] | verdict |" in table
+    assert "| model.pos=alibi | 295 | 305 | -10 [-12.48, -7.516] | uses context beyond L |" in table
+
+    only_4x = experiments_frame([{**r, "ppl_at_4x": r["ppl_at_8x"], "ppl_at_8x": "None"} for r in groups["alibi"]])
+    assert local_window_verdicts(only_4x, ["model.pos"])["longest"].tolist() == ["ppl_at_4x"]  # the longest present
+    assert local_window_verdicts(experiments_frame(ROPE), ["model.pos"]).empty  # no local-window figure: no table

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from llama_pe.config import SIZES, TrainConfig
 from llama_pe.encodings import ENCODINGS
+from llama_pe.metrics import DEFAULT_PRIMARY
 from llama_pe.stage import run_stage
 
 
@@ -24,6 +25,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default == [] or action.nargs == 0 or "(default:" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+
+PRIMARY_HELP = (
+    "the primary endpoints, comma-separated metric names: the headline table and its verdicts "
+    f"(default: {', '.join(DEFAULT_PRIMARY)})"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="reports", help="folder for the tables (CSV, Markdown) and figures (default: %(default)s)"
     )
     report.add_argument("--force", action="store_true", help="overwrite files in --out that git tracks")
+    report.add_argument("--primary", metavar="NAME,NAME,...", help=PRIMARY_HELP)
     study = commands.add_parser(
         "study", help="queue a grid of experiments on DVC's queue, wait for them and write the report"
     )
@@ -98,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--poll", type=float, default=15.0, help="seconds between looks at the queue (default: %(default)s)"
     )
     study.add_argument("--dry-run", action="store_true", help="say what exists and what would be queued, only")
+    study.add_argument("--primary", metavar="NAME,NAME,...", help=f"{PRIMARY_HELP}; checked before queueing")
     gen = commands.add_parser("generate", help="continue a prompt with a trained model, streaming the text")
     gen.add_argument("--checkpoint", help="a checkpoint file (default: models/best.pt)")
     gen.add_argument(
@@ -131,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
 
+    def primary() -> list[str] | None:
+        return args.primary.split(",") if args.primary is not None else None  # None: the metrics table's default
+
     def export_command() -> None:
         from llama_pe.export import export_hf  # transformers is slow to import; load it only when needed
 
@@ -139,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     def report_command() -> None:
         from llama_pe.report import report
 
-        report(".", args.out, args.all_commits, args.only, args.baseline, args.force)
+        report(".", args.out, args.all_commits, args.only, args.baseline, args.force, primary())
 
     def study_command() -> None:
         from llama_pe.study import study
@@ -156,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
             args.poll,
             args.dry_run,
             args.force,
+            primary(),
         )
 
     def generate_command() -> None:

@@ -4,9 +4,11 @@ and `llama-pe study` both stand on.
 One row per experiment (its params and metrics, as `dvc exp show` has them); groups are the experiments that
 differ only in train.seed; each group's metrics get n, mean, std and a Student's t 95% interval; every group is
 compared with a baseline group seed by seed (same seed, same batches), so that a difference is set against the
-seed-to-seed noise of that difference, not against the noise of either side alone. Experiments that ran other
-code (the hashes of the stages' source files that DVC records) are other groups, never averaged together. Which
-metrics are read, compared or only described is llama_pe.metrics' table.
+seed-to-seed noise of that difference, not against the noise of either side alone; a verdict is a paired t-test
+whose p-value Holm's method corrects within its family, every group against the baseline on one metric
+(llama_pe.statistics). Experiments that ran other code (the hashes of the stages' source files that DVC records)
+are other groups, never averaged together. Which metrics are read, compared or only described is llama_pe.metrics'
+table.
 """
 
 from __future__ import annotations
@@ -24,10 +26,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from scipy import stats
 
 from llama_pe.errors import LlamaPeError
-from llama_pe.metrics import LOWER, METRICS, MULTIPLE, SCALED_PPL, Role, has_role, metric_row
+from llama_pe.metrics import (
+    DEFAULT_PRIMARY,
+    LOWER,
+    METRICS,
+    MULTIPLE,
+    SCALED_PPL,
+    Role,
+    has_role,
+    is_judged,
+    judged_patterns,
+    metric_row,
+)
+from llama_pe.statistics import ALPHA, detectable_difference, holm, paired_t_p_value, t_interval
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +134,9 @@ SCALED_METRIC = re.compile(SCALED_PPL.pattern)  # group 1: the unscaled metric, 
 def with_rope_scaling_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Each run with ppl_at_Kx_<method> metrics once more per method, as a row of SCALING=<method>.
 
-    A scaled row keeps the run's params and its perplexities up to the training context (where every method is
-    the identity); its other metrics are left out (null), being either the unscaled run's or not measured scaled.
+    A scaled row keeps the run's params, its perplexities by context and its sliding-window perplexities up to the
+    training context (where every method is the identity: the local-window reference of the scaled group); its
+    other metrics are left out (null), being either the unscaled run's or not measured scaled.
     """
     scaled = {c: m for c in frame.columns if (m := SCALED_METRIC.fullmatch(c))}
     if not scaled:
@@ -135,7 +149,8 @@ def with_rope_scaling_rows(frame: pd.DataFrame) -> pd.DataFrame:
             continue
         part = rows.drop(columns=list(scaled)).copy()
         for metric in metric_columns(part):
-            if not ((match := CONTEXT_METRIC.match(metric)) and not match["mode"]):  # not ppl_at_Kx
+            match = CONTEXT_METRIC.match(metric)
+            if not (match and (not match["mode"] or context_multiple(metric) <= 1)):  # ppl_at_Kx, sliding up to 1x
                 part[metric] = np.nan
         for column, metric in columns.items():
             part[metric] = rows[column]
@@ -254,16 +269,6 @@ def short_label(row: pd.Series | dict[str, Any], keys: list[str]) -> str:
     return " ".join(parts) or "all"
 
 
-def t_interval(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean, sample std and the half-width of the Student's t 95% interval of the mean (NaN below n = 2)."""
-    n = len(values)
-    mean = float(np.mean(values)) if n else math.nan
-    if n < 2:
-        return mean, math.nan, math.nan
-    std = float(np.std(values, ddof=1))
-    return mean, std, float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
-
-
 def summarize(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """One row per group and metric: n (runs with a value), mean, std, the 95% interval's bounds and, where no run
     has a value, why (`reason`)."""
@@ -282,11 +287,14 @@ def summarize(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 # ppl_at_0p5x: the test perplexity with windows of 0.5 × train.context (llama_pe.evaluate.metric_suffix).
 CONTEXT_METRIC = re.compile(rf"^(?P<mode>sliding_)?ppl_at_(?P<multiple>{MULTIPLE})x$")
+# The multiple of train.context a metric's window reaches: ppl_at_8x, context_gain_at_8x, band_loss_4to8x.
+REACH = re.compile(rf"(?:_at_|to)(?P<multiple>{MULTIPLE})x$")
 
 
 def context_multiple(metric: str) -> float | None:
-    """The multiple of train.context that a perplexity-by-context metric scores at; None for other metrics."""
-    match = CONTEXT_METRIC.match(metric)
+    """The multiple of train.context that a metric's windows reach (a perplexity by context, a band of positions,
+    a gain or probe at a distance); None for other metrics."""
+    match = REACH.search(metric)
     return float(match["multiple"].replace("p", ".")) if match else None
 
 
@@ -318,7 +326,9 @@ NOISE = "not distinguishable from seed noise"
 
 
 def paired_differences(frame: pd.DataFrame, keys: list[str], baseline: dict[str, Any]) -> pd.DataFrame:
-    """Every group against the baseline group, seed by seed: the mean difference, its 95% interval, a verdict."""
+    """Every group against the baseline group, seed by seed: the mean difference, its 95% interval, the paired
+    t-test's p-value, that p adjusted by Holm's method within the metric's family (every group against the
+    baseline on that metric) and the family's size, the smallest difference detectable at 80% power, a verdict."""
     is_baseline = matching(frame, baseline)
     base = frame[is_baseline]
     wanted = ", ".join(f"{k}={v}" for k, v in baseline.items())
@@ -337,6 +347,7 @@ def paired_differences(frame: pd.DataFrame, keys: list[str], baseline: dict[str,
         )
     base_by_seed = base.set_index(SEED)
     rows = []
+    first_with: dict[tuple, str] = {}  # (metric, seeds and differences) -> the first group that has them
     for label, group in iter_groups(frame[~is_baseline], keys):
         if not set(group[SEED]) & set(base_by_seed.index):
             raise ReportError(
@@ -347,12 +358,41 @@ def paired_differences(frame: pd.DataFrame, keys: list[str], baseline: dict[str,
             paired = group.set_index(SEED)[metric].astype(float) - base_by_seed[metric].astype(float)
             diffs = paired.dropna().to_numpy()  # only seeds where both runs have a value
             mean, std, half = t_interval(diffs)
+            same_as = first_with.setdefault((metric, tuple(paired.dropna().items())), label)
             rows.append({
                 "group": label, "metric": metric, "n_pairs": len(diffs), "mean_diff": mean, "std_diff": std,
                 "ci95_low": mean - half, "ci95_high": mean + half,
-                "verdict": unpaired_reason(group, base, metric) if len(diffs) == 0 else verdict(metric, mean, half),
+                "p_value": paired_t_p_value(diffs) if is_judged(metric) else math.nan,  # no verdict, no test
+                "min_detectable_diff": detectable_difference(std, len(diffs)) if is_judged(metric) else math.nan,
+                "same_as": same_as if same_as != label and np.any(diffs) else None,  # all 0: no test to repeat
+                "unpaired": unpaired_reason(group, base, metric) if len(diffs) == 0 else None,
             })  # fmt: skip
-    return pd.DataFrame(rows)
+    return with_verdicts(pd.DataFrame(rows))
+
+
+def with_verdicts(diffs: pd.DataFrame) -> pd.DataFrame:
+    """The paired differences with p_holm and family_size, per metric, and the verdict that p_holm gives.
+
+    A group whose differences repeat an earlier group's exactly (a RoPE-scaled evaluation up to the training
+    context is its trained run's, `same_as`) is the same test, not another member of the family: it takes that
+    group's adjusted p.
+    """
+    if diffs.empty:
+        return diffs
+    repeated = diffs["same_as"].map(lambda same_as: isinstance(same_as, str))  # pandas reads None as NaN
+    by_metric = diffs["p_value"].mask(repeated).groupby(diffs["metric"], sort=False)
+    diffs = diffs.assign(p_holm=by_metric.transform(lambda p: holm(p.to_numpy())),
+                         family_size=by_metric.transform(lambda p: int(p.notna().sum())))  # fmt: skip
+    adjusted = diffs.set_index(["group", "metric"])["p_holm"]
+    for index in diffs.index[repeated]:
+        diffs.loc[index, "p_holm"] = adjusted[(diffs.at[index, "same_as"], diffs.at[index, "metric"])]
+    judged = [
+        reason if isinstance(reason, str) else verdict(metric, mean, p_holm, n)  # pandas reads None as NaN
+        for reason, metric, mean, p_holm, n in zip(
+            diffs["unpaired"], diffs["metric"], diffs["mean_diff"], diffs["p_holm"], diffs["n_pairs"], strict=True
+        )
+    ]
+    return diffs.drop(columns="unpaired").assign(verdict=judged)
 
 
 def compared_metrics(frame: pd.DataFrame) -> list[str]:
@@ -374,18 +414,37 @@ def _seeds(frame: pd.DataFrame) -> str:
 
 
 ONE_PAIR = "(1 pair: no interval, no verdict)"
+# Every pair the same value (a RoPE-scaled evaluation up to the training context is its run's own): no test, and no
+# member of the metric's family.
+IDENTICAL = "identical to the baseline"
 
 
-def verdict(metric: str, mean_diff: float, half_width: float) -> str:
-    """better or worse when the 95% interval of the paired difference excludes 0; else seed noise."""
-    row = metric_row(metric)
-    if row is None or row.better is None or row.role is not Role.RESULT:
+def verdict(metric: str, mean_diff: float, p_holm: float, n_pairs: int) -> str:
+    """better or worse when the Holm-adjusted p-value of the paired t-test is below ALPHA; else seed noise."""
+    if not is_judged(metric):
         return "-"
-    if math.isnan(half_width):
+    if n_pairs < 2:
         return ONE_PAIR
-    if abs(mean_diff) <= half_width:
+    if math.isnan(p_holm):
+        return IDENTICAL
+    if p_holm >= ALPHA:
         return NOISE
-    return "better" if (mean_diff < 0) == (row.better == LOWER) else "worse"
+    return "better" if (mean_diff < 0) == (metric_row(metric).better == LOWER) else "worse"
+
+
+def primary_endpoints(names: Iterable[str] | None) -> tuple[str, ...]:
+    """--primary as metric names, checked against the metrics table before any work; None: the table's default."""
+    if names is None:
+        return DEFAULT_PRIMARY
+    names = tuple(dict.fromkeys(name.strip() for name in names if name.strip()))
+    wrong = [name for name in names if not is_judged(name) or SCALED_PPL.matches(name)]
+    if wrong or not names:
+        problem = f"--primary {','.join(wrong)}: not a metric that gets a verdict" if wrong else "--primary: empty"
+        raise ReportError(
+            f"{problem}; valid: {', '.join(judged_patterns())}, <K> a multiple of train.context (1, 8, 0p5) "
+            f"(default: {','.join(DEFAULT_PRIMARY)})"
+        )
+    return names
 
 
 def baseline_conditions(frame: pd.DataFrame, baseline: list[str]) -> dict[str, Any]:

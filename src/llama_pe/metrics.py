@@ -32,7 +32,9 @@ class Metric:
     pattern: str
     role: Role
     better: str | None = None
-    headline: tuple[str, ...] = ()  # the names of this row in the report's first table: the answer at a glance
+    # The names of this row among the default primary endpoints (llama-pe report --primary): the headline table
+    # and its verdicts, the answer at a glance.
+    primary: tuple[str, ...] = ()
 
     def matches(self, name: str) -> bool:
         return re.fullmatch(self.pattern, name) is not None
@@ -49,12 +51,26 @@ MULTIPLE = r"\d+(?:p\d+)?"  # ppl_at_0p5x: windows of 0.5 × train.context (metr
 SCALED_PPL = Metric(rf"(ppl_at_{MULTIPLE}x)_({'|'.join(map(re.escape, ROPE_SCALING_METHODS))})", Role.RESULT, LOWER)
 
 METRICS = (
-    Metric(r"best_val_loss", Role.RESULT, LOWER, headline=("best_val_loss",)),
+    Metric(r"best_val_loss", Role.RESULT, LOWER, primary=("best_val_loss",)),
     Metric(r"best_val_bpc", Role.RESULT, LOWER),
-    Metric(r"(val|test|holdout)_(loss|ppl|bpc)", Role.RESULT, LOWER, headline=("test_ppl", "holdout_bpc")),
-    Metric(rf"ppl_at_{MULTIPLE}x", Role.RESULT, LOWER, headline=("ppl_at_8x",)),
+    Metric(r"(val|test|holdout)_(loss|ppl|bpc)", Role.RESULT, LOWER, primary=("test_ppl",)),
+    Metric(rf"ppl_at_{MULTIPLE}x", Role.RESULT, LOWER),
     SCALED_PPL,
-    Metric(rf"sliding_ppl_at_{MULTIPLE}x", Role.RESULT, LOWER, headline=("sliding_ppl_at_8x",)),
+    Metric(rf"sliding_ppl_at_{MULTIPLE}x", Role.RESULT, LOWER),
+    # How the model uses its context, L = train.context (the evaluate stage; null where a window cannot be scored):
+    # the mean test loss over a band of window positions, band_loss_1to2x for positions [L, 2L);
+    Metric(rf"band_loss_({MULTIPLE})to({MULTIPLE})x", Role.RESULT, LOWER),
+    # the same targets' loss with the whole window minus with the context cut to the last L tokens (< 0: it helps);
+    Metric(rf"context_gain_at_{MULTIPLE}x", Role.RESULT, LOWER, primary=("context_gain_at_8x",)),
+    # a repeated span's loss on its second copy minus its first, the copy d = K × L tokens on (< 0: it copies);
+    Metric(
+        rf"copy_gain_(text|random)_at_{MULTIPLE}x",
+        Role.RESULT,
+        LOWER,
+        primary=("copy_gain_text_at_7x", "copy_gain_random_at_7x"),
+    ),
+    # per layer, the attention's mean distance and entropy: what the model does, neither better nor worse.
+    Metric(rf"attn_(distance|entropy)_l\d+_at_{MULTIPLE}x", Role.RESULT),
     Metric(r"tokens_per_sec", Role.TIMING, HIGHER),
     Metric(r"params", Role.RESULT),
     Metric(r"trained_steps|trained_tokens|unigram_val_bpc", Role.SETTING),
@@ -64,8 +80,8 @@ METRICS = (
     # The tokenizer stage's: the same for every run of the same data and tokenizer params.
     Metric(r"vocab_size|pieces_used|tokens|chars|chars_per_token|unk_tokens|lossless", Role.UNREPORTED),
 )
-# The first table's columns, in this order; timings are no part of it.
-HEADLINE = tuple(name for row in METRICS for name in row.headline)
+# The primary endpoints when none are given: the first table's columns, in this order.
+DEFAULT_PRIMARY = tuple(name for row in METRICS for name in row.primary)
 
 
 def metric_row(name: str) -> Metric | None:
@@ -78,3 +94,19 @@ def metric_row(name: str) -> Metric | None:
 def has_role(name: str, *roles: Role) -> bool:
     row = metric_row(name)
     return row is not None and row.role in roles
+
+
+def is_judged(name: str) -> bool:
+    """A result with a better direction: one that gets a verdict, and can be a primary endpoint."""
+    row = metric_row(name)
+    return row is not None and row.role is Role.RESULT and row.better is not None
+
+
+def judged_patterns() -> list[str]:
+    """The judged rows' patterns as a reader writes them (ppl_at_<K>x), for messages; a scaled perplexity is the
+    report's group of its own, not a metric to name."""
+    readable = []
+    for row in METRICS:
+        if row.role is Role.RESULT and row.better is not None and row is not SCALED_PPL:
+            readable.append(row.pattern.replace(f"({MULTIPLE})", "<K>").replace(MULTIPLE, "<K>"))
+    return readable

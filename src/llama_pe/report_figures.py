@@ -9,9 +9,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from llama_pe.experiments import CONTEXT_METRIC, SCALING, context_multiple, iter_groups, short_label, t_interval
+from llama_pe.experiments import CONTEXT_METRIC, SCALING, context_multiple, iter_groups, short_label
 from llama_pe.figures import plain_log_y, save_figure
 from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
+from llama_pe.statistics import t_interval
 
 BAND = "mean ± std over seeds"
 

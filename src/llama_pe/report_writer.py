@@ -1,5 +1,6 @@
-"""The report's files: runs.csv, summary.csv, comparison.md and the figures, drafted aside and moved into place;
-a committed report is changed only when asked. Written for `llama-pe report` and for `llama-pe study` alike."""
+"""The report's files: runs.csv, summary.csv, paired_differences.csv, comparison.md and the figures, drafted aside
+and moved into place; a committed report is changed only when asked. Written for `llama-pe report` and for
+`llama-pe study` alike."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pandas as pd
 from llama_pe.experiments import (
     CODE,
     CONTEXT_METRIC,
+    NOISE,
     SCALING,
     SEED,
     ReportError,
@@ -29,16 +31,19 @@ from llama_pe.experiments import (
     with_rope_scaling_rows,
 )
 from llama_pe.io import atomic_path, write_text
-from llama_pe.metrics import HEADLINE, Role, has_role
+from llama_pe.local_window import LOCAL_WINDOW, local_window_verdicts
+from llama_pe.metrics import DEFAULT_PRIMARY, Role, has_role
+from llama_pe.statistics import ALPHA, POWER
 
 log = logging.getLogger(__name__)
 
 
 def write_report(
     frame: pd.DataFrame, out_dir: Path, baseline: dict[str, Any], curves: pd.DataFrame | None = None,
-    force: bool = False,
+    force: bool = False, primary: tuple[str, ...] = DEFAULT_PRIMARY,
 ) -> dict[str, Path]:  # fmt: skip
-    """The tables (runs.csv, summary.csv, comparison.md) and, given the curves, the figures; returns their paths.
+    """The tables (runs.csv, summary.csv, paired_differences.csv, comparison.md) and, given the curves, the figures;
+    returns their paths. The headline of comparison.md shows the primary endpoints (checked by primary_endpoints).
 
     Everything is drafted aside first: a committed file (one that git tracks) is changed only with `force`, so a
     narrower report never silently replaces a study's record.
@@ -49,7 +54,7 @@ def write_report(
             "(--all-commits for the experiments of every commit, fewer --only)"
         )
     with tempfile.TemporaryDirectory(prefix="llama-pe-report.") as tmp:
-        drafts, described = draft_report(frame, Path(tmp), baseline, curves)
+        drafts, described = draft_report(frame, Path(tmp), baseline, curves, primary)
         if not force:
             refuse_overwrite(out_dir, drafts)
         paths = {name: out_dir / name for name in drafts}
@@ -61,8 +66,9 @@ def write_report(
 
 
 def draft_report(
-    frame: pd.DataFrame, out_dir: Path, baseline: dict[str, Any], curves: pd.DataFrame | None
-) -> tuple[dict[str, Path], str]:
+    frame: pd.DataFrame, out_dir: Path, baseline: dict[str, Any], curves: pd.DataFrame | None,
+    primary: tuple[str, ...] = DEFAULT_PRIMARY,
+) -> tuple[dict[str, Path], str]:  # fmt: skip
     """write_report's files, written into out_dir by name; and a line that says what they hold."""
     from llama_pe import report_figures  # matplotlib is slow to import
 
@@ -75,6 +81,9 @@ def draft_report(
     diffs = paired_differences(frame, keys, baseline) if keys else pd.DataFrame()
     paths = {name: out_dir / name for name in ("runs.csv", "summary.csv", "comparison.md")}
     tables = {"runs.csv": trained, "summary.csv": summary}  # runs.csv: one row per experiment, scaled metrics included
+    if not diffs.empty:
+        paths["paired_differences.csv"] = out_dir / "paired_differences.csv"
+        tables["paired_differences.csv"] = diffs
     if curves is not None:
         paths["val_curves.csv"] = out_dir / "val_curves.csv"
         tables["val_curves.csv"] = curves
@@ -83,7 +92,8 @@ def draft_report(
             table.to_csv(tmp, index=False)
     if warning := untrained_warning(trained):
         log.warning(warning)
-    write_text(paths["comparison.md"], comparison_markdown(trained, summary, diffs, keys, baseline))
+    markdown = comparison_markdown(trained, summary, diffs, keys, baseline, primary, local_window_verdicts(frame, keys))
+    write_text(paths["comparison.md"], markdown)
     paths["extrapolation.png"] = report_figures.extrapolation(frame, keys, out_dir / "extrapolation.png")
     paths["bpc.png"] = report_figures.bits_per_character(trained, group_keys(trained), out_dir / "bpc.png")
     if curves is not None:
@@ -99,7 +109,8 @@ def draft_report(
 
 # Every file a report can write into its folder (val_curves.*: when the experiments' curves are read).
 REPORT_FILES = (
-    "runs.csv", "summary.csv", "comparison.md", "val_curves.csv", "extrapolation.png", "bpc.png", "val_curves.png",
+    "runs.csv", "summary.csv", "paired_differences.csv", "comparison.md", "val_curves.csv", "extrapolation.png",
+    "bpc.png", "val_curves.png",
 )  # fmt: skip
 
 
@@ -149,16 +160,18 @@ TIMING_NOTE = (
 
 
 def comparison_markdown(
-    trained: pd.DataFrame, summary: pd.DataFrame, diffs: pd.DataFrame, keys: list[str], baseline: dict[str, Any]
-) -> str:
-    """The report's reading: the runs' setting, the headline, perplexity by context, the paired verdicts, the rest."""
+    trained: pd.DataFrame, summary: pd.DataFrame, diffs: pd.DataFrame, keys: list[str], baseline: dict[str, Any],
+    primary: tuple[str, ...] = DEFAULT_PRIMARY, context: pd.DataFrame | None = None,
+) -> str:  # fmt: skip
+    """The report's reading: the runs' setting, the headline (the primary endpoints), perplexity by context, the
+    local-window reference, the paired verdicts, the rest."""
     groups = list(dict.fromkeys(summary["group"]))  # the experiments' order, not the alphabet's
     metrics = list(dict.fromkeys(summary["metric"]))
     cells = summary.assign(cell=summary.apply(_summary_cell, axis=1)).pivot(index="group", columns="metric",
                                                                            values="cell")  # fmt: skip
     cells = cells.reindex(index=groups, columns=metrics)
     compared = [m for m in metrics if not has_role(m, Role.TIMING)]
-    headline = [m for m in HEADLINE if m in compared]
+    headline = [m for m in primary if m in compared]
     by_context = [m for m in compared if CONTEXT_METRIC.match(m)]
     parts = [
         "# Position encodings compared\n",
@@ -166,33 +179,98 @@ def comparison_markdown(
         f"\nGroups by {', '.join(f'`{k}`' for k in keys) or 'nothing'}; each cell is mean ± std over seeds (n runs), "
         "or n/a with the reason no run has a value.\n",
         "## Headline\n",
+        primary_line(primary, headline),
         markdown_table(cells[headline].reset_index()),
     ]
     if by_context:
         parts += ["\n## Test perplexity by evaluation context (multiples of train.context)\n",
                   markdown_table(cells[by_context].reset_index())]  # fmt: skip
+    if context is not None and not context.empty:
+        parts += _context_use(context)
     if not diffs.empty:
-        diffs = diffs.assign(difference=diffs.apply(_difference, axis=1))
+        diffs = diffs.assign(difference=diffs.apply(_difference, axis=1), judgement=diffs.apply(_judgement, axis=1))
         parts += _verdicts(diffs, [g for g in groups if g in set(diffs["group"])], headline, baseline)
     parts += ["\n## Every metric\n", markdown_table(cells[compared].reset_index())]
     if timings := [m for m in metrics if has_role(m, Role.TIMING)]:
         parts += ["\n## Timings\n", TIMING_NOTE, markdown_table(cells[timings].reset_index())]
     if not diffs.empty:
+        table = diffs.assign(p=diffs["p_value"].map(_p), p_holm=diffs["p_holm"].map(_p))
+        table = table.rename(columns={"family_size": "family"})
         parts += ["\n## Every paired difference\n",
-                  markdown_table(diffs[["group", "metric", "n_pairs", "difference", "verdict"]])]  # fmt: skip
+                  "p: the paired t-test's; p_holm: adjusted by Holm's method within the metric's family of `family` "
+                  "tests (every group against the baseline on that metric).\n",
+                  markdown_table(table[["group", "metric", "n_pairs", "difference", "p", "p_holm", "family",
+                                        "judgement"]].rename(columns={"judgement": "verdict"}))]  # fmt: skip
     return "\n".join(parts) + "\n"
+
+
+def primary_line(primary: tuple[str, ...], shown: list[str]) -> str:
+    """Which metrics are the primary endpoints (--primary), and those that no run recorded."""
+    line = f"Primary endpoints (`--primary`): {', '.join(f'`{m}`' for m in primary)}."
+    if unrecorded := [m for m in primary if m not in shown]:
+        line += f" No run recorded {', '.join(f'`{m}`' for m in unrecorded)}: not shown."
+    return line + "\n"
+
+
+VERDICTS_NOTE = (
+    "Mean difference (group − baseline) over the seeds both ran, with its Student's t 95% interval. The verdict is a "
+    "two-sided paired t-test corrected for many comparisons: the family is every group against the baseline on "
+    f"one metric, Holm's method adjusts its p-values, and *better* or *worse* needs an adjusted p below {ALPHA:g} "
+    "(an interval can exclude 0 while the verdict stays *not distinguishable*: the interval is not corrected). "
+    f"Next to *not distinguishable*: the smallest paired difference that had {POWER:.0%} power to be detected, from "
+    f"n pairs and the observed std of the differences (noncentral t, α = {ALPHA:g} before the correction, so a "
+    "lower bound: the corrected test needs a larger one).\n"
+)
 
 
 def _verdicts(diffs: pd.DataFrame, groups: list[str], headline: list[str], baseline: dict[str, Any]) -> list[str]:
     wanted = ", ".join(f"{k}={v}" for k, v in baseline.items())
-    verdicts = diffs.assign(cell=(diffs["difference"] + " " + diffs["verdict"]).str.strip())
+    verdicts = diffs.assign(cell=diffs.apply(_headline_cell, axis=1))
     verdicts = verdicts.pivot(index="group", columns="metric", values="cell").reindex(index=groups, columns=headline)
-    return [
-        f"\n## Against {wanted}, paired by seed\n",
-        "Mean difference (group − baseline) over the seeds both ran, with its Student's t 95% interval; *better* "
-        "or *worse* only when the interval excludes 0.\n",
-        markdown_table(verdicts.reset_index()),
-    ]
+    return [f"\n## Against {wanted}, paired by seed\n", VERDICTS_NOTE, markdown_table(verdicts.reset_index())]
+
+
+CONTEXT_NOTE = (
+    "Each group's perplexity at the longest evaluation context against its own local-window perplexity "
+    f"(`{LOCAL_WINDOW}`: every token scored with at most L = train.context tokens before it), run by run: a model "
+    "that never looked past L tokens would match its local-window figure. *Uses context beyond L* only where the "
+    "whole 95% interval of the difference is below 0 (one interval per group, not corrected across groups).\n"
+)
+
+
+def _context_use(context: pd.DataFrame) -> list[str]:
+    longest = context["longest"].iloc[0]
+    cells = context.assign(difference=context.apply(_difference, axis=1))
+    cells[longest] = context["ppl_longest"].map(_number)
+    cells[LOCAL_WINDOW] = context["ppl_local_window"].map(_number)
+    table = cells[["group", longest, LOCAL_WINDOW, "difference", "verdict"]]
+    return ["\n## Context beyond the training length\n", CONTEXT_NOTE,
+            markdown_table(table.rename(columns={"difference": "difference [95% CI]"}))]  # fmt: skip
+
+
+def _headline_cell(row: pd.Series) -> str:
+    """The difference, its Holm-adjusted p and the judgement: `-0.15 [-0.27, -0.03] (Holm p = 0.036) better`."""
+    holm = "" if math.isnan(row["p_holm"]) else f"(Holm p = {_p(row['p_holm'])})"
+    return " ".join(part for part in (row["difference"], holm, row["judgement"]) if part)
+
+
+def _judgement(row: pd.Series) -> str:
+    """The verdict; next to seed noise the smallest difference the study could have detected; and for a repeat of
+    another group's differences, which group's test it is."""
+    judgement = row["verdict"]
+    if judgement == NOISE and not math.isnan(row["min_detectable_diff"]):
+        judgement += f" ({POWER:.0%} power only beyond ±{row['min_detectable_diff']:.3g})"
+    if isinstance(row["same_as"], str):
+        judgement += f" (the differences of {row['same_as']}: one test)"
+    return judgement
+
+
+def _p(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.2g}"
+
+
+def _number(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.4g}"
 
 
 def _summary_cell(row: pd.Series) -> str:
@@ -204,7 +282,7 @@ def _summary_cell(row: pd.Series) -> str:
 
 def _difference(row: pd.Series) -> str:
     """The mean paired difference and its interval; empty when no seed pairs (the verdict says why)."""
-    if row["n_pairs"] == 0:
+    if math.isnan(row["mean_diff"]):
         return ""
     interval = "" if math.isnan(row["ci95_low"]) else f" [{row['ci95_low']:+.4g}, {row['ci95_high']:+.4g}]"
     return f"{row['mean_diff']:+.4g}{interval}"

@@ -339,20 +339,28 @@ def finished_records(repo: Path, finished: Iterable[dict[str, Any]]) -> list[dic
 
 def study(
     repo: Path, pos: str, seeds: str, hf: bool, sets: list[str], jobs: int, out_dir: Path, baseline: list[str],
-    poll_seconds: float = 15.0, dry_run: bool = False, force: bool = False,
+    poll_seconds: float = 15.0, dry_run: bool = False, force: bool = False, primary: list[str] | None = None,
 ) -> None:  # fmt: skip
     """`llama-pe study`: check the grid, run what is missing through DVC's queue, report the whole grid.
 
     A report of new runs changes a committed report in out_dir: without `force` that is refused before anything is
     queued, not after the training; with nothing to queue, the report is written if it changes no committed file.
+    primary: the report's headline metrics, as for `llama-pe report --primary`, checked before anything is queued.
     """
     from tqdm import tqdm
 
-    from llama_pe.experiments import ReportError, baseline_conditions, experiments_frame, read_val_curves
+    from llama_pe.experiments import (
+        ReportError,
+        baseline_conditions,
+        experiments_frame,
+        primary_endpoints,
+        read_val_curves,
+    )
     from llama_pe.report_writer import refuse_committed_folder, write_report
 
     if jobs < 1:
         raise StudyError(f"--jobs: expected a number of queue workers >= 1, got {jobs}")
+    endpoints = primary_endpoints(primary)  # a report setting, checked before the grid is even read
     points = parse_grid(pos, seeds, hf, sets, repo / "params.yaml")
 
     def check_out_dir() -> None:
@@ -382,7 +390,8 @@ def study(
         frame = experiments_frame(finished_records(repo, result.finished.values()))
         order = {record["rev"][:7]: index for index, record in enumerate(result.finished.values())}
         frame = frame.sort_values("rev", key=lambda revs: revs.str[:7].map(order)).reset_index(drop=True)  # grid order
-        write_report(frame, out_dir, baseline_conditions(frame, baseline), read_val_curves(repo, frame), force)
+        write_report(frame, out_dir, baseline_conditions(frame, baseline), read_val_curves(repo, frame), force,
+                     endpoints)  # fmt: skip
     if result.failed:
         names = ", ".join(point.label for point in result.failed)
         raise StudyError(
