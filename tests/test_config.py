@@ -144,6 +144,14 @@ def test_bad_eval_settings(changes, message):
         make_config(eval=changes)
 
 
+@pytest.mark.parametrize("scale", [0, -1.5])
+def test_the_position_learning_rate_scale_must_be_positive(scale):
+    with pytest.raises(
+        ConfigError, match=rf"train\.pos_lr_scale: expected a positive number \(1: train\.lr\), got {scale}"
+    ):
+        make_config(train={"pos_lr_scale": scale})
+
+
 def test_eval_contexts_are_multiples_of_the_training_context():
     assert make_config(train={"context": 64}).eval_contexts == (32, 64, 128, 256, 512)
 
