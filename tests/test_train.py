@@ -3,6 +3,7 @@ import itertools
 import json
 import logging
 import math
+import platform
 import re
 import shutil
 
@@ -14,7 +15,7 @@ import llama_pe.train as train_module
 from llama_pe.checkpoint import load_checkpoint
 from llama_pe.config import ConfigError
 from llama_pe.data.batches import BatchSampler, eval_windows
-from llama_pe.device import resolve_device
+from llama_pe.device import cpu_model, resolve_device
 from llama_pe.encodings import ENCODINGS, hf_encoding
 from llama_pe.errors import DataError
 from llama_pe.model import build_model
@@ -98,6 +99,13 @@ def test_weight_decay_is_on_attention_and_feed_forward_matrices_only(pos, tied):
     assert optimizer.param_groups[1]["weight_decay"] == 0.0
 
 
+def test_the_cpu_model_is_read_from_cpuinfo_and_falls_back_to_the_platform(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t: fpu\n")
+    assert cpu_model(cpuinfo) == "AMD EPYC 7B13"
+    assert cpu_model(tmp_path / "absent") == (platform.processor() or platform.machine() or "unknown")
+
+
 def test_batches_are_seeded_windows_and_eval_windows_are_fixed():
     tokens = np.arange(1000, dtype=np.uint16)
     x, y = BatchSampler(tokens, 16, 4, seed=3).next(torch.device("cpu"))
@@ -124,6 +132,7 @@ def test_a_tiny_run_lowers_the_loss_and_writes_its_outputs(data_dirs, tmp_path):
     assert metrics["best_val_bpc"] < metrics["unigram_val_bpc"]
     assert metrics["trained_steps"] == 80 and metrics["trained_tokens"] == 80 * 128
     assert metrics["device"] == "cpu" and metrics["precision"] == "fp32" and metrics["params"] > 0
+    assert metrics["cpu"] == cpu_model() and metrics["accelerator"] is None  # the machine of the result
     assert paths.best.is_file() and paths.last.is_file() and paths.metrics.is_file()
     tsvs = curves(paths)
     assert {"plots/metrics/train/loss.tsv", "plots/metrics/val/loss.tsv", "plots/metrics/train/lr.tsv"} <= set(tsvs)

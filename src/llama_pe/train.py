@@ -24,7 +24,14 @@ from llama_pe.config import Config, TrainConfig
 from llama_pe.data.batches import BatchSampler, eval_windows
 from llama_pe.data.tokenizer import MODEL_FILE, read_tokenizer_model
 from llama_pe.data.tokens import check_tokenizer, load_splits
-from llama_pe.device import FUSED_ADAMW_DEVICES, autocast, resolve_device, resolve_precision
+from llama_pe.device import (
+    FUSED_ADAMW_DEVICES,
+    accelerator_name,
+    autocast,
+    cpu_model,
+    resolve_device,
+    resolve_precision,
+)
 from llama_pe.distributed import ONE_PROCESS, Ranks
 from llama_pe.errors import ConfigError, DataError, TrainingError
 from llama_pe.io import write_json
@@ -373,6 +380,8 @@ def final_metrics(
         "params": model.num_params(),
         "device": device.type,
         "precision": precision,
+        "cpu": cpu_model(),  # the machine: float rounding differs between CPU models
+        "accelerator": accelerator_name(device),
     }
 
 
