@@ -527,3 +527,64 @@ def test_the_headline_and_the_verdict_direction_come_from_the_metrics_table(tmp_
     assert headline.strip().split("\n")[0] == "| group | " + " | ".join(shown) + " |"
     assert all(metric_row(m).role.value == "result" for m in HEADLINE)
     assert verdict("test_ppl", -5.0, 1.0) == "better" and verdict("params", -5.0, 1.0) == "-"
+
+
+# ---------------------------------------------------------------------------------------------- --select
+
+
+def swept(pos: str, lr: float, seed: int, val: float, test: float) -> dict:
+    """A run of a train.lr sweep whose validation and test losses are given apart."""
+    return {**record(f"{pos}-{lr}-{seed}", pos, seed, val, **{"train.lr": lr}), "test_ppl": test, "ppl_at_8x": test}
+
+
+def disagreeing_sweep() -> list[dict]:
+    """rope: validation prefers lr 0.001, test and 8× prefer 0.004; alibi: validation prefers 0.004, test 0.001."""
+    runs = []
+    for seed in range(3):
+        runs += [
+            swept("rope", 0.001, seed, val=5.0 + seed / 100, test=320.0),
+            swept("rope", 0.004, seed, val=5.1 + seed / 100, test=280.0),
+            swept("alibi", 0.001, seed, val=5.2, test=270.0),
+            swept("alibi", 0.004, seed, val=4.9 + seed / 100, test=300.0),
+        ]
+    return runs
+
+
+def test_select_picks_by_validation_loss_never_by_test_metrics(tmp_path):
+    from llama_pe.experiments import select_by_validation
+
+    frame = experiments_frame(disagreeing_sweep())
+    chosen, table = select_by_validation(frame, "train.lr")
+    assert dict(zip(table["group"], table["chosen"], strict=True)) == {
+        "model.pos=rope": 0.001,
+        "model.pos=alibi": 0.004,
+    }
+    picked = set(chosen[["model.pos", "train.lr", "test_ppl"]].itertuples(index=False, name=None))
+    assert picked == {("rope", 0.001, 320.0), ("alibi", 0.004, 300.0)} and len(chosen) == 6  # its test metrics too
+    # Whatever the test and extrapolation metrics say, the choice stays: it never reads them.
+    scrambled = frame.assign(
+        test_ppl=frame["test_ppl"][::-1].to_numpy(), ppl_at_8x=1.0, holdout_bpc=-frame["holdout_bpc"]
+    )
+    assert select_by_validation(scrambled, "train.lr")[1]["chosen"].tolist() == table["chosen"].tolist()
+    rope = table.set_index("group").loc["model.pos=rope"]
+    assert rope["mean_best_val_loss"] == pytest.approx(5.01) and rope["n"] == 3
+    assert rope["candidates"] == "0.001: 5.01 (n=3); 0.004: 5.11 (n=3)"
+
+    paths = write_report(chosen, tmp_path, {"model.pos": "rope"}, selection=table)
+    assert pd.read_csv(paths["selection.csv"])["chosen"].tolist() == [0.001, 0.004]
+    comparison = paths["comparison.md"].read_text()
+    assert "## train.lr selected by validation loss" in comparison
+    assert "| model.pos=rope | 0.001 | 5.01 | 3 | 0.001: 5.01 (n=3); 0.004: 5.11 (n=3) |" in comparison
+
+
+def test_select_of_a_key_that_is_not_swept_is_named():
+    from llama_pe.experiments import select_by_validation
+
+    frame = experiments_frame(ROPE + ALIBI)
+    with pytest.raises(ReportError, match=r"--select model\.size: not swept, every run has model\.size=small; select "
+                       r"a param that varies among the runs: model\.pos$"):  # fmt: skip
+        select_by_validation(frame, "model.size")
+    with pytest.raises(ReportError, match=r"--select train\.lrr: no such param among the runs; params: "):
+        select_by_validation(frame, "train.lrr")
+    with pytest.raises(ReportError, match=r"--select train\.seed: the seeds are what each mean is taken over"):
+        select_by_validation(frame, "train.seed")
