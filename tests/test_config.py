@@ -5,6 +5,7 @@ import pytest
 
 from llama_pe.config import MAX_VOCAB_SIZE, ConfigError, config_from_dict, load_config
 from llama_pe.encodings import ENCODINGS
+from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
 from tests.conftest import REPO_ROOT, base_params, make_config
 
 
@@ -144,6 +145,14 @@ def test_bad_eval_settings(changes, message):
         make_config(eval=changes)
 
 
+@pytest.mark.parametrize("scale", [0, -1.5])
+def test_the_position_learning_rate_scale_must_be_positive(scale):
+    with pytest.raises(
+        ConfigError, match=rf"train\.pos_lr_scale: expected a positive number \(1: train\.lr\), got {scale}"
+    ):
+        make_config(train={"pos_lr_scale": scale})
+
+
 def test_eval_contexts_are_multiples_of_the_training_context():
     assert make_config(train={"context": 64}).eval_contexts == (32, 64, 128, 256, 512)
 
@@ -202,8 +211,8 @@ def test_model_settings_are_checked_when_params_are_loaded(model, message):
         ("model", {"pos": "t5", "t5_max_distance": 16},
          r"model\.t5_max_distance: expected more than half of model\.t5_buckets \(16\), where the log-spaced "
          r"buckets start, got 16"),
-        ("eval", {"rope_scaling": ["yarn", "ntk"]}, r"eval\.rope_scaling.*expected one of linear, dynamic, yarn; "
-                                                    r"got 'ntk'"),
+        ("eval", {"rope_scaling": ["yarn", "xpos"]},
+         rf"eval\.rope_scaling.*expected one of {', '.join(ROPE_SCALING_METHODS)}; got 'xpos'"),
         ("eval", {"rope_scaling": ["yarn", "yarn"]}, r"eval\.rope_scaling: expected each method once"),
     ],
 )  # fmt: skip

@@ -669,7 +669,9 @@ def test_a_primary_endpoint_that_gets_no_verdict_is_refused_before_anything_is_r
     with pytest.raises(ReportError, match=rf"^{named}; {valid}"):
         report_module.report(".", tmp_path, all_commits=False, only=[], baseline=[], primary=primary)
     with pytest.raises(ReportError, match=rf"^{named}; "):  # before the grid: tmp_path has no params.yaml to read
-        study(tmp_path, "rope", "0", False, [], 1, tmp_path / "out", [], primary=primary)
+        study(
+            tmp_path, "rope", "0", False, [], 1, tmp_path / "out", [], ledger_path=tmp_path / "l.csv", primary=primary
+        )
 
 
 def test_primary_is_a_comma_separated_option_of_report_and_study(monkeypatch, capsys):
@@ -677,7 +679,7 @@ def test_primary_is_a_comma_separated_option_of_report_and_study(monkeypatch, ca
 
     calls = {}
     monkeypatch.setattr(report, "report", lambda *args: calls.update(report=args[-1]))
-    monkeypatch.setattr(study, "study", lambda *args: calls.update(study=args[-1]))
+    monkeypatch.setattr(study, "study", lambda *args, **keywords: calls.update(study=keywords["primary"]))
     cli.main(["report", "--primary", "best_val_loss,ppl_at_8x"])
     cli.main(["study", "--primary", "test_ppl"])
     assert calls == {"report": ["best_val_loss", "ppl_at_8x"], "study": ["test_ppl"]}
@@ -726,3 +728,64 @@ def test_longer_context_counts_as_used_only_beyond_the_groups_own_local_window(t
     only_4x = experiments_frame([{**r, "ppl_at_4x": r["ppl_at_8x"], "ppl_at_8x": "None"} for r in groups["alibi"]])
     assert local_window_verdicts(only_4x, ["model.pos"])["longest"].tolist() == ["ppl_at_4x"]  # the longest present
     assert local_window_verdicts(experiments_frame(ROPE), ["model.pos"]).empty  # no local-window figure: no table
+
+
+# ---------------------------------------------------------------------------------------------- --select
+
+
+def swept(pos: str, lr: float, seed: int, val: float, test: float) -> dict:
+    """A run of a train.lr sweep whose validation and test losses are given apart."""
+    return {**record(f"{pos}-{lr}-{seed}", pos, seed, val, **{"train.lr": lr}), "test_ppl": test, "ppl_at_8x": test}
+
+
+def disagreeing_sweep() -> list[dict]:
+    """rope: validation prefers lr 0.001, test and 8× prefer 0.004; alibi: validation prefers 0.004, test 0.001."""
+    runs = []
+    for seed in range(3):
+        runs += [
+            swept("rope", 0.001, seed, val=5.0 + seed / 100, test=320.0),
+            swept("rope", 0.004, seed, val=5.1 + seed / 100, test=280.0),
+            swept("alibi", 0.001, seed, val=5.2, test=270.0),
+            swept("alibi", 0.004, seed, val=4.9 + seed / 100, test=300.0),
+        ]
+    return runs
+
+
+def test_select_picks_by_validation_loss_never_by_test_metrics(tmp_path):
+    from llama_pe.experiments import select_by_validation
+
+    frame = experiments_frame(disagreeing_sweep())
+    chosen, table = select_by_validation(frame, "train.lr")
+    assert dict(zip(table["group"], table["chosen"], strict=True)) == {
+        "model.pos=rope": 0.001,
+        "model.pos=alibi": 0.004,
+    }
+    picked = set(chosen[["model.pos", "train.lr", "test_ppl"]].itertuples(index=False, name=None))
+    assert picked == {("rope", 0.001, 320.0), ("alibi", 0.004, 300.0)} and len(chosen) == 6  # its test metrics too
+    # Whatever the test and extrapolation metrics say, the choice stays: it never reads them.
+    scrambled = frame.assign(
+        test_ppl=frame["test_ppl"][::-1].to_numpy(), ppl_at_8x=1.0, holdout_bpc=-frame["holdout_bpc"]
+    )
+    assert select_by_validation(scrambled, "train.lr")[1]["chosen"].tolist() == table["chosen"].tolist()
+    rope = table.set_index("group").loc["model.pos=rope"]
+    assert rope["mean_best_val_loss"] == pytest.approx(5.01) and rope["n"] == 3
+    assert rope["candidates"] == "0.001: 5.01 (n=3); 0.004: 5.11 (n=3)"
+
+    paths = write_report(chosen, tmp_path, {"model.pos": "rope"}, selection=table)
+    assert pd.read_csv(paths["selection.csv"])["chosen"].tolist() == [0.001, 0.004]
+    comparison = paths["comparison.md"].read_text()
+    assert "## train.lr selected by validation loss" in comparison
+    assert "| model.pos=rope | 0.001 | 5.01 | 3 | 0.001: 5.01 (n=3); 0.004: 5.11 (n=3) |" in comparison
+
+
+def test_select_of_a_key_that_is_not_swept_is_named():
+    from llama_pe.experiments import select_by_validation
+
+    frame = experiments_frame(ROPE + ALIBI)
+    with pytest.raises(ReportError, match=r"--select model\.size: not swept, every run has model\.size=small; select "
+                       r"a param that varies among the runs: model\.pos$"):  # fmt: skip
+        select_by_validation(frame, "model.size")
+    with pytest.raises(ReportError, match=r"--select train\.lrr: no such param among the runs; params: "):
+        select_by_validation(frame, "train.lrr")
+    with pytest.raises(ReportError, match=r"--select train\.seed: the seeds are what each mean is taken over"):
+        select_by_validation(frame, "train.seed")

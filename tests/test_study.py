@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +13,9 @@ import pytest
 import yaml
 
 from llama_pe.encodings import ENCODINGS
+from llama_pe.ledger import Ledger, LedgerError, flat_params
 from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
-from llama_pe.study import StudyError, branch_kept, parse_grid
+from llama_pe.study import StudyError, branch_kept, parse_grid, split_values
 from tests.conftest import REPO_ROOT, generate_corpus, make_dvc_project, run, tiny_pipeline_params
 
 PARAMS = REPO_ROOT / "params.yaml"
@@ -53,6 +56,52 @@ def test_a_repeated_encoding_or_seed_is_one_point():
 def test_bad_grids_are_refused_before_anything_is_queued(pos, seeds, sets, message):
     with pytest.raises(StudyError, match=message):
         parse_grid(pos, seeds, False, sets, PARAMS)
+
+
+def test_a_sweep_multiplies_the_grid_seed_by_seed():
+    points = parse_grid("rope,alibi", "0,1", False, ["train.max_steps=7"], PARAMS,
+                        ["train.lr=0.001,0.004", "eval.contexts=[1,2],[1,2,4]"])  # fmt: skip
+    assert len(points) == 2 * 2 * 2 * 2
+    assert [p.label for p in points[:3]] == [
+        "rope native seed 0 train.lr=0.001 eval.contexts=[1,2]",
+        "alibi native seed 0 train.lr=0.001 eval.contexts=[1,2]",
+        "rope native seed 0 train.lr=0.001 eval.contexts=[1,2,4]",
+    ]  # fmt: skip
+    assert {p.params["train"]["seed"] for p in points[:8]} == {0}  # whole seeds first
+    assert {(p.params["train"]["lr"], tuple(p.params["eval"]["contexts"])) for p in points} == {
+        (0.001, (1, 2)), (0.001, (1, 2, 4)), (0.004, (1, 2)), (0.004, (1, 2, 4))
+    }  # fmt: skip
+    assert all(p.params["train"]["max_steps"] == 7 for p in points)
+    # Two spellings of one value make one params.yaml: one experiment.
+    assert len(parse_grid("rope", "0", False, [], PARAMS, ["train.lr=0.002,2.0e-3,0.004"])) == 2
+
+
+def test_values_split_at_the_commas_outside_brackets_and_quotes():
+    assert split_values("1,2") == ["1", "2"]
+    assert split_values("[1,2],[1, 2, 4]") == ["[1,2]", "[1, 2, 4]"]
+    assert split_values("'a,b',c") == ["'a,b'", "c"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "sweeps", "message"),
+    [
+        ([], ["train.lrr=1,2"], r"--sweep train\.lrr=1,2: params\.yaml has no train\.lrr; valid keys: data\.sha256, "),
+        ([], ["model.pos=rope,alibi"], r"--sweep model\.pos=rope,alibi: the grid sets model\.pos; use --pos$"),
+        ([], ["train.seed=0,1"], r"--sweep train\.seed=0,1: the grid sets train\.seed; use --seeds$"),
+        ([], ["model.impl=native,hf"], r"the grid sets model\.impl; use --hf$"),
+        (["train.lr=0.01"], ["train.lr=0.001,0.002"],
+         r"--sweep train\.lr=0\.001,0\.002: -S sets train\.lr for the whole grid too; give it to one of them"),
+        ([], ["train.lr=1", "train.lr=2"], r"--sweep train\.lr=2: train\.lr is swept twice; give all its values"),
+        ([], ["train.lr"], r"--sweep train\.lr: expected KEY=V1,V2,\.\.\., such as --sweep train\.lr=0\.001,0\.002"),
+        ([], ["train.lr=0.001,,0.002"], r"--sweep train\.lr=0\.001,,0\.002: expected values separated by commas, none"),
+        ([], ["train.lr=0.001,-1"], r"rope native seed 0 train\.lr=-1: train\.lr: expected a positive number, got -1"),
+        ([], ["train.pos_lr_scale=10,0"], r"train\.pos_lr_scale=0: train\.pos_lr_scale: expected a positive number"),
+        ([], ["model.size=tiny,huge"], r"model\.size=huge: model\.size: unknown size 'huge'; valid sizes: tiny"),
+    ],
+)  # fmt: skip
+def test_bad_sweeps_are_refused_before_anything_is_queued(sets, sweeps, message):
+    with pytest.raises(StudyError, match=message):
+        parse_grid("rope", "0", False, sets, PARAMS, sweeps)
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -102,6 +151,8 @@ def test_a_head_detached_before_queueing_stays_detached(tmp_path):
 class NoExperiments:
     """Experiments as a repo without any has them: every point is missing."""
 
+    code = "c0dec0dec0de"  # the workspace's code version
+
     def __init__(self, repo: Path) -> None:
         pass
 
@@ -123,7 +174,8 @@ def test_a_committed_report_is_refused_before_anything_is_queued(tmp_path, monke
     monkeypatch.setattr(study_module, "Experiments", NoExperiments)
     queued = []
     monkeypatch.setattr(study_module, "queue_point", lambda repo, point: queued.append(point.label))
-    grid = dict(pos="rope", seeds="0", hf=False, sets=[], jobs=1, out_dir=Path("reports"), baseline=[])
+    grid = dict(pos="rope", seeds="0", hf=False, sets=[], jobs=1, out_dir=Path("reports"), baseline=[],
+                ledger_path=Path("reports/ledger.csv"))  # fmt: skip
     with pytest.raises(
         ReportError,
         match=r"^--out reports: the report would change 1 committed file there "
@@ -139,6 +191,65 @@ def test_a_committed_report_is_refused_before_anything_is_queued(tmp_path, monke
     with pytest.raises(StudyError, match="1 of 1 experiments failed"):
         study_module.study(repo, **grid, force=True)
     assert queued == ["rope native seed 0"] * 2
+
+
+def ledger_row(point, code: str, loss: float) -> dict:
+    """A finished experiment of the point, as another machine wrote it into the ledger."""
+    name = point.label.replace(" ", "-")
+    return {
+        "experiment": name, "rev": hashlib.sha1(name.encode()).hexdigest(), "commit": "a" * 40,
+        "date": "2025-01-02T03:04:05+00:00", "code": code, "cpu": "Another CPU", "device": "cpu", "accelerator": None,
+        **flat_params(point.params), "best_val_loss": loss, "test_ppl": 300.0, "holdout_bpc": 2.3, "ppl_at_1x": 300.0,
+    }  # fmt: skip
+
+
+def committed_repo(root: Path) -> Path:
+    repo = git_repo_with_two_commits(root)
+    (repo / "params.yaml").write_text(PARAMS.read_text())
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "p"], cwd=repo, check=True)
+    return repo
+
+
+def test_a_point_the_ledger_holds_is_not_queued_and_is_reported_from_the_ledger(tmp_path, monkeypatch, caplog):
+    from llama_pe import study as study_module
+
+    caplog.set_level(logging.INFO, logger="llama_pe")
+    repo = committed_repo(tmp_path)
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(study_module, "Experiments", NoExperiments)
+    queued = []
+    monkeypatch.setattr(study_module, "queue_point", lambda repo, point: queued.append(point.label))
+    rope, alibi = parse_grid("rope,alibi", "0", False, [], PARAMS)
+    ledger = Ledger.read(repo / "reports/ledger.csv")
+    # The same point by other code: not this study's.
+    ledger.append([ledger_row(rope, NoExperiments.code, 5.1), ledger_row(alibi, "0ther0c0de00", 5.0)])
+    grid = dict(pos="rope,alibi", seeds="0", hf=False, sets=[], jobs=1, out_dir=Path("out"), baseline=[],
+                ledger_path=Path("reports/ledger.csv"))  # fmt: skip
+    with pytest.raises(StudyError, match=r"1 of 2 experiments failed \(alibi native seed 0\); the report holds"):
+        study_module.study(repo, **grid)  # alibi: queued, then gone (NoExperiments)
+    assert queued == ["alibi native seed 0"]
+    assert "rope native seed 0           done (rope-native-seed-0, in the ledger)" in caplog.text
+    runs = pd.read_csv(repo / "out" / "runs.csv")
+    assert runs["name"].tolist() == ["rope-native-seed-0"] and runs["cpu"].tolist() == ["Another CPU"]
+    assert "is not in this repository: left out of val_curves.png" in caplog.text
+
+
+def test_a_damaged_ledger_or_a_select_of_no_sweep_stops_the_study_before_any_work(tmp_path, monkeypatch):
+    from llama_pe import study as study_module
+
+    repo = committed_repo(tmp_path)
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(study_module, "Experiments", NoExperiments)
+    monkeypatch.setattr(study_module, "queue_point", lambda repo, point: pytest.fail("queued"))
+    (repo / "ledger.csv").write_text("experiment,rev\n")
+    grid = dict(pos="rope", seeds="0", hf=False, sets=[], jobs=1, out_dir=Path("out"), baseline=[])
+    with pytest.raises(LedgerError, match=r"ledger\.csv line 1 \(the header\): no column commit, date, code, cpu"):
+        study_module.study(repo, **grid, ledger_path=Path("ledger.csv"))
+    with pytest.raises(StudyError, match=r"--select train\.lr: not swept by this grid; select one of the --sweep "
+                       r"keys \(train\.warmup_steps\)"):  # fmt: skip
+        study_module.study(repo, **grid, ledger_path=Path("new.csv"), sweeps=["train.warmup_steps=10,20"],
+                           select_key="train.lr")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +329,39 @@ def test_a_failed_experiment_is_named_with_the_end_of_its_log(project):
     assert "nope native seed 0: experiment" in failed.stderr and "failed; the end of its log:" in failed.stderr
     assert "train.context: 2000 tokens do not fit the val split" in failed.stderr
     assert "1 of 1 experiments failed (nope native seed 0)" in failed.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_is_kept_in_the_ledger_and_a_clone_without_the_experiments_goes_on_from_it(project, tmp_path):
+    from llama_pe.code_version import code_version
+    from llama_pe.device import cpu_model
+
+    root, env = project
+    grid = ("--pos", "rope", "--seeds", "0", "--sweep", "train.lr=0.001,0.004", "--ledger", "reports/sweep.csv")
+    done = study(root, env, *grid, "--select", "train.lr", "--out", "reports/sweep")
+    assert done.returncode == 0, done.stdout + done.stderr
+    ledger = Ledger.read(root / "reports/sweep.csv")
+    head = run(["git", "rev-parse", "HEAD"], root, env).strip()
+    assert sorted(row["train.lr"] for row in ledger.rows) == [0.001, 0.004]
+    assert {(row["cpu"], row["device"], row["code"], row["commit"]) for row in ledger.rows} == {
+        (cpu_model(), "cpu", code_version(root), head)
+    }  # fmt: skip
+    best = min(ledger.rows, key=lambda row: row["best_val_loss"])["train.lr"]
+    assert pd.read_csv(root / "reports/sweep/selection.csv")["chosen"].tolist() == [best]
+    assert set(pd.read_csv(root / "reports/sweep/runs.csv")["train.lr"]) == {best}
+
+    # Another machine: a clone has the commits and the committed ledger, none of the experiments.
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    (clone / "reports").mkdir()
+    (clone / "reports/sweep.csv").write_bytes((root / "reports/sweep.csv").read_bytes())
+    run(["git", "add", "reports/sweep.csv"], clone, env)
+    run(["git", "commit", "-qm", "the ledger"], clone, env)
+    assert run(["dvc", "exp", "list", "--all-commits", "--name-only"], clone, env).strip() == ""
+    planned = study(clone, env, *grid, "--dry-run")
+    assert planned.returncode == 0, planned.stderr
+    assert "2 already have an experiment, 0 to queue" in planned.stderr and "in the ledger" in planned.stderr
+    report = [sys.executable, "-m", "llama_pe.cli", "report", "--ledger", "reports/sweep.csv", "--select", "train.lr",
+              "--out", "again"]  # fmt: skip
+    run(report, clone, env)
+    assert pd.read_csv(clone / "again/selection.csv")["chosen"].tolist() == [best]

@@ -1,7 +1,9 @@
+import contextlib
 import itertools
 import json
 import logging
 import math
+import platform
 import re
 import shutil
 
@@ -13,7 +15,7 @@ import llama_pe.train as train_module
 from llama_pe.checkpoint import load_checkpoint
 from llama_pe.config import ConfigError
 from llama_pe.data.batches import BatchSampler, eval_windows
-from llama_pe.device import resolve_device
+from llama_pe.device import cpu_model, resolve_device
 from llama_pe.encodings import ENCODINGS, hf_encoding
 from llama_pe.errors import DataError
 from llama_pe.model import build_model
@@ -97,6 +99,13 @@ def test_weight_decay_is_on_attention_and_feed_forward_matrices_only(pos, tied):
     assert optimizer.param_groups[1]["weight_decay"] == 0.0
 
 
+def test_the_cpu_model_is_read_from_cpuinfo_and_falls_back_to_the_platform(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t: fpu\n")
+    assert cpu_model(cpuinfo) == "AMD EPYC 7B13"
+    assert cpu_model(tmp_path / "absent") == (platform.processor() or platform.machine() or "unknown")
+
+
 def test_batches_are_seeded_windows_and_eval_windows_are_fixed():
     tokens = np.arange(1000, dtype=np.uint16)
     x, y = BatchSampler(tokens, 16, 4, seed=3).next(torch.device("cpu"))
@@ -123,6 +132,7 @@ def test_a_tiny_run_lowers_the_loss_and_writes_its_outputs(data_dirs, tmp_path):
     assert metrics["best_val_bpc"] < metrics["unigram_val_bpc"]
     assert metrics["trained_steps"] == 80 and metrics["trained_tokens"] == 80 * 128
     assert metrics["device"] == "cpu" and metrics["precision"] == "fp32" and metrics["params"] > 0
+    assert metrics["cpu"] == cpu_model() and metrics["accelerator"] is None  # the machine of the result
     assert paths.best.is_file() and paths.last.is_file() and paths.metrics.is_file()
     tsvs = curves(paths)
     assert {"plots/metrics/train/loss.tsv", "plots/metrics/val/loss.tsv", "plots/metrics/train/lr.tsv"} <= set(tsvs)
@@ -352,3 +362,80 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 def test_bf16_on_cpu_trains(data_dirs, tmp_path):
     metrics = train(tiny_config(precision="bf16", max_steps=10), paths_in(tmp_path, data_dirs))
     assert metrics["precision"] == "bf16" and math.isfinite(metrics["best_val_loss"])
+
+
+# ---------------------------------------------------------------------------------------------- train.pos_lr_scale
+
+
+def legacy_optimizer(model, cfg, device):
+    """make_optimizer as it was before train.pos_lr_scale: the position encoding's parameters in the no-decay group."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)} | {id(model.output.weight)}
+    encoding = {id(p) for p in model.positions.parameters()}
+    decay, no_decay = [], []
+    for param in model.parameters():
+        (no_decay if param.ndim < 2 or id(param) in tables | encoding else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+
+
+def position_parameter_names(model) -> set[str]:
+    return {name for name, _ in model.named_parameters() if name.startswith("positions.")}
+
+
+@pytest.mark.parametrize("pos", list(ENCODINGS))
+def test_at_pos_lr_scale_1_the_steps_are_bit_identical_to_the_legacy_optimizer(pos):
+    cfg = tiny_config(model={"pos": pos}, max_steps=6, warmup_steps=2).train
+    tokens = np.random.default_rng(0).integers(0, 256, 4000).astype(np.uint16)  # tiny_args' vocabulary
+    device, amp = torch.device("cpu"), contextlib.nullcontext()
+    weights = []
+    for make in (make_optimizer, legacy_optimizer):
+        torch.manual_seed(0)
+        model = build_model(tiny_args(pos=pos, dropout=0.1, **learnable(pos)))
+        optimizer = make(model, cfg, device)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        sampler = BatchSampler(tokens, cfg.context, cfg.batch_size, seed=0)
+        for step in range(cfg.total_steps):
+            train_module.train_step(model, optimizer, scaler, sampler, cfg, lr_at(step, cfg), device, amp)
+        weights.append(model.state_dict())
+    new, old = weights
+    assert all(torch.equal(new[name], old[name]) for name in old), pos
+
+
+def test_at_pos_lr_scale_1_a_run_has_the_metrics_of_the_legacy_optimizer(data_dirs, tmp_path, monkeypatch):
+    cfg = tiny_config(model={"pos": "fire"}, max_steps=20)
+    new_paths, old_paths = paths_in(tmp_path / "new", data_dirs), paths_in(tmp_path / "old", data_dirs)
+    new = train(cfg, new_paths)
+    monkeypatch.setattr(train_module, "make_optimizer", legacy_optimizer)
+    old = train(cfg, old_paths)
+    assert without_timing(new) == without_timing(old)
+    new_weights, old_weights = (load_checkpoint(paths.best)["model"] for paths in (new_paths, old_paths))
+    assert all(torch.equal(new_weights[name], old_weights[name]) for name in old_weights)  # metrics round to 6 digits
+
+
+# The encodings with parameters of their own (alibi and abs_rel with learnable slopes), from the registry.
+OWN_PARAMETERS = [
+    pos for pos in ENCODINGS if position_parameter_names(build_model(tiny_args(pos=pos, **learnable(pos))))
+]
+
+
+@pytest.mark.parametrize("pos", OWN_PARAMETERS)
+def test_the_position_parameters_learn_at_pos_lr_scale_times_the_lr(pos, data_dirs, tmp_path, monkeypatch):
+    cfg = tiny_config(model={"pos": pos, **learnable(pos)}, max_steps=12, warmup_steps=4, pos_lr_scale=10.0)
+    seen = []
+    real_step = train_module.train_step
+
+    def recording_step(model, optimizer, *args):
+        loss = real_step(model, optimizer, *args)
+        names = {id(p): name for name, p in model.named_parameters()}
+        seen.append([({names[id(p)] for p in group["params"]}, group["lr"]) for group in optimizer.param_groups])
+        return loss
+
+    monkeypatch.setattr(train_module, "train_step", recording_step)
+    train(cfg, paths_in(tmp_path, data_dirs))
+    model = build_model(tiny_args(pos=pos, **learnable(pos)))
+    assert len(seen) == 12  # every step of the run
+    for step, groups in enumerate(seen):
+        scheduled = lr_at(step, cfg.train)
+        own = [lr for names, lr in groups if names == position_parameter_names(model)]
+        others = [lr for names, lr in groups if not names & position_parameter_names(model)]
+        assert own == [10.0 * scheduled] and others == [scheduled] * (len(groups) - 1), (step, groups)

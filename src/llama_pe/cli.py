@@ -67,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--force", action="store_true", help="overwrite files in --out that git tracks")
     report.add_argument("--primary", metavar="NAME,NAME,...", help=PRIMARY_HELP)
+    report.add_argument(
+        "--ledger",
+        metavar="FILE",
+        help="aggregate the runs of this ledger (llama-pe study writes reports/ledger.csv) instead of DVC's "
+        "experiments: no experiment needs to be present, and no validation curves are drawn",
+    )
+    report.add_argument(
+        "--select",
+        metavar="KEY",
+        help="report each group at the value of this swept param with the lowest mean best_val_loss (validation "
+        "only); the choice goes to selection.csv and comparison.md",
+    )
     study = commands.add_parser(
         "study", help="queue a grid of experiments on DVC's queue, wait for them and write the report"
     )
@@ -87,6 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
         dest="sets",
         metavar="KEY=VALUE",
         help="a params.yaml override for every experiment of the grid, as dvc exp run -S takes it",
+    )
+    study.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        dest="sweeps",
+        metavar="KEY=V1,V2,...",
+        help="a param's values, repeatable: the grid is encodings x seeds x every sweep's values",
+    )
+    study.add_argument("--select", metavar="KEY", help="as for report: a --sweep key, chosen by validation loss")
+    study.add_argument(
+        "--ledger",
+        default="reports/ledger.csv",
+        metavar="FILE",
+        help="CSV that keeps every finished experiment (commit it); a point it holds with this code is not run again "
+        "(default: %(default)s)",
     )
     study.add_argument(
         "-j", "--jobs", type=int, default=1, help="DVC queue workers, as dvc queue start -j (default: %(default)s)"
@@ -151,7 +179,9 @@ def main(argv: list[str] | None = None) -> None:
     def report_command() -> None:
         from llama_pe.report import report
 
-        report(".", args.out, args.all_commits, args.only, args.baseline, args.force, primary())
+        report(
+            ".", args.out, args.all_commits, args.only, args.baseline, args.force, args.ledger, args.select, primary()
+        )
 
     def study_command() -> None:
         from llama_pe.study import study
@@ -168,7 +198,10 @@ def main(argv: list[str] | None = None) -> None:
             args.poll,
             args.dry_run,
             args.force,
-            primary(),
+            args.sweeps,
+            args.select,
+            ledger_path=Path(args.ledger),
+            primary=primary(),
         )
 
     def generate_command() -> None:

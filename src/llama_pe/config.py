@@ -198,6 +198,7 @@ class TrainConfig:
     max_steps: int | None
     max_tokens: int | None
     lr: float
+    pos_lr_scale: float  # the position encoding's own parameters learn at pos_lr_scale * the scheduled lr
     min_lr: float
     warmup_steps: int
     weight_decay: float
@@ -218,6 +219,7 @@ class TrainConfig:
             self.batch_size,
         )  # fmt: skip
         _require(self.lr > 0, "train.lr", "a positive number", self.lr)
+        _require(self.pos_lr_scale > 0, "train.pos_lr_scale", "a positive number (1: train.lr)", self.pos_lr_scale)
         _require(0 <= self.min_lr <= self.lr, "train.min_lr", f"a number in [0, train.lr={self.lr}]", self.min_lr)
         _require(self.warmup_steps >= 0, "train.warmup_steps", "0 or more", self.warmup_steps)
         _require(self.weight_decay >= 0, "train.weight_decay", "0 or more", self.weight_decay)

@@ -4,6 +4,8 @@ train.precision."""
 from __future__ import annotations
 
 import contextlib
+import platform
+from pathlib import Path
 
 import torch
 
@@ -57,3 +59,29 @@ def windows_per_batch(batch_size: int, length: int, device: torch.device) -> int
     if device.type != "cpu":
         return batch_size
     return max(1, min(batch_size, CPU_TOKENS_PER_BATCH // length))
+
+
+# ---------------------------------------------------------------------------------------------- the machine
+# Different CPU models round differently (the same code gives test perplexity 292.8 on one and 294.1 on another), so
+# every result records what it ran on: the train stage writes both into metrics/train.json, the ledger keeps them.
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name as Linux names it ("AMD EPYC 7B13"), else what the platform says ("arm", "x86_64")."""
+    try:
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass  # not Linux: no /proc
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def accelerator_name(device: torch.device) -> str | None:
+    """The GPU a run used ("NVIDIA H200"); None on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple GPU (mps)"  # PyTorch has no name for it
+    return None

@@ -18,6 +18,7 @@ import io
 import logging
 import math
 import re
+import subprocess
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -227,6 +228,48 @@ def _same(value: Any, want: Any) -> bool:
     if isinstance(want, (int, float)) and not isinstance(want, bool) and isinstance(value, (int, float)):
         return math.isclose(float(value), float(want))
     return value == want
+
+
+# ---------------------------------------------------------------------------------------------- tuning
+
+SELECTION_METRIC = "best_val_loss"  # the train stage's, on the validation split: the only metric selection reads
+
+
+def select_by_validation(frame: pd.DataFrame, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """For each group, the runs at the value of `key` with the lowest mean validation loss over its seeds; and a
+    table of that choice (group, the chosen value, each value's mean and n).
+
+    The choice reads the group keys, `key` and best_val_loss alone, never a test or extrapolation metric: a value
+    picked by the metrics that the report then states would report them optimistically.
+    """
+    if key not in frame.columns:
+        raise ReportError(f"--select {key}: no such param among the runs; params: {', '.join(param_columns(frame))}")
+    if key == SEED:
+        raise ReportError(f"--select {SEED}: the seeds are what each mean is taken over, not a setting to tune")
+    swept = [c for c in group_keys(frame) if c != CODE]
+    if key not in swept:
+        shown = f"{frame[key].iloc[0]}" if not frame.empty else "none"
+        raise ReportError(
+            f"--select {key}: not swept, every run has {key}={shown}; select a param that varies among the runs: "
+            f"{', '.join(swept) or 'none varies'}"
+        )
+    keys = [c for c in group_keys(frame) if c != key]
+    visible = frame[[*keys, key, SELECTION_METRIC]]  # what the choice may see
+    chosen = pd.Series(False, index=frame.index)
+    table = []
+    for label, group in iter_groups(visible, keys):
+        values = group[key].map(repr)
+        by_value = group.groupby(values, sort=False)[SELECTION_METRIC].agg(["mean", "count"])
+        best = by_value["mean"].idxmin()  # ties: the first value the runs list
+        chosen |= frame.index.isin(group.index[values == best])
+        table.append({
+            "group": label, **{k: group[k].iloc[0] for k in keys}, "key": key,
+            "chosen": group.loc[values == best, key].iloc[0],
+            f"mean_{SELECTION_METRIC}": by_value.loc[best, "mean"], "n": int(by_value.loc[best, "count"]),
+            "candidates": "; ".join(f"{group.loc[values == v, key].iloc[0]}: {row['mean']:.6g} (n={int(row['count'])})"
+                                    for v, row in by_value.iterrows()),
+        })  # fmt: skip
+    return frame[chosen].reset_index(drop=True), pd.DataFrame(table)
 
 
 # ---------------------------------------------------------------------------------------------- aggregation
@@ -459,6 +502,10 @@ def read_val_curves(repo: str | Path, frame: pd.DataFrame) -> pd.DataFrame:
 
     curves = []
     for name, rev in zip(frame["name"], frame["rev"], strict=True):
+        present = subprocess.run(["git", "cat-file", "-e", f"{rev}^{{commit}}"], cwd=repo, capture_output=True)
+        if present.returncode != 0:  # a ledger's run of another machine: its experiment stayed there
+            log.warning("%s (%s) is not in this repository: left out of val_curves.png", name, rev)
+            continue
         fs = DVCFileSystem(str(repo), rev=rev)
         try:
             loss, tokens = (

@@ -1,6 +1,8 @@
-"""`llama-pe report`: the experiments of a repo read from DVC, selected, aggregated and written as a report.
+"""`llama-pe report`: the experiments of a repo (read from DVC) or the runs of a ledger, selected, aggregated and
+written as a report.
 
-Reading, grouping and the statistics are llama_pe.experiments'; the files, llama_pe.report_writer's.
+Reading, grouping and the statistics are llama_pe.experiments'; the ledger, llama_pe.ledger's; the files,
+llama_pe.report_writer's.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from llama_pe.experiments import (
     read_experiments,
     read_val_curves,
     select,
+    select_by_validation,
 )
+from llama_pe.ledger import Ledger
 from llama_pe.report_writer import write_report
 
 log = logging.getLogger(__name__)
@@ -25,23 +29,39 @@ log = logging.getLogger(__name__)
 NO_EXPERIMENTS = (
     "no DVC experiments here, only the runs that commits hold: experiments are git refs that `git clone` does not "
     "fetch; `dvc exp pull origin -A --no-cache` brings their params and metrics where origin has them, and without "
-    "them the committed reports/ are the studies' record"
+    "them the committed reports/ (and a study's ledger, `llama-pe report --ledger reports/ledger.csv`) are the "
+    "studies' record"
 )
 
 
 def report(
     repo: str | Path, out_dir: str | Path, all_commits: bool, only: list[str], baseline: list[str], force: bool = False,
-    primary: list[str] | None = None,
+    ledger: str | Path | None = None, select_key: str | None = None, primary: list[str] | None = None,
 ) -> None:  # fmt: skip
-    """`llama-pe report`: read the experiments, select, aggregate and write the tables and figures; primary: the
-    headline's metrics (None: the metrics table's default)."""
+    """`llama-pe report`: read the experiments (or the ledger), select, aggregate and write the tables and figures;
+    primary: the headline's metrics (None: the metrics table's default).
+
+    From a ledger no DVC experiment is read, and so no validation curve either (val_curves.* are left out).
+    """
     endpoints = primary_endpoints(primary)  # before reading anything
-    frame = read_experiments(repo, all_commits)
-    commits_only = not frame.empty and (frame["name"] == frame["rev"]).all()  # an experiment's name is not its rev
-    if commits_only:
-        log.warning(NO_EXPERIMENTS)
+    if ledger is not None:
+        if all_commits:
+            raise ReportError("--all-commits: it reads DVC's experiments and --ledger reads a ledger; give one of them")
+        frame = Ledger.read(ledger, must_exist=True).frame()
+        if frame.empty:
+            raise ReportError(f"--ledger {ledger}: it holds no runs yet; `llama-pe study` writes them")
+        commits_only = False
+    else:
+        frame = read_experiments(repo, all_commits)
+        commits_only = not frame.empty and (frame["name"] == frame["rev"]).all()  # an experiment's name is not its rev
+        if commits_only:
+            log.warning(NO_EXPERIMENTS)
     frame = select(frame, only)
     if frame.empty and commits_only:
         raise ReportError(f"--only {', '.join(only)}: no run matches; {NO_EXPERIMENTS}")
+    selection = None
+    if select_key is not None and not frame.empty:
+        frame, selection = select_by_validation(frame, select_key)
     wanted = baseline_conditions(frame, baseline)
-    write_report(frame, Path(out_dir), wanted, read_val_curves(repo, frame), force, endpoints)
+    curves = None if ledger is not None else read_val_curves(repo, frame)
+    write_report(frame, Path(out_dir), wanted, curves, force, endpoints, selection)

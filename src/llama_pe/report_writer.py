@@ -40,10 +40,12 @@ log = logging.getLogger(__name__)
 
 def write_report(
     frame: pd.DataFrame, out_dir: Path, baseline: dict[str, Any], curves: pd.DataFrame | None = None,
-    force: bool = False, primary: tuple[str, ...] = DEFAULT_PRIMARY,
+    force: bool = False, primary: tuple[str, ...] = DEFAULT_PRIMARY, selection: pd.DataFrame | None = None,
 ) -> dict[str, Path]:  # fmt: skip
     """The tables (runs.csv, summary.csv, paired_differences.csv, comparison.md) and, given the curves, the figures;
     returns their paths. The headline of comparison.md shows the primary endpoints (checked by primary_endpoints).
+    selection: the value each group was reported at (llama_pe.experiments.select_by_validation), as selection.csv
+    and a table of comparison.md.
 
     Everything is drafted aside first: a committed file (one that git tracks) is changed only with `force`, so a
     narrower report never silently replaces a study's record.
@@ -54,7 +56,7 @@ def write_report(
             "(--all-commits for the experiments of every commit, fewer --only)"
         )
     with tempfile.TemporaryDirectory(prefix="llama-pe-report.") as tmp:
-        drafts, described = draft_report(frame, Path(tmp), baseline, curves, primary)
+        drafts, described = draft_report(frame, Path(tmp), baseline, curves, primary, selection)
         if not force:
             refuse_overwrite(out_dir, drafts)
         paths = {name: out_dir / name for name in drafts}
@@ -67,7 +69,7 @@ def write_report(
 
 def draft_report(
     frame: pd.DataFrame, out_dir: Path, baseline: dict[str, Any], curves: pd.DataFrame | None,
-    primary: tuple[str, ...] = DEFAULT_PRIMARY,
+    primary: tuple[str, ...] = DEFAULT_PRIMARY, selection: pd.DataFrame | None = None,
 ) -> tuple[dict[str, Path], str]:  # fmt: skip
     """write_report's files, written into out_dir by name; and a line that says what they hold."""
     from llama_pe import report_figures  # matplotlib is slow to import
@@ -87,12 +89,16 @@ def draft_report(
     if curves is not None:
         paths["val_curves.csv"] = out_dir / "val_curves.csv"
         tables["val_curves.csv"] = curves
+    if selection is not None:
+        paths["selection.csv"] = out_dir / "selection.csv"
+        tables["selection.csv"] = selection
     for name, table in tables.items():
         with atomic_path(paths[name]) as tmp:
             table.to_csv(tmp, index=False)
     if warning := untrained_warning(trained):
         log.warning(warning)
-    markdown = comparison_markdown(trained, summary, diffs, keys, baseline, primary, local_window_verdicts(frame, keys))
+    context = local_window_verdicts(frame, keys)
+    markdown = comparison_markdown(trained, summary, diffs, keys, baseline, primary, context, selection)
     write_text(paths["comparison.md"], markdown)
     paths["extrapolation.png"] = report_figures.extrapolation(frame, keys, out_dir / "extrapolation.png")
     paths["bpc.png"] = report_figures.bits_per_character(trained, group_keys(trained), out_dir / "bpc.png")
@@ -110,7 +116,7 @@ def draft_report(
 # Every file a report can write into its folder (val_curves.*: when the experiments' curves are read).
 REPORT_FILES = (
     "runs.csv", "summary.csv", "paired_differences.csv", "comparison.md", "val_curves.csv", "extrapolation.png",
-    "bpc.png", "val_curves.png",
+    "bpc.png", "val_curves.png", "selection.csv",
 )  # fmt: skip
 
 
@@ -162,6 +168,7 @@ TIMING_NOTE = (
 def comparison_markdown(
     trained: pd.DataFrame, summary: pd.DataFrame, diffs: pd.DataFrame, keys: list[str], baseline: dict[str, Any],
     primary: tuple[str, ...] = DEFAULT_PRIMARY, context: pd.DataFrame | None = None,
+    selection: pd.DataFrame | None = None,
 ) -> str:  # fmt: skip
     """The report's reading: the runs' setting, the headline (the primary endpoints), perplexity by context, the
     local-window reference, the paired verdicts, the rest."""
@@ -178,6 +185,10 @@ def comparison_markdown(
         *setting_lines(trained),
         f"\nGroups by {', '.join(f'`{k}`' for k in keys) or 'nothing'}; each cell is mean ± std over seeds (n runs), "
         "or n/a with the reason no run has a value.\n",
+    ]
+    if selection is not None and not selection.empty:
+        parts += _selection(selection)
+    parts += [
         "## Headline\n",
         primary_line(primary, headline),
         markdown_table(cells[headline].reset_index()),
@@ -221,6 +232,19 @@ VERDICTS_NOTE = (
     f"n pairs and the observed std of the differences (noncentral t, α = {ALPHA:g} before the correction, so a "
     "lower bound: the corrected test needs a larger one).\n"
 )
+
+
+def _selection(selection: pd.DataFrame) -> list[str]:
+    key = selection["key"].iloc[0]
+    metric = next(c for c in selection.columns if c.startswith("mean_"))
+    table = selection[["group", "chosen", metric, "n", "candidates"]].rename(columns={"chosen": key})
+    return [
+        f"## {key} selected by validation loss\n",
+        f"Each group is reported at the value of `{key}` with the lowest mean `{metric[5:]}` over its seeds (the "
+        "validation split); no test or extrapolation metric takes part in the choice. Every value's mean: "
+        "`candidates`.\n",
+        markdown_table(table) + "\n",
+    ]
 
 
 def _verdicts(diffs: pd.DataFrame, groups: list[str], headline: list[str], baseline: dict[str, Any]) -> list[str]:
@@ -308,6 +332,8 @@ def setting_lines(trained: pd.DataFrame) -> list[str]:
         f"- **Code:** {describe_values(trained, CODE) or 'not recorded'} (the hash of the stages' source files; "
         "runs.csv names each run's revision)",
     ]
+    if (machines := describe_values(trained, "cpu")) is not None:  # runs read from a ledger record their machine
+        lines.append(f"- **Machines:** {machines}; devices: {describe_values(trained, 'device')}")
     if sizes.min() < 2:
         lines.append("- **n = 1:** a group with one run has no interval, and no verdict against the baseline")
     if warning := untrained_warning(trained):

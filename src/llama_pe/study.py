@@ -1,16 +1,21 @@
-"""`llama-pe study`: a grid of experiments run on DVC's own queue, waited for, then reported.
+"""`llama-pe study`: a grid of experiments run on DVC's own queue, waited for, kept in the ledger, then reported.
 
-A grid point is a set of `-S KEY=VALUE` overrides. DVC does the work: `dvc exp run --queue` queues a point,
-`dvc queue start` runs the queue, `dvc exp show` tells each experiment's state and `dvc queue logs` why one
-failed. This module only decides what to queue and waits. A point is not queued again when an experiment for it
-already exists (finished, queued or running): one whose params.yaml is what the overrides make of the
-workspace's, whose stages run the same commands on the same dependencies and params (dvc.yaml), and whose source
-files (every git-tracked dependency of those stages) are the workspace's. An experiment made by other code is not
-the same experiment, even with the same params.
+A grid point is a set of `-S KEY=VALUE` overrides: the encodings × seeds × every `--sweep` value. DVC does the
+work: `dvc exp run --queue` queues a point, `dvc queue start` runs the queue, `dvc exp list` and `dvc queue status`
+tell each experiment's state and `dvc queue logs` why one failed. This module only decides what to queue, waits,
+and writes each finished experiment into the ledger (llama_pe.ledger) as soon as it sees it finished.
+
+A point is not queued again when the ledger holds it (the same params and code version, from any machine), or when
+an experiment for it already exists (finished, queued or running): one whose params.yaml is what the overrides make
+of the workspace's, whose stages run the same commands on the same dependencies and params (dvc.yaml), and whose
+source files (every git-tracked dependency of those stages) are the workspace's. An experiment made by other code
+is not the same experiment, even with the same params.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import re
 import shutil
@@ -25,9 +30,11 @@ from typing import Any
 
 import yaml
 
+from llama_pe.code_version import code_version, source_files, stage_definitions
 from llama_pe.config import config_from_dict
 from llama_pe.encodings import ENCODINGS, hf_encoding
 from llama_pe.errors import LlamaPeError
+from llama_pe.ledger import Ledger, experiment_row, flat_params
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +63,70 @@ class Point:
 # ---------------------------------------------------------------------------------------------- the grid
 
 
-def parse_grid(pos: str, seeds: str, hf: bool, sets: list[str], params_file: Path) -> list[Point]:
+def parse_grid(
+    pos: str, seeds: str, hf: bool, sets: list[str], params_file: Path, sweeps: Iterable[str] = ()
+) -> list[Point]:
     """The grid's points, seed by seed (a grid stopped halfway holds whole seeds), each checked like params.yaml."""
     encodings = _encodings(pos)
     seed_values = _seeds(seeds)
     base = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     common = [_checked_set(item, base) for item in sets]
-    points = []
+    swept = parse_sweeps(sweeps, base, common)
+    combinations = list(itertools.product(*([f"{key}={value}" for value in values] for key, values in swept)))
+    variants = [(f"{name} native", ("model.impl=native", f"model.pos={name}")) for name in encodings]
+    if hf:
+        variants.append((f"{hf_encoding()} hf", ("model.impl=hf", f"model.pos={hf_encoding()}")))
+    points: dict[str, Point] = {}
     for seed in seed_values:
-        variants = [(f"{name} native", ("model.impl=native", f"model.pos={name}")) for name in encodings]
-        if hf:
-            variants.append((f"{hf_encoding()} hf", ("model.impl=hf", f"model.pos={hf_encoding()}")))
-        for variant, grid_overrides in variants:
-            label, overrides = f"{variant} seed {seed}", (*grid_overrides, f"train.seed={seed}", *common)
-            points.append(Point(label, overrides, _apply(params_file, overrides, label)))
-    return list(dict.fromkeys(points))  # --pos rope,rope: one experiment
+        for combination in combinations:
+            for variant, grid_overrides in variants:
+                label = " ".join((f"{variant} seed {seed}", *combination))
+                overrides = (*grid_overrides, f"train.seed={seed}", *combination, *common)
+                point = Point(label, overrides, _apply(params_file, overrides, label))
+                # --pos rope,rope or --sweep train.lr=0.002,2e-3: one params.yaml, one experiment
+                points.setdefault(json.dumps(point.params, sort_keys=True), point)
+    return list(points.values())
+
+
+def parse_sweeps(sweeps: Iterable[str], params: dict[str, Any], sets: list[str]) -> list[tuple[str, list[str]]]:
+    """--sweep KEY=V1,V2,... as (key, values), each key a param that neither the grid nor -S sets."""
+    set_keys = {item.partition("=")[0] for item in sets}
+    swept: dict[str, list[str]] = {}
+    for item in sweeps:
+        key, sep, text = item.partition("=")
+        given = f"--sweep {item}"
+        if not sep:
+            raise StudyError(f"{given}: expected KEY=V1,V2,..., such as --sweep train.lr=0.001,0.002")
+        _checked_key(key, params, given)
+        if key in set_keys:
+            raise StudyError(f"{given}: -S sets {key} for the whole grid too; give it to one of them")
+        if key in swept:
+            raise StudyError(f"{given}: {key} is swept twice; give all its values to one --sweep")
+        values = [value.strip() for value in split_values(text)]
+        if not all(values):
+            raise StudyError(f"{given}: expected values separated by commas, none empty, such as {key}=V1,V2")
+        swept[key] = list(dict.fromkeys(values))
+    return list(swept.items())
+
+
+def split_values(text: str) -> list[str]:
+    """V1,V2,... split at the commas outside brackets and quotes: eval.contexts=[1,2],[1,2,4] is two values."""
+    values, current, depth, quote = [], "", 0, ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            values.append(current)
+            current = ""
+            continue
+        current += char
+    return [*values, current]
 
 
 def _encodings(pos: str) -> list[str]:
@@ -96,22 +152,17 @@ def _checked_set(item: str, params: dict[str, Any]) -> str:
     key, sep, _ = item.partition("=")
     if not sep:
         raise StudyError(f"-S {item}: expected KEY=VALUE, such as -S train.max_steps=200")
-    if key in GRID_KEYS:
-        raise StudyError(f"-S {item}: the grid sets {key}; use {GRID_KEYS[key]}")
-    node: Any = params
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            valid = ", ".join(sorted(_flat_keys(params)))
-            raise StudyError(f"-S {item}: params.yaml has no {key}; valid keys: {valid}")
-        node = node[part]
+    _checked_key(key, params, f"-S {item}")
     return item
 
 
-def _flat_keys(params: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for name, value in params.items():
-        keys += _flat_keys(value, f"{prefix}{name}.") if isinstance(value, dict) else [f"{prefix}{name}"]
-    return keys
+def _checked_key(key: str, params: dict[str, Any], given: str) -> None:
+    """A key the grid may set: a setting of params.yaml that --pos, --hf and --seeds do not set already."""
+    if key in GRID_KEYS:
+        raise StudyError(f"{given}: the grid sets {key}; use {GRID_KEYS[key]}")
+    valid = flat_params(params)
+    if key not in valid:
+        raise StudyError(f"{given}: params.yaml has no {key}; valid keys: {', '.join(sorted(valid))}")
 
 
 def _apply(params_file: Path, overrides: tuple[str, ...], label: str) -> dict[str, Any]:
@@ -141,8 +192,9 @@ class Experiments:
 
     def __init__(self, repo: Path) -> None:
         self.repo = repo
-        self.code_paths = _code_paths(repo)
-        self.pipeline = _pipeline((repo / "dvc.yaml").read_text(encoding="utf-8"))
+        self.code_paths = source_files(repo)
+        self.pipeline = stage_definitions((repo / "dvc.yaml").read_text(encoding="utf-8"))
+        self.code = code_version(repo)  # the workspace's, which every queued experiment runs
         self._params: dict[str, Any] = {}  # rev -> its params.yaml (a revision never changes)
         self._same_code: dict[str, bool] = {}
 
@@ -169,7 +221,7 @@ class Experiments:
             return False
         if rev not in self._same_code:
             shown = self._git("show", f"{rev}:dvc.yaml")
-            same_stages = shown.returncode == 0 and _pipeline(shown.stdout) == self.pipeline
+            same_stages = shown.returncode == 0 and stage_definitions(shown.stdout) == self.pipeline
             same_files = self._git("diff", "--quiet", rev, "--", *self.code_paths).returncode == 0
             self._same_code[rev] = same_stages and same_files
         return self._same_code[rev]
@@ -192,27 +244,6 @@ class Experiments:
         if done.returncode != 0:
             raise StudyError(f"dvc {' '.join(args)} failed:\n{_tail(done.stdout + done.stderr)}")
         return done.stdout
-
-
-def _pipeline(dvc_yaml: str) -> dict[str, Any]:
-    """What makes a stage's results: its command, dependencies and params (not how its outputs are stored)."""
-    stages = yaml.safe_load(dvc_yaml).get("stages", {})
-    return {name: {key: stage.get(key) for key in ("cmd", "deps", "params")} for name, stage in stages.items()}
-
-
-def _code_paths(repo: Path) -> list[str]:
-    """Every dependency of the stages that git tracks and no stage makes: the source files an experiment runs."""
-    stages = yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
-    made = {_path(out) for stage in stages.values() for kind in ("outs", "metrics", "plots")
-            for out in stage.get(kind, [])}  # fmt: skip
-    deps = {dep for stage in stages.values() for dep in stage.get("deps", [])}
-    deps = sorted(d for d in deps if not any(d == m or d.startswith(f"{m}/") for m in made))
-    tracked = subprocess.run(["git", "ls-files", "--", *deps], cwd=repo, capture_output=True, text=True, check=True)
-    return sorted(set(tracked.stdout.split()))
-
-
-def _path(entry: str | dict[str, Any]) -> str:
-    return entry if isinstance(entry, str) else next(iter(entry))  # "- metrics/train.json: {cache: false}"
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -283,27 +314,67 @@ def _tail(text: str, lines: int = 15) -> str:
 
 @dataclass
 class StudyResult:
-    finished: dict[Point, dict[str, Any]]
-    failed: dict[Point, dict[str, Any]]
+    finished: dict[Point, dict[str, Any]]  # each point's ledger row
+    failed: dict[Point, dict[str, Any] | None]  # each point's failed experiment; None: it left the queue unrun
     queued: list[str]
+
+
+def grid_status(
+    experiments: Experiments, ledger: Ledger, points: list[Point]
+) -> dict[Point, tuple[str, dict[str, Any] | None]]:
+    """Each point's state: done when the ledger holds it (its row, with "ledger": True), else its most advanced
+    experiment's (the record `dvc exp list` or `dvc queue status` gives), else ("missing", None)."""
+    status: dict[Point, tuple[str, dict[str, Any] | None]] = {}
+    for point in points:
+        row = ledger.holds(flat_params(point.params), experiments.code)
+        if row is not None:
+            status[point] = ("done", {"Experiment": row["experiment"], "rev": row["rev"], "ledger": True})
+    rest = [point for point in points if point not in status]
+    return {**status, **(experiments.status(rest) if rest else {})}
+
+
+def record_finished(
+    repo: Path, ledger: Ledger, status: dict[Point, tuple[str, dict[str, Any] | None]]
+) -> dict[Point, tuple[str, dict[str, Any] | None]]:
+    """Write every finished experiment that the ledger lacks into it; the status with those points now its rows'."""
+    new = {point: record for point, (state, record) in status.items()
+           if state == "done" and record is not None and not record.get("ledger")}  # fmt: skip
+    rows = {point: experiment_row(repo, record["rev"], record["Experiment"]) for point, record in new.items()
+            if not ledger.holds_rev(record["rev"])}  # fmt: skip
+    if rows:
+        ledger.append(list(rows.values()))
+        log.info("%s: %d finished experiment%s written", ledger.path, len(rows), "s" if len(rows) != 1 else "")
+    return {**status, **{point: ("done", {**record, "rev": ledger_rev(ledger, record["rev"])})
+                         for point, record in new.items()}}  # fmt: skip
+
+
+def ledger_rev(ledger: Ledger, rev: str) -> str:
+    """The full revision the ledger records for an abbreviated one."""
+    return next((str(row["rev"]) for row in ledger.rows if str(row["rev"]).startswith(rev)), rev)
 
 
 def run_study(
     repo: Path, points: list[Point], jobs: int = 1, poll_seconds: float = 15.0, dry_run: bool = False,
     on_progress: Callable[[dict[str, int]], None] | None = None, before_queueing: Callable[[], None] | None = None,
+    *, ledger: Ledger,
 ) -> StudyResult:  # fmt: skip
-    """Queue the points that have no experiment yet, start DVC's queue and wait until none is queued or running.
+    """Queue the points that neither the ledger nor an experiment holds, start DVC's queue and wait until none is
+    queued or running, writing each experiment into the ledger when it has finished.
 
     before_queueing: called when there is something to queue, before anything is (a check that may refuse).
+    ledger: where finished experiments are kept.
     """
     experiments = Experiments(repo)
-    status = experiments.status(points)
+    status = grid_status(experiments, ledger, points)
+    if not dry_run:  # finished before (an interrupted study): kept now, before anything can stop this one
+        status = record_finished(repo, ledger, status)
     to_queue = [p for p in points if status[p][0] in ("missing", "failed")]
     log.info("%d grid points: %d already have an experiment, %d to queue%s", len(points),
              len(points) - len(to_queue), len(to_queue), " (dry run: nothing queued)" if dry_run else "")  # fmt: skip
     for point in points:
         state, record = status[point]
-        log.info("  %-28s %s%s", point.label, state, f" ({record['Experiment']})" if record else "")
+        where = f" ({record['Experiment']}{', in the ledger' if record.get('ledger') else ''})" if record else ""
+        log.info("  %-28s %s%s", point.label, state, where)
     if to_queue and before_queueing is not None:
         before_queueing()
     if dry_run:
@@ -312,7 +383,7 @@ def run_study(
         queued = [queue_point(repo, point) for point in to_queue]
     idle_polls = 0
     while True:
-        status = experiments.status(points)
+        status = record_finished(repo, ledger, grid_status(experiments, ledger, points))
         counts = {state: sum(s == state for s, _ in status.values()) for state in (*STATES, "missing")}
         if on_progress:
             on_progress(counts)
@@ -324,27 +395,23 @@ def run_study(
         if idle_polls % 8 == 1:
             start_workers(repo, jobs)
         time.sleep(poll_seconds)
-    finished = {p: r for p, (s, r) in status.items() if s == "done"}
+    rows_by_rev = {str(row["rev"]): row for row in ledger.rows}
+    finished = {p: rows_by_rev[r["rev"]] for p, (s, r) in status.items() if s == "done"}
     failed = {p: r for p, (s, r) in status.items() if s in ("failed", "missing")}
     return StudyResult(finished, failed, queued)
 
 
-def finished_records(repo: Path, finished: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The finished experiments' params and metrics as `dvc exp show` has them (nothing of the grid runs now)."""
-    from llama_pe.experiments import exp_show
-
-    revs = {record["rev"][:7] for record in finished}
-    return [r for r in exp_show(repo, num=-1) if r.get("Experiment") and r["rev"][:7] in revs]
-
-
 def study(
     repo: Path, pos: str, seeds: str, hf: bool, sets: list[str], jobs: int, out_dir: Path, baseline: list[str],
-    poll_seconds: float = 15.0, dry_run: bool = False, force: bool = False, primary: list[str] | None = None,
+    poll_seconds: float = 15.0, dry_run: bool = False, force: bool = False, sweeps: Iterable[str] = (),
+    select_key: str | None = None, *, ledger_path: Path, primary: list[str] | None = None,
 ) -> None:  # fmt: skip
-    """`llama-pe study`: check the grid, run what is missing through DVC's queue, report the whole grid.
+    """`llama-pe study`: check the grid and the ledger, run what is missing through DVC's queue, keep each result in
+    the ledger, report the whole grid from it.
 
     A report of new runs changes a committed report in out_dir: without `force` that is refused before anything is
     queued, not after the training; with nothing to queue, the report is written if it changes no committed file.
+    select_key: report each group at the value of this swept key with the best mean validation loss.
     primary: the report's headline metrics, as for `llama-pe report --primary`, checked before anything is queued.
     """
     from tqdm import tqdm
@@ -352,16 +419,21 @@ def study(
     from llama_pe.experiments import (
         ReportError,
         baseline_conditions,
-        experiments_frame,
         primary_endpoints,
         read_val_curves,
+        select_by_validation,
     )
     from llama_pe.report_writer import refuse_committed_folder, write_report
 
     if jobs < 1:
         raise StudyError(f"--jobs: expected a number of queue workers >= 1, got {jobs}")
     endpoints = primary_endpoints(primary)  # a report setting, checked before the grid is even read
-    points = parse_grid(pos, seeds, hf, sets, repo / "params.yaml")
+    points = parse_grid(pos, seeds, hf, sets, repo / "params.yaml", sweeps)
+    swept = [item.partition("=")[0] for item in sweeps]
+    if select_key is not None and select_key not in swept:
+        raise StudyError(f"--select {select_key}: not swept by this grid; select one of the --sweep keys "
+                         f"({', '.join(swept) or 'none given: add --sweep KEY=V1,V2'})")  # fmt: skip
+    ledger = Ledger.read(repo / ledger_path)  # a damaged one stops the study here, before any work
 
     def check_out_dir() -> None:
         try:
@@ -377,7 +449,8 @@ def study(
             bar.n = counts["done"]
             bar.set_postfix(running=counts["running"], queued=counts["queued"], failed=counts["failed"])
 
-        result = run_study(repo, points, jobs, poll_seconds, dry_run, progress, None if force else check_out_dir)
+        result = run_study(repo, points, jobs, poll_seconds, dry_run, progress, None if force else check_out_dir,
+                           ledger=ledger)  # fmt: skip
     if dry_run:
         return
     for point, record in result.failed.items():
@@ -387,11 +460,11 @@ def study(
             log.error("%s: experiment %s failed; the end of its log:\n%s", point.label, record["Experiment"],
                       failure_log(repo, record["Experiment"]))  # fmt: skip
     if result.finished:
-        frame = experiments_frame(finished_records(repo, result.finished.values()))
-        order = {record["rev"][:7]: index for index, record in enumerate(result.finished.values())}
-        frame = frame.sort_values("rev", key=lambda revs: revs.str[:7].map(order)).reset_index(drop=True)  # grid order
-        write_report(frame, out_dir, baseline_conditions(frame, baseline), read_val_curves(repo, frame), force,
-                     endpoints)  # fmt: skip
+        frame = ledger.frame(list(result.finished.values()))  # in grid order
+        frame, selection = select_by_validation(frame, select_key) if select_key else (frame, None)
+        curves = read_val_curves(repo, frame)  # of the experiments this repository has (a ledger's may be elsewhere)
+        write_report(frame, out_dir, baseline_conditions(frame, baseline), None if curves.empty else curves, force,
+                     endpoints, selection)  # fmt: skip
     if result.failed:
         names = ", ".join(point.label for point in result.failed)
         raise StudyError(

@@ -24,7 +24,14 @@ from llama_pe.config import Config, TrainConfig
 from llama_pe.data.batches import BatchSampler, eval_windows
 from llama_pe.data.tokenizer import MODEL_FILE, read_tokenizer_model
 from llama_pe.data.tokens import check_tokenizer, load_splits
-from llama_pe.device import FUSED_ADAMW_DEVICES, autocast, resolve_device, resolve_precision
+from llama_pe.device import (
+    FUSED_ADAMW_DEVICES,
+    accelerator_name,
+    autocast,
+    cpu_model,
+    resolve_device,
+    resolve_precision,
+)
 from llama_pe.distributed import ONE_PROCESS, Ranks
 from llama_pe.errors import ConfigError, DataError, TrainingError
 from llama_pe.io import write_json
@@ -50,21 +57,35 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
+# A param group's multiple of the scheduled learning rate (train_step sets each group's lr from it).
+LR_SCALE = "lr_scale"
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on the matrices of attention and feed-forward only."""
+    """AdamW with weight decay on the matrices of attention and feed-forward only; the position encoding's own
+    parameters in a group of their own, at train.pos_lr_scale times the learning rate."""
     # Embeddings and the output head, tied or not, are lookup tables of the vocabulary rather than layers; a tied
     # head is the embedding itself, so an untied one is spared too and both variants regularise alike.
     tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} | {id(model.output.weight)}
-    # A position encoding's own parameters (T5's table, FIRE's MLP, ALiBi's slopes) are not layers either.
+    # A position encoding's own parameters (T5's table, FIRE's MLP, ALiBi's slopes) are not layers either. Under the
+    # shared rate they can barely move in a short run while ALiBi's fixed slopes are at full strength from step 0:
+    # their own group lets a study tune their rate apart (issue 20).
     positions = getattr(model, "positions", None)
     encoding = {id(p) for p in positions.parameters()} if isinstance(positions, nn.Module) else set()
-    decay, no_decay = [], []
+    decay, no_decay, own = [], [], []
     for param in model.parameters():
         if not param.requires_grad:
             continue
-        # Norm gains and biases (1-D) are not decayed either.
-        (no_decay if param.ndim < 2 or id(param) in tables | encoding else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if id(param) in encoding:
+            own.append(param)
+        else:  # norm gains and biases (1-D) are not decayed either
+            (no_decay if param.ndim < 2 or id(param) in tables else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, LR_SCALE: 1.0},
+        {"params": no_decay, "weight_decay": 0.0, LR_SCALE: 1.0},
+    ]
+    if own:  # AdamW's update is elementwise, so a group of its own at scale 1 trains exactly as in no_decay
+        groups.append({"params": own, "weight_decay": 0.0, LR_SCALE: cfg.pos_lr_scale})
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type in FUSED_ADAMW_DEVICES)
 
 
@@ -108,9 +129,10 @@ def train_step(
     device: torch.device,
     amp,
 ) -> float:
-    """One optimizer step over grad_accum micro-batches; returns the mean training loss."""
+    """One optimizer step over grad_accum micro-batches at learning rate `lr` (times each group's lr_scale); returns
+    the mean training loss."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get(LR_SCALE, 1.0)
     total = 0.0
     for _ in range(cfg.grad_accum):
         x, y = sampler.next(device)
@@ -358,6 +380,8 @@ def final_metrics(
         "params": model.num_params(),
         "device": device.type,
         "precision": precision,
+        "cpu": cpu_model(),  # the machine: float rounding differs between CPU models
+        "accelerator": accelerator_name(device),
     }
 
 
