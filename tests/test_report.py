@@ -678,7 +678,7 @@ def test_primary_is_a_comma_separated_option_of_report_and_study(monkeypatch, ca
     from llama_pe import cli, report, study
 
     calls = {}
-    monkeypatch.setattr(report, "report", lambda *args: calls.update(report=args[-1]))
+    monkeypatch.setattr(report, "report", lambda *args, **keywords: calls.update(report=keywords["primary"]))
     monkeypatch.setattr(study, "study", lambda *args, **keywords: calls.update(study=keywords["primary"]))
     cli.main(["report", "--primary", "best_val_loss,ppl_at_8x"])
     cli.main(["study", "--primary", "test_ppl"])
@@ -789,3 +789,17 @@ def test_select_of_a_key_that_is_not_swept_is_named():
         select_by_validation(frame, "train.lrr")
     with pytest.raises(ReportError, match=r"--select train\.seed: the seeds are what each mean is taken over"):
         select_by_validation(frame, "train.seed")
+
+
+def test_a_reports_runs_csv_reports_again_without_any_experiment(tmp_path):
+    from llama_pe.report import report
+
+    write_report(experiments_frame(ROPE + ALIBI), tmp_path / "first", {"model.pos": "rope"})
+    report(".", tmp_path / "again", False, [], ["model.pos=rope"], runs=tmp_path / "first" / "runs.csv")
+    for name in ("summary.csv", "paired_differences.csv", "comparison.md"):
+        assert (tmp_path / "again" / name).read_text() == (tmp_path / "first" / name).read_text(), name
+    with pytest.raises(ReportError, match=r"^--ledger and --runs: each names where the runs come from; give one"):
+        report(".", tmp_path / "x", False, [], [], ledger=tmp_path / "l.csv", runs=tmp_path / "first" / "runs.csv")
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ReportError, match=r"--runs .*bad\.csv: not a report's runs\.csv"):
+        report(".", tmp_path / "x", False, [], [], runs=tmp_path / "bad.csv")

@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         "experiments: no experiment needs to be present, and no validation curves are drawn",
     )
     report.add_argument(
+        "--runs",
+        metavar="FILE",
+        help="aggregate the runs of a report's runs.csv (a committed study's record, such as reports/runs.csv) "
+        "instead of DVC's experiments; no validation curves are drawn",
+    )
+    report.add_argument(
         "--select",
         metavar="KEY",
         help="report each group at the value of this swept param with the lowest mean best_val_loss (validation "
@@ -180,7 +186,16 @@ def main(argv: list[str] | None = None) -> None:
         from llama_pe.report import report
 
         report(
-            ".", args.out, args.all_commits, args.only, args.baseline, args.force, args.ledger, args.select, primary()
+            ".",
+            args.out,
+            args.all_commits,
+            args.only,
+            args.baseline,
+            args.force,
+            args.ledger,
+            args.select,
+            primary=primary(),
+            runs=args.runs,
         )
 
     def study_command() -> None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pandas as pd
+
 from llama_pe.experiments import (
     ReportError,
     baseline_conditions,
+    experiments_frame,
     primary_endpoints,
     read_experiments,
     read_val_curves,
@@ -37,16 +40,24 @@ NO_EXPERIMENTS = (
 def report(
     repo: str | Path, out_dir: str | Path, all_commits: bool, only: list[str], baseline: list[str], force: bool = False,
     ledger: str | Path | None = None, select_key: str | None = None, primary: list[str] | None = None,
+    runs: str | Path | None = None,
 ) -> None:  # fmt: skip
     """`llama-pe report`: read the experiments (or the ledger), select, aggregate and write the tables and figures;
     primary: the headline's metrics (None: the metrics table's default).
 
-    From a ledger no DVC experiment is read, and so no validation curve either (val_curves.* are left out).
+    From a ledger no DVC experiment is read, and so no validation curve either (val_curves.* are left out). runs: a
+    report's runs.csv instead (a committed study's record, for studies older than the ledger), read the same way.
     """
     endpoints = primary_endpoints(primary)  # before reading anything
-    if ledger is not None:
-        if all_commits:
-            raise ReportError("--all-commits: it reads DVC's experiments and --ledger reads a ledger; give one of them")
+    sources = [
+        name for name, given in (("--ledger", ledger), ("--runs", runs), ("--all-commits", all_commits)) if given
+    ]
+    if len(sources) > 1:
+        raise ReportError(f"{' and '.join(sources)}: each names where the runs come from; give one of them")
+    if runs is not None:
+        frame = runs_frame(Path(runs))
+        commits_only = False
+    elif ledger is not None:
         frame = Ledger.read(ledger, must_exist=True).frame()
         if frame.empty:
             raise ReportError(f"--ledger {ledger}: it holds no runs yet; `llama-pe study` writes them")
@@ -63,5 +74,16 @@ def report(
     if select_key is not None and not frame.empty:
         frame, selection = select_by_validation(frame, select_key)
     wanted = baseline_conditions(frame, baseline)
-    curves = None if ledger is not None else read_val_curves(repo, frame)
+    curves = None if ledger is not None or runs is not None else read_val_curves(repo, frame)
     write_report(frame, Path(out_dir), wanted, curves, force, endpoints, selection)
+
+
+def runs_frame(path: Path) -> pd.DataFrame:
+    """The runs of a report's runs.csv, one experiment a row, as read_experiments gives them."""
+    try:
+        records = pd.read_csv(path).to_dict("records")
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ReportError(f"--runs {path}: cannot read it as a report's runs.csv ({err})") from None
+    if not records or "name" not in records[0]:
+        raise ReportError(f"--runs {path}: not a report's runs.csv (no runs, or no name column)")
+    return experiments_frame(records)
