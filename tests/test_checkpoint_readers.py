@@ -126,7 +126,7 @@ READERS = ("evaluate", "generate", "export-hf")
 def _read_with(reader: str, path: Path, data_dirs: Path, out: Path) -> None:
     """One reader of checkpoints, as its command runs it (run_stage turns project errors into one line, exit 1)."""
     if reader == "evaluate":
-        files = [out / name for name in ("eval.json", "curve.json", "samples.txt")]
+        files = [out / name for name in ("eval.json", "curve.json", "samples.txt", "context_use")]
         run_stage(lambda: evaluate_checkpoint(make_config(**TINY), path, data_dirs / "encoded", *files))
     elif reader == "generate":
         cli_main(["generate", "--checkpoint", str(path), "--prompt", "A", "--tokens", "2"])

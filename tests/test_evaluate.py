@@ -87,9 +87,9 @@ def trained(data_dirs, tmp_path_factory):
 
 def evaluate_run(paths, tmp_path, pos, **eval_changes):
     cfg = tiny_config(model={"pos": pos}, eval=eval_changes)
-    out = {name: tmp_path / name for name in ("eval.json", "curve.json", "samples.txt")}
+    out = {name: tmp_path / name for name in ("eval.json", "curve.json", "samples.txt", "context_use")}
     metrics = evaluate_checkpoint(
-        cfg, paths.best, paths.encoded, out["eval.json"], out["curve.json"], out["samples.txt"]
+        cfg, paths.best, paths.encoded, out["eval.json"], out["curve.json"], out["samples.txt"], out["context_use"]
     )
     return metrics, out
 
@@ -108,11 +108,19 @@ def test_evaluation_metrics_and_extrapolation_to_4x(trained, tmp_path):
     assert [row["context"] for row in curve] == [8, 16, 32, 64, 128]
     samples = out["samples.txt"].read_text()
     assert samples.count("=== prompt:") == 3 and "ROMEO:\n" in samples
+    # The context-use diagnostics: metrics beside the others, a curve per diagnostic in the folder.
+    assert math.isfinite(metrics["context_gain_at_8x"]) and math.isfinite(metrics["copy_gain_random_at_7x"])
+    assert len(json.loads((out["context_use"] / "loss_by_position.json").read_text())) == 128
+    assert {path.name for path in out["context_use"].iterdir()} == {
+        "loss_by_position.json",
+        "retrieval.json",
+        "attention.json",
+    }
 
 
 def test_rope_is_scored_once_more_per_scaling_method_past_the_training_context(trained, tmp_path):
     metrics, out = evaluate_run(trained["rope"], tmp_path, "rope")  # eval.rope_scaling: every method by default
-    assert {m for m in metrics if m.endswith(("_linear", "_dynamic", "_yarn"))} == {
+    assert {m for m in metrics if m.endswith(tuple(f"_{method}" for method in ROPE_SCALING_METHODS))} == {
         f"ppl_at_{k}x_{method}" for k in (2, 4, 8) for method in ROPE_SCALING_METHODS
     }  # past the training context only: up to it, each method is the identity
     assert all(math.isfinite(metrics[f"ppl_at_8x_{m}"]) for m in ROPE_SCALING_METHODS)
@@ -130,7 +138,7 @@ def test_rope_is_scored_once_more_per_scaling_method_past_the_training_context(t
 def test_scaling_is_skipped_with_a_reason_for_an_encoding_without_rotary_positions(trained, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         metrics, out = evaluate_run(trained["learned"], tmp_path, "learned")
-    assert not any(m.endswith(("_linear", "_dynamic", "_yarn")) for m in metrics)
+    assert not any(m.endswith(tuple(f"_{method}" for method in ROPE_SCALING_METHODS)) for m in metrics)
     assert "eval.rope_scaling: skipped, model.pos=learned has no rotary positions to scale" in caplog.text
     assert all(row["yarn_ppl"] is None for row in json.loads(out["curve.json"].read_text()))
 
@@ -151,7 +159,7 @@ def test_contexts_longer_than_the_split_are_an_error(trained, tmp_path):
 def test_missing_checkpoint_names_the_stage(data_dirs, tmp_path):
     out = tmp_path / "x.json"
     with pytest.raises(MissingInputError, match=r"run the `train` stage first"):
-        evaluate_checkpoint(tiny_config(), tmp_path / "none.pt", data_dirs / "encoded", out, out, out)
+        evaluate_checkpoint(tiny_config(), tmp_path / "none.pt", data_dirs / "encoded", out, out, out, tmp_path)
 
 
 def test_plot_stage_writes_png_figures(trained, tmp_path):
@@ -211,7 +219,7 @@ def chunked_run(corpus, tmp_path_factory):
     )  # fmt: skip
     paths = paths_in(tmp_path_factory.mktemp("chunked_run"), make_data_dirs(corpus, tmp_path_factory.mktemp("d"), cfg))
     train(cfg, paths)
-    out = {name: paths.metrics.parent / name for name in ("eval.json", "curve.json", "samples.txt")}
+    out = {name: paths.metrics.parent / name for name in ("eval.json", "curve.json", "samples.txt", "context_use")}
     metrics = evaluate_checkpoint(cfg, paths.best, paths.encoded, *out.values())
     return cfg, paths, metrics, json.loads(out["curve.json"].read_text())
 
@@ -228,6 +236,9 @@ def test_random_chunks_evaluate_whole_chunks_and_record_longer_contexts_as_null(
             assert row["nonoverlapping_ppl"] is None and row["sliding_ppl"] is None
             assert "data.split=random_chunks: every sample is one chunk of 17 tokens" in row["reason"]
     assert metrics["ppl_at_2x"] is None and metrics["sliding_ppl_at_8x"] is None
+    # No diagnostic of context use: its windows would cross from one shuffled chunk into the next.
+    assert metrics["context_gain_at_2x"] is None and metrics["attn_distance_l0_at_1x"] is None
+    assert metrics["copy_gain_text_at_0p25x"] is None and metrics["band_loss_0to1x"] is None
 
 
 def test_random_chunks_train_on_whole_chunks():

@@ -53,10 +53,8 @@ class Reach:
 
 
 def reach(model, cfg: Config) -> Reach:
-    if cfg.chunk_tokens is not None:
-        return Reach(
-            cfg.chunk_tokens - 1, f"data.split=random_chunks: no text longer than {cfg.chunk_tokens - 1} tokens exists"
-        )
+    if cfg.chunk_tokens is not None:  # a probe's window would cross from one shuffled chunk into the next
+        return Reach(0, f"data.split=random_chunks: the test split is shuffled chunks of {cfg.chunk_tokens} tokens")
     if model.max_positions is not None:
         return Reach(model.max_positions, f"model.pos={model.args.pos} places {model.max_positions} positions")
     return Reach(None, "")
@@ -113,7 +111,8 @@ def context_gains(model, tokens, cfg: Config, device, amp, where: Reach) -> dict
     context = cfg.train.context
     gains: dict[str, float | None] = {}
     multiples = [m for m in cfg.eval.contexts if m > 1]
-    cut = cut_context_losses(model, tokens, cfg, device, amp) if multiples else None
+    reachable = any(where.allows(round(m * context)) for m in multiples)
+    cut = cut_context_losses(model, tokens, cfg, device, amp) if reachable else None
     for multiple in multiples:
         window = round(multiple * context)
         name = f"context_gain_at_{metric_suffix(multiple)}"

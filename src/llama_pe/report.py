@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from llama_pe.experiments import (
+    CODE,
     ReportError,
     baseline_conditions,
     experiments_frame,
@@ -79,11 +80,14 @@ def report(
 
 
 def runs_frame(path: Path) -> pd.DataFrame:
-    """The runs of a report's runs.csv, one experiment a row, as read_experiments gives them."""
+    """The runs of a report's runs.csv, one experiment a row, as read_experiments gives them (its code hash kept)."""
     try:
-        records = pd.read_csv(path).to_dict("records")
+        table = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise ReportError(f"--runs {path}: cannot read it as a report's runs.csv ({err})") from None
-    if not records or "name" not in records[0]:
+    if table.empty or "name" not in table:
         raise ReportError(f"--runs {path}: not a report's runs.csv (no runs, or no name column)")
-    return experiments_frame(records)
+    frame = experiments_frame({**record, "Experiment": record["name"]} for record in table.to_dict("records"))
+    if CODE in table:  # the hash that runs.csv recorded: no dvc.lock here gives it
+        frame[CODE] = table.set_index("name").loc[frame["name"], CODE].to_numpy()
+    return frame
