@@ -17,16 +17,24 @@ from llama_pe.encodings import ENCODINGS
 from tests.conftest import REPO_ROOT
 
 # What measures or builds: none of it may run before every option is checked.
-EXPENSIVE = ("matmul_peak", "model_for", "train_seconds", "eval_seconds", "cpu_peak_memory_mb", "stream_tokens",
-             "generate", "profile_training")  # fmt: skip
+EXPENSIVE = (
+    "matmul_peak",
+    "model_for",
+    "train_seconds",
+    "eval_seconds",
+    "cpu_peak_memory_mb",
+    "stream_tokens",
+    "generate",
+    "profile_training",
+)
 
 
 @pytest.mark.slow
 def test_bench_measures_every_variant_and_writes_its_record(tmp_path):
     out = tmp_path / "bench.json"
-    command = [sys.executable, "-m", "llama_pe.cli", "bench", "--size", "tiny", "--pos", "rope",
-               "--dropout", "0,0.1", "--rounds", "1", "--steps", "1", "--warmup", "0", "--generate-tokens", "8",
-               "--out", str(out)]  # fmt: skip
+    variants = ["--size", "tiny", "--pos", "rope", "--dropout", "0,0.1"]
+    budget = ["--rounds", "1", "--steps", "1", "--warmup", "0", "--generate-tokens", "8"]
+    command = [sys.executable, "-m", "llama_pe.cli", "bench", *variants, *budget, "--out", str(out)]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text())
@@ -104,9 +112,23 @@ def test_every_phase_says_what_it_does_before_it_does_it(monkeypatch, caplog, ca
     for name in ("model_for", "train_seconds", "eval_seconds", "stream_tokens", "profile_training"):
         watch(name, getattr(bench, name))
     caplog.set_level(logging.INFO, logger="llama_pe")
-    bench.bench(tmp_path / "bench.json", size="tiny", encodings=["rope"], hf=False, dropouts=[0.0], context=8,
-                batch_size=2, rounds=2, steps=1, warmup=1, device_setting="cpu", precision_setting="fp32",
-                generate_tokens=3, params_file=REPO_ROOT / "params.yaml", profile=True)  # fmt: skip
+    bench.bench(
+        tmp_path / "bench.json",
+        size="tiny",
+        encodings=["rope"],
+        hf=False,
+        dropouts=[0.0],
+        context=8,
+        batch_size=2,
+        rounds=2,
+        steps=1,
+        warmup=1,
+        device_setting="cpu",
+        precision_setting="fp32",
+        generate_tokens=3,
+        params_file=REPO_ROOT / "params.yaml",
+        profile=True,
+    )
     expected = {
         ("matmul_peak", "measuring the matmul peak on cpu"),
         ("model_for", "building the models, then --warmup 1 untimed steps of each"),

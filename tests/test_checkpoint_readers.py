@@ -26,10 +26,18 @@ from tests.model.conftest import tiny_args
 
 TINY = dict(
     model={"size": "tiny", "dim": 32, "n_heads": 4, "n_kv_heads": 2},
-    train={"context": 16, "batch_size": 8, "max_steps": 4, "warmup_steps": 1, "eval_interval": 2,
-           "patience": None, "device": "cpu", "precision": "fp32"},
+    train={
+        "context": 16,
+        "batch_size": 8,
+        "max_steps": 4,
+        "warmup_steps": 1,
+        "eval_interval": 2,
+        "patience": None,
+        "device": "cpu",
+        "precision": "fp32",
+    },
     eval={"stride": 4, "sample_tokens": 2},
-)  # fmt: skip
+)
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +143,7 @@ def _read_with(reader: str, path: Path, data_dirs: Path, out: Path) -> None:
 
 
 @pytest.mark.parametrize("reader", READERS)
-def test_every_kind_of_file_that_is_not_a_checkpoint_is_one_line_naming_it(
-    reader, kinds, data_dirs, tmp_path, caplog
-):  # fmt: skip
+def test_every_kind_of_file_that_is_not_a_checkpoint_is_one_line_naming_it(reader, kinds, data_dirs, tmp_path, caplog):
     assert len(kinds) >= 10
     for number, (kind, content) in enumerate(kinds.items()):
         path = _place(kind, content, tmp_path / str(number))
@@ -155,8 +161,14 @@ def test_training_sets_every_kind_of_damaged_last_checkpoint_aside_and_starts_af
         folder = tmp_path / str(number)
         last = _place(kind, content, folder / "models").with_name("last.pt")
         (folder / "models/best.pt").rename(last)
-        paths = Paths(data_dirs / "encoded", data_dirs / "tokenizer", folder / "models/best.pt", last,
-                      folder / "train.json", folder / "live")  # fmt: skip
+        paths = Paths(
+            data_dirs / "encoded",
+            data_dirs / "tokenizer",
+            folder / "models/best.pt",
+            last,
+            folder / "train.json",
+            folder / "live",
+        )
         caplog.clear()
         with caplog.at_level(logging.INFO):
             assert train(make_config(**TINY), paths, stop_after=2) is None

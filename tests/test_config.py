@@ -166,9 +166,14 @@ def test_the_sliding_stride_follows_the_training_context_unless_set():
 
 @pytest.mark.parametrize(
     ("section", "key", "value"),
-    [("train", "lr", float("inf")), ("train", "min_lr", float("nan")), ("model", "dropout", float("-inf")),
-     ("eval", "temperature", float("inf")), ("tokenizer", "character_coverage", float("nan"))],
-)  # fmt: skip
+    [
+        ("train", "lr", float("inf")),
+        ("train", "min_lr", float("nan")),
+        ("model", "dropout", float("-inf")),
+        ("eval", "temperature", float("inf")),
+        ("tokenizer", "character_coverage", float("nan")),
+    ],
+)
 def test_non_finite_numbers_are_refused_for_every_float_setting(section, key, value):
     with pytest.raises(ConfigError, match=rf"{section}\.{key}: expected a finite number, got {value!r}"):
         config_from_dict(with_value(section, key, value))

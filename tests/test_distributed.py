@@ -25,8 +25,16 @@ def write_params(root: Path, nproc: int, **train) -> Path:
     params = copy.deepcopy(base_params())
     params["tokenizer"]["vocab_size"] = 400
     params["model"].update(size="tiny", dim=32, n_heads=4, n_kv_heads=2, dropout=0.0)
-    defaults = dict(context=16, batch_size=8, max_steps=8, warmup_steps=2, eval_interval=4, device="cpu",
-                    precision="fp32", patience=None)  # fmt: skip
+    defaults = dict(
+        context=16,
+        batch_size=8,
+        max_steps=8,
+        warmup_steps=2,
+        eval_interval=4,
+        device="cpu",
+        precision="fp32",
+        patience=None,
+    )
     params["train"].update({**defaults, **train, "nproc": nproc})
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -34,12 +42,10 @@ def write_params(root: Path, nproc: int, **train) -> Path:
 
 
 def train_command(root: Path, data_dirs: Path) -> list[str]:
-    return [
-        sys.executable, str(REPO_ROOT / "stages/train.py"), "--params", str(root / "params.yaml"),
-        "--encoded", str(data_dirs / "encoded"), "--tokenizer", str(data_dirs / "tokenizer"),
-        "--best", "models/best.pt", "--last", "models/last.pt", "--metrics", "metrics/train.json",
-        "--live", "plots/train",
-    ]  # fmt: skip
+    stage = [sys.executable, str(REPO_ROOT / "stages/train.py"), "--params", str(root / "params.yaml")]
+    data = ["--encoded", str(data_dirs / "encoded"), "--tokenizer", str(data_dirs / "tokenizer")]
+    models = ["--best", "models/best.pt", "--last", "models/last.pt"]
+    return [*stage, *data, *models, "--metrics", "metrics/train.json", "--live", "plots/train"]
 
 
 def environment() -> dict[str, str]:
@@ -92,8 +98,14 @@ def test_a_killed_two_process_run_resumes_to_the_same_metrics(tmp_path, data_dir
     root = tmp_path / "killed"
     root.mkdir()
     write_params(root, nproc=2, **budget)
-    process = subprocess.Popen(train_command(root, data_dirs), cwd=root, env=environment(), start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        train_command(root, data_dirs),
+        cwd=root,
+        env=environment(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (root / "models/last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -115,8 +127,8 @@ def test_a_killed_two_process_run_resumes_to_the_same_metrics(tmp_path, data_dir
 
 def test_a_world_size_that_does_not_divide_the_batch_stops_every_rank_with_the_reason(tmp_path, data_dirs):
     write_params(tmp_path, nproc=1)  # params allow one process; torchrun is asked for three by hand
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3",
-               *train_command(tmp_path, data_dirs)[1:]]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3"]
+    command = [*torchrun, *train_command(tmp_path, data_dirs)[1:]]
     done = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "train.batch_size: 8 windows cannot be split evenly between 3 processes" in done.stdout + done.stderr
@@ -141,8 +153,14 @@ def _rank_process(parent: int, rank: int) -> int | None:
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
 def test_one_failing_rank_stops_the_whole_run_instead_of_hanging(tmp_path, data_dirs):
     write_params(tmp_path, nproc=2, **{"max_steps": 5000, "eval_interval": 1000})
-    process = subprocess.Popen(train_command(tmp_path, data_dirs), cwd=tmp_path, env=environment(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        train_command(tmp_path, data_dirs),
+        cwd=tmp_path,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         rank1 = None

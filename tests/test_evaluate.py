@@ -214,9 +214,12 @@ CHUNKS = {"split": "random_chunks", "val_fraction": 0.1, "test_fraction": 0.1}
 def chunked_run(corpus, tmp_path_factory):
     """A tiny rope model trained and evaluated on data.split=random_chunks: chunks of train.context + 1 tokens."""
     cfg = make_config(
-        data=CHUNKS, tokenizer={"vocab_size": 400}, model=TINY_MODEL, train={**TINY_TRAIN, "max_steps": 30},
+        data=CHUNKS,
+        tokenizer={"vocab_size": 400},
+        model=TINY_MODEL,
+        train={**TINY_TRAIN, "max_steps": 30},
         eval={"stride": 4, "sample_tokens": 4},
-    )  # fmt: skip
+    )
     paths = paths_in(tmp_path_factory.mktemp("chunked_run"), make_data_dirs(corpus, tmp_path_factory.mktemp("d"), cfg))
     train(cfg, paths)
     out = {name: paths.metrics.parent / name for name in ("eval.json", "curve.json", "samples.txt", "context_use")}

@@ -85,8 +85,11 @@ def test_a_checkpoint_path_that_is_not_there_is_named(tmp_path):
 
 def test_a_file_that_is_not_a_checkpoint_gets_advice_that_fits_a_file_outside_the_pipeline(tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"^.*notes\.txt is not a checkpoint \(torch.save writes a zip archive, "
-                       r"and this is none\); give a checkpoint that the `train` stage wrote") as raised:  # fmt: skip
+    with pytest.raises(
+        CheckpointError,
+        match=r"^.*notes\.txt is not a checkpoint \(torch.save writes a zip archive, "
+        r"and this is none\); give a checkpoint that the `train` stage wrote",
+    ) as raised:
         generate_text(str(tmp_path / "notes.txt"), None, "A", 5, 0.8, 40, 0, out=io.StringIO())
     assert "dvc" not in str(raised.value)  # no DVC repo around it: no DVC command can help
 
@@ -107,8 +110,9 @@ def test_a_reader_that_stops_early_ends_the_stream_quietly(checkpoint):
     import sys
 
     path, _, _ = checkpoint
-    command = [sys.executable, "-m", "llama_pe.cli", "generate", "--checkpoint", str(path), "--prompt", "ROMEO",
-               "--tokens", "50000"]  # more than a pipe holds: the writer must meet the closed end  # fmt: skip
+    # --tokens 50000: more than a pipe holds, so the writer must meet the closed end
+    options = ["--checkpoint", str(path), "--prompt", "ROMEO", "--tokens", "50000"]
+    command = [sys.executable, "-m", "llama_pe.cli", "generate", *options]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
         assert process.stdout.read(5) == "ROMEO"
         process.stdout.close()  # as `| head -c 5` does

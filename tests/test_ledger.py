@@ -21,17 +21,38 @@ DATE = "2025-01-02T03:04:05+00:00"
 def row(name: str, pos: str, seed: int, loss: float, code: str = "c0dec0dec0de", **changes) -> dict:
     """A finished experiment as experiment_row makes it: provenance, every param flat, the metrics."""
     return {
-        "experiment": name, "rev": hashlib.sha1(name.encode()).hexdigest(), "commit": "a" * 40, "date": DATE,
-        "code": code, "cpu": "AMD EPYC 7B13", "device": "cpu", "accelerator": None,
-        "model.impl": "native", "model.pos": pos, "model.dim": None, "train.seed": seed, "train.lr": 0.002,
-        "train.context": 64, "eval.contexts": [0.5, 1, 2], "eval.sample_prompts": ["ROMEO:\n", "a, b"],
-        "best_val_loss": loss, "test_ppl": math.exp(loss + 0.5), "holdout_bpc": loss / 2, "ppl_at_1x": math.exp(loss),
-        "ppl_at_2x": None, "tokens_per_sec": 100.0 + seed, "params": 1000, **changes,
-    }  # fmt: skip
+        "experiment": name,
+        "rev": hashlib.sha1(name.encode()).hexdigest(),
+        "commit": "a" * 40,
+        "date": DATE,
+        "code": code,
+        "cpu": "AMD EPYC 7B13",
+        "device": "cpu",
+        "accelerator": None,
+        "model.impl": "native",
+        "model.pos": pos,
+        "model.dim": None,
+        "train.seed": seed,
+        "train.lr": 0.002,
+        "train.context": 64,
+        "eval.contexts": [0.5, 1, 2],
+        "eval.sample_prompts": ["ROMEO:\n", "a, b"],
+        "best_val_loss": loss,
+        "test_ppl": math.exp(loss + 0.5),
+        "holdout_bpc": loss / 2,
+        "ppl_at_1x": math.exp(loss),
+        "ppl_at_2x": None,
+        "tokens_per_sec": 100.0 + seed,
+        "params": 1000,
+        **changes,
+    }
 
 
-ROWS = [row(f"{pos}{seed}", pos, seed, loss) for pos, losses in (("rope", [5.0, 5.2, 5.1]), ("alibi", [4.8, 5.1, 4.95]))
-        for seed, loss in enumerate(losses)]  # fmt: skip
+ROWS = [
+    row(f"{pos}{seed}", pos, seed, loss)
+    for pos, losses in (("rope", [5.0, 5.2, 5.1]), ("alibi", [4.8, 5.1, 4.95]))
+    for seed, loss in enumerate(losses)
+]
 
 
 def written(path: Path, rows: list[dict]) -> Ledger:
@@ -45,9 +66,29 @@ def written(path: Path, rows: list[dict]) -> Ledger:
 
 @pytest.mark.parametrize(
     "value",
-    ["rope", "1.0", "true", "null", "", " padded", "[not a list", '"quoted"', "ROMEO:\n", "nan", 400, 0.002, 1e-05,
-     1.0, True, False, None, [0.5, 1, 2], ["ROMEO:\n", "First Citizen:\nWe are"], []],
-)  # fmt: skip
+    [
+        "rope",
+        "1.0",
+        "true",
+        "null",
+        "",
+        " padded",
+        "[not a list",
+        '"quoted"',
+        "ROMEO:\n",
+        "nan",
+        400,
+        0.002,
+        1e-05,
+        1.0,
+        True,
+        False,
+        None,
+        [0.5, 1, 2],
+        ["ROMEO:\n", "First Citizen:\nWe are"],
+        [],
+    ],
+)
 def test_a_cell_reads_back_as_the_value_written(value):
     back = read_cell(render(value))
     assert (back == value and type(back) is type(value)) or (value == "" and back is None)  # "": no param value
@@ -112,8 +153,11 @@ def test_an_append_that_would_damage_the_ledger_is_refused_before_writing(tmp_pa
     written(path, ROWS)
     before = path.read_bytes()
     other = {**ROWS[0], "experiment": "rope0-other", "rev": "b" * 40, "best_val_loss": 5.01}
-    with pytest.raises(LedgerError, match=r"ledger\.csv, a new row: the same point as line 2 \(code c0dec0dec0de, "
-                       r"the same params\) with other results \(best_val_loss 5\.01 here, 5\.0 there\)"):  # fmt: skip
+    with pytest.raises(
+        LedgerError,
+        match=r"ledger\.csv, a new row: the same point as line 2 \(code c0dec0dec0de, "
+        r"the same params\) with other results \(best_val_loss 5\.01 here, 5\.0 there\)",
+    ):
         Ledger.read(path).append([other])
     with pytest.raises(LedgerError, match=r"a new row, column date: 'yesterday' is not an ISO 8601 date"):
         Ledger.read(path).append([{**ROWS[0], "rev": "c" * 40, "date": "yesterday"}])
@@ -197,9 +241,13 @@ def project(root: Path) -> Path:
     """A git repo with a two-stage dvc.yaml, its source files, params.yaml and a README; one commit."""
     git(root, "init", "-q")
     files = {
-        "dvc.yaml": DVC_YAML, "stages/train.py": "train\n", "stages/evaluate.py": "evaluate\n",
-        "src/lib/model.py": "model\n", "params.yaml": "train:\n  seed: 0\n  lr: 0.002\n", "README.md": "read me\n",
-    }  # fmt: skip
+        "dvc.yaml": DVC_YAML,
+        "stages/train.py": "train\n",
+        "stages/evaluate.py": "evaluate\n",
+        "src/lib/model.py": "model\n",
+        "params.yaml": "train:\n  seed: 0\n  lr: 0.002\n",
+        "README.md": "read me\n",
+    }
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
@@ -232,8 +280,15 @@ def test_an_experiment_commit_becomes_a_row_with_its_provenance_params_and_metri
     repo = project(tmp_path)
     baseline = git(repo, "rev-parse", "HEAD").strip()
     (repo / "metrics").mkdir()
-    train = {"best_val_loss": 5.1, "trained_steps": 6, "best_step": 6, "device": "cpu", "precision": "fp32",
-             "cpu": "AMD EPYC 7B13", "accelerator": None}  # fmt: skip
+    train = {
+        "best_val_loss": 5.1,
+        "trained_steps": 6,
+        "best_step": 6,
+        "device": "cpu",
+        "precision": "fp32",
+        "cpu": "AMD EPYC 7B13",
+        "accelerator": None,
+    }
     (repo / "metrics/train.json").write_text(json.dumps(train))
     (repo / "metrics/eval.json").write_text(json.dumps({"test_ppl": 290.5, "ppl_at_8x": None}))
     git(repo, "add", "-A")
@@ -241,9 +296,14 @@ def test_an_experiment_commit_becomes_a_row_with_its_provenance_params_and_metri
     rev = git(repo, "rev-parse", "HEAD").strip()
     made = experiment_row(repo, rev[:7], "exp-one")
     assert {k: made[k] for k in ("experiment", "rev", "commit", "code", "cpu", "device", "accelerator")} == {
-        "experiment": "exp-one", "rev": rev, "commit": baseline, "code": code_version(repo, rev),
-        "cpu": "AMD EPYC 7B13", "device": "cpu", "accelerator": None,
-    }  # fmt: skip
+        "experiment": "exp-one",
+        "rev": rev,
+        "commit": baseline,
+        "code": code_version(repo, rev),
+        "cpu": "AMD EPYC 7B13",
+        "device": "cpu",
+        "accelerator": None,
+    }
     assert made["date"] == git(repo, "log", "-1", "--format=%cI").strip()
     assert made["train.lr"] == 0.002 and made["best_val_loss"] == 5.1 and made["test_ppl"] == 290.5
     assert "best_step" not in made and "precision" not in made  # unreported metrics stay out
@@ -285,8 +345,10 @@ def test_report_from_a_ledger_reads_no_dvc_experiment(tmp_path, monkeypatch):
 
 
 def test_runs_of_two_code_versions_are_grouped_apart_never_pooled(tmp_path):
-    newer = [row(f"{r['experiment']}-new", r["model.pos"], r["train.seed"], r["best_val_loss"] - 1, code="0ther0c0de00")
-             for r in ROWS]  # fmt: skip
+    newer = [
+        row(f"{r['experiment']}-new", r["model.pos"], r["train.seed"], r["best_val_loss"] - 1, code="0ther0c0de00")
+        for r in ROWS
+    ]
     ledger = written(tmp_path / "ledger.csv", [*ROWS, *newer])
     from llama_pe.experiments import group_keys, summarize
 

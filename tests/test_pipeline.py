@@ -92,8 +92,8 @@ def test_exp_run_with_another_encoding_writes_its_metrics(project):
 
 def _generate(root: Path, env: dict[str, str], *source: str) -> subprocess.CompletedProcess:
     """`llama-pe generate` in root; with no source, from models/best.pt."""
-    command = [sys.executable, "-m", "llama_pe.cli", "generate", *source, "--prompt", "First", "--tokens", "12",
-               "--temperature", "0"]  # fmt: skip
+    options = ["--prompt", "First", "--tokens", "12", "--temperature", "0"]
+    command = [sys.executable, "-m", "llama_pe.cli", "generate", *source, *options]
     return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
 
 
@@ -125,9 +125,13 @@ def test_killed_training_resumes_under_dvc_repro_to_the_same_metrics(project):
     (root / "models/last.pt").unlink()
     # Forced rerun of train, killed (SIGKILL, the whole process group) once it has written a checkpoint.
     process = subprocess.Popen(
-        ["dvc", "repro", "--force", "--single-item", "train"], cwd=root, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        ["dvc", "repro", "--force", "--single-item", "train"],
+        cwd=root,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while not (root / "models/last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -223,8 +227,11 @@ def test_a_data_stage_killed_mid_write_leaves_no_partial_output_and_repro_recove
     shutil.rmtree(target) if target.is_dir() else target.unlink()
     killed = subprocess.run(
         [sys.executable, "-c", _KILLED_AT_RENAME, *stage_command(root, stage)],
-        cwd=root, env={**env, "PYTHONPATH": "src"}, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=root,
+        env={**env, "PYTHONPATH": "src"},
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not target.exists()  # nothing half-written in place; the temporary beside it is removed by the next write
     run(["dvc", "repro"], root, env)  # DVC runs the stage again or checks its output out of the cache
@@ -268,10 +275,11 @@ def test_a_damaged_best_checkpoint_is_one_clear_line_in_evaluate_and_export(proj
             errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
             assert len(errors) == 1, result.stderr
             expected = {
-                "foreign": "is not a llama-pe checkpoint", "empty": "is empty, not a checkpoint",
+                "foreign": "is not a llama-pe checkpoint",
+                "empty": "is empty, not a checkpoint",
                 "text": "is not a checkpoint (torch.save writes a zip archive",
                 "truncated": "is not a readable checkpoint, truncated or damaged",
-            }[kind]  # fmt: skip
+            }[kind]
             assert str(checkpoint) in errors[0] and expected in errors[0]
             # Not the pipeline's own output: no DVC command brings it back.
             assert errors[0].endswith("give a checkpoint that the `train` stage wrote (models/best.pt)")
@@ -292,8 +300,9 @@ def test_a_refused_value_is_refused_before_dvc_removes_any_output(project):
     run(["dvc", "repro"], root, env)
     _commit(root, env, "a trained model")
     before = _outputs(root)
-    result = subprocess.run(["dvc", "exp", "run", "-S", "model.n_heads=5"], cwd=root, env=env, capture_output=True,
-                            text=True)  # fmt: skip
+    result = subprocess.run(
+        ["dvc", "exp", "run", "-S", "model.n_heads=5"], cwd=root, env=env, capture_output=True, text=True
+    )
     out = result.stdout + result.stderr
     assert result.returncode != 0 and "Traceback" not in out
     assert "Running stage 'check'" in out and "Running stage 'train'" not in out
@@ -312,8 +321,14 @@ def test_params_changed_while_training_fail_the_stage_and_dvc_records_nothing(pr
     run(["dvc", "repro"], root, env)
     lock, params = (root / "dvc.lock").read_text(), (root / "params.yaml").read_text()
     (root / "models/last.pt").unlink()
-    process = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "train"], cwd=root, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        ["dvc", "repro", "--force", "--single-item", "train"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (root / "models/last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -364,8 +379,10 @@ def test_in_a_fresh_clone_the_advice_is_to_train_and_it_works(project, tmp_path)
 
     from_head = _generate(clone, env, "--exp", "HEAD")
     assert from_head.returncode == 1
-    assert "is not in this repository's DVC cache (a fresh clone's cache is empty); `dvc repro` trains it into " \
-           "models/best.pt, then give --checkpoint models/best.pt" in from_head.stderr  # fmt: skip
+    assert (
+        "is not in this repository's DVC cache (a fresh clone's cache is empty); `dvc repro` trains it into "
+        "models/best.pt, then give --checkpoint models/best.pt" in from_head.stderr
+    )
 
     (clone / "models").mkdir()
     (clone / "models/best.pt").write_bytes(b"PK\x03\x04 damaged")

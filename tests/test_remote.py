@@ -34,8 +34,13 @@ def s3_endpoint() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)  # fmt: skip
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=BUCKET)
     yield endpoint
     server.stop()
 
@@ -135,8 +140,11 @@ def test_a_grid_split_across_two_clones_is_gathered_in_a_third(project, tmp_path
     for seed in (2, 3):
         worker = clone(bare, tmp_path / f"worker{seed}", env)
         run(["dvc", "pull"], worker, env)  # the data stages' outputs, so that only training runs here
-        run(["dvc", "exp", "run", "-n", f"alibi-seed{seed}", "-S", "model.pos=alibi", "-S", f"train.seed={seed}"],
-            worker, env)  # fmt: skip
+        run(
+            ["dvc", "exp", "run", "-n", f"alibi-seed{seed}", "-S", "model.pos=alibi", "-S", f"train.seed={seed}"],
+            worker,
+            env,
+        )
         run(["dvc", "exp", "push", "origin", f"alibi-seed{seed}"], worker, env)
     gatherer = clone(bare, tmp_path / "gatherer", env)
     run(["dvc", "exp", "pull", "origin", "alibi-seed2", "alibi-seed3"], gatherer, env)

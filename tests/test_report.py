@@ -24,13 +24,25 @@ T_975 = {2: 4.302652729749462, 1: 12.706204736174707}  # Student's t 0.975 quant
 def record(name: str, pos: str, seed: int, loss: float, ppl_8x: float | str | None = None, **params) -> dict:
     """A record as dvc.api.exp_show gives it: strings for None and booleans, floats for integers."""
     return {
-        "Experiment": name, "rev": f"{name}-rev", "typ": "branch_commit", "State": "Success",
-        "best_val_loss": loss, "test_ppl": math.exp(loss), "holdout_bpc": loss / 2, "ppl_at_1x": math.exp(loss),
-        "ppl_at_8x": "None" if ppl_8x is None else ppl_8x, "train.context": 64.0,
-        "params": 1000.0, "tokens_per_sec": 100.0 + seed,
-        "model.pos": pos, "train.seed": float(seed), "model.dim": "None", "train.compile": "False",
-        "model.size": "small", **params,
-    }  # fmt: skip
+        "Experiment": name,
+        "rev": f"{name}-rev",
+        "typ": "branch_commit",
+        "State": "Success",
+        "best_val_loss": loss,
+        "test_ppl": math.exp(loss),
+        "holdout_bpc": loss / 2,
+        "ppl_at_1x": math.exp(loss),
+        "ppl_at_8x": "None" if ppl_8x is None else ppl_8x,
+        "train.context": 64.0,
+        "params": 1000.0,
+        "tokens_per_sec": 100.0 + seed,
+        "model.pos": pos,
+        "train.seed": float(seed),
+        "model.dim": "None",
+        "train.compile": "False",
+        "model.size": "small",
+        **params,
+    }
 
 
 ROPE = [record(f"rope{s}", "rope", s, loss) for s, loss in enumerate([5.0, 5.2, 5.1])]
@@ -105,8 +117,10 @@ def test_a_two_param_sweep_groups_by_both_and_mixes_nothing():
     assert keys == ["model.pos", "model.impl"]
     summary = summarize(frame, keys)
     assert sorted(summary["group"].unique()) == [
-        "model.pos=alibi, model.impl=native", "model.pos=rope, model.impl=hf", "model.pos=rope, model.impl=native",
-    ]  # fmt: skip
+        "model.pos=alibi, model.impl=native",
+        "model.pos=rope, model.impl=hf",
+        "model.pos=rope, model.impl=native",
+    ]
     hf = summary.set_index(["group", "metric"]).loc[("model.pos=rope, model.impl=hf", "best_val_loss")]
     assert hf["n"] == 2 and hf["mean"] == pytest.approx(5.55)
 
@@ -137,8 +151,10 @@ def test_written_report_holds_the_raw_runs_and_the_tables(tmp_path):
 def test_runs_of_other_code_are_other_groups_and_a_repeat_of_the_same_code_counts_once():
     # exp_show lists each stage dependency's hash; experiments of two versions of the model code must not mix.
     old = [{**r, "src/llama_pe/model": "aaa.dir"} for r in ROPE]
-    new = [{**r, "src/llama_pe/model": "bbb.dir", "Experiment": r["Experiment"] + "-new", "best_val_loss": 4.0}
-           for r in ROPE]  # fmt: skip
+    new = [
+        {**r, "src/llama_pe/model": "bbb.dir", "Experiment": r["Experiment"] + "-new", "best_val_loss": 4.0}
+        for r in ROPE
+    ]
     repeat = {**old[0], "Experiment": "rope0-again", "tokens_per_sec": 999.0}  # only the timing differs
     frame = experiments_frame(old + new + [repeat])
     assert len(frame) == 6 and "rope0-again" not in set(frame["name"])
@@ -157,8 +173,11 @@ def test_two_different_runs_of_one_seed_in_a_group_are_refused(tmp_path):
 def test_a_group_with_no_seed_in_common_with_the_baseline_is_named():
     other_seeds = [record(f"abs{s}", "abs", s, 5.0) for s in (5, 6)]
     frame = experiments_frame(ROPE + other_seeds)
-    with pytest.raises(ReportError, match=r"model\.pos=abs: none of its runs \(train\.seed 5, 6\) pairs with a run of "
-                       r"the baseline \(train\.seed 0, 1, 2\)"):  # fmt: skip
+    with pytest.raises(
+        ReportError,
+        match=r"model\.pos=abs: none of its runs \(train\.seed 5, 6\) pairs with a run of "
+        r"the baseline \(train\.seed 0, 1, 2\)",
+    ):
         paired_differences(frame, ["model.pos"], {"model.pos": "rope"})
 
 
@@ -167,9 +186,12 @@ def test_the_figures_are_drawn_from_every_group(tmp_path):
 
     frame = experiments_frame(ROPE + ALIBI)
     curves = pd.DataFrame(
-        [{"name": name, "step": step, "tokens": step * 100, "loss": 6.0 - step / 10} for name in frame["name"]
-         for step in (1, 2, 3)]
-    )  # fmt: skip
+        [
+            {"name": name, "step": step, "tokens": step * 100, "loss": 6.0 - step / 10}
+            for name in frame["name"]
+            for step in (1, 2, 3)
+        ]
+    )
     paths = write_report(frame, tmp_path, {"model.pos": "rope"}, curves)
     for name in ("extrapolation.png", "val_curves.png", "bpc.png"):
         with Image.open(paths[name]) as image:
@@ -203,10 +225,13 @@ def test_a_dvc_exp_show_that_hangs_is_given_up_with_a_reason(monkeypatch):
 def test_a_metric_that_dvc_names_by_file_is_one_column():
     # --all-commits: an older train.json also had val_loss, so DVC names both files' columns by file.
     renamed = [
-        {**{k: v for k, v in r.items() if k != "test_ppl"}, "metrics/train.json:test_ppl": "!",
-         "metrics/eval.json:test_ppl": r["test_ppl"]}
+        {
+            **{k: v for k, v in r.items() if k != "test_ppl"},
+            "metrics/train.json:test_ppl": "!",
+            "metrics/eval.json:test_ppl": r["test_ppl"],
+        }
         for r in ROPE
-    ]  # fmt: skip
+    ]
     frame = experiments_frame(renamed)
     assert frame["test_ppl"].tolist() == pytest.approx([r["test_ppl"] for r in ROPE])
     assert not [c for c in frame.columns if ":" in c]
@@ -216,8 +241,11 @@ def test_a_baseline_that_matches_two_groups_is_refused():
     tiny = [record(f"tiny-rope{s}", "rope", s, 6.0, **{"model.size": "tiny"}) for s in range(2)]
     frame = experiments_frame(ROPE + ALIBI + tiny)
     keys = group_keys(frame)
-    with pytest.raises(ReportError, match=r"--baseline model\.pos=rope: matches 2 groups \(model\.pos=rope, "
-                       r"model\.size=small; model\.pos=rope, model\.size=tiny\); add --baseline"):  # fmt: skip
+    with pytest.raises(
+        ReportError,
+        match=r"--baseline model\.pos=rope: matches 2 groups \(model\.pos=rope, "
+        r"model\.size=small; model\.pos=rope, model\.size=tiny\); add --baseline",
+    ):
         paired_differences(frame, keys, {"model.pos": "rope"})
     diffs = paired_differences(frame, keys, {"model.pos": "rope", "model.size": "small"})
     assert set(diffs["group"]) == {"model.pos=alibi, model.size=small", "model.pos=rope, model.size=tiny"}
@@ -226,13 +254,18 @@ def test_a_baseline_that_matches_two_groups_is_refused():
 def test_rope_scaled_evaluations_become_groups_of_their_own_against_the_rope_baseline(tmp_path):
     from llama_pe.experiments import SCALING, with_rope_scaling_rows
 
-    rope = [{**r, "ppl_at_8x": 400.0 + s, "ppl_at_8x_yarn": 300.0 + 2 * s, "ppl_at_8x_linear": 500.0}
-            for s, r in enumerate(ROPE)]  # fmt: skip
+    rope = [
+        {**r, "ppl_at_8x": 400.0 + s, "ppl_at_8x_yarn": 300.0 + 2 * s, "ppl_at_8x_linear": 500.0}
+        for s, r in enumerate(ROPE)
+    ]
     alibi = [{**r, "ppl_at_8x_yarn": "None", "ppl_at_8x_linear": "None"} for r in ALIBI]  # no rotary positions
     frame = with_rope_scaling_rows(experiments_frame(rope + alibi))
     assert frame.groupby(["model.pos", SCALING]).size().to_dict() == {
-        ("alibi", "none"): 3, ("rope", "linear"): 3, ("rope", "none"): 3, ("rope", "yarn"): 3,
-    }  # fmt: skip
+        ("alibi", "none"): 3,
+        ("rope", "linear"): 3,
+        ("rope", "none"): 3,
+        ("rope", "yarn"): 3,
+    }
     yarn = frame[frame[SCALING] == "yarn"]
     assert yarn["ppl_at_8x"].tolist() == [300.0, 302.0, 304.0]  # the scaled figure, under the plain name
     assert yarn["ppl_at_1x"].notna().all()  # up to the training context scaling is the identity: kept
@@ -253,15 +286,17 @@ def test_a_scaled_evaluation_is_drawn_in_its_runs_colour_and_a_line_style_of_its
     scaled = {"ppl_at_8x_yarn": 300.0, "ppl_at_8x_dynamic": 310.0}
     rope = [{**r, **scaled, "model.impl": "native"} for r in ROPE]
     hf = [{**r, **scaled, "Experiment": f"hf{s}", "rev": f"hf{s}", "model.impl": "hf"} for s, r in enumerate(ROPE)]
-    others = [{**record(f"{pos}{s}", pos, s, 5.0), "model.impl": "native"} for s in range(3)
-              for pos in ("abs", "learned", "alibi", "abs_rel", "nope", "t5", "fire", "x1", "x2")]  # fmt: skip
+    others = [
+        {**record(f"{pos}{s}", pos, s, 5.0), "model.impl": "native"}
+        for s in range(3)
+        for pos in ("abs", "learned", "alibi", "abs_rel", "nope", "t5", "fire", "x1", "x2")
+    ]
     frame = with_rope_scaling_rows(experiments_frame(rope + hf + others))
     styles = group_styles(frame, group_keys(frame))
+    methods = [("native", "none"), ("native", "yarn"), ("native", "dynamic"), ("hf", "none"), ("hf", "dynamic")]
     native, native_yarn, native_dynamic, hf_rope, hf_dynamic = (
-        styles[f"model.pos=rope, model.impl={impl}, eval.rope_scaling_method={method}"]
-        for impl, method in [("native", "none"), ("native", "yarn"), ("native", "dynamic"), ("hf", "none"),
-                             ("hf", "dynamic")]
-    )  # fmt: skip
+        styles[f"model.pos=rope, model.impl={impl}, eval.rope_scaling_method={method}"] for impl, method in methods
+    )
     assert native_yarn["color"] == native_dynamic["color"] == native["color"] != hf_rope["color"] == hf_dynamic["color"]
     assert len({native["linestyle"], native_yarn["linestyle"], native_dynamic["linestyle"]}) == 3
     assert len({native["marker"], native_yarn["marker"], native_dynamic["marker"]}) == 3
@@ -301,9 +336,10 @@ def test_a_repo_with_commits_runs_only_is_told_how_to_fetch_experiments(tmp_path
 
 
 def test_groups_the_default_baseline_cannot_tell_apart_ask_for_a_baseline():
-    runs = experiments_frame([{**r, "train.lr": lr} for r in ROPE for lr in (0.001, 0.002)][::2] + [
-        {**r, "Experiment": f"{r['Experiment']}b", "rev": f"{r['rev']}b", "train.lr": 0.002} for r in ROPE
-    ])  # fmt: skip
+    runs = experiments_frame(
+        [{**r, "train.lr": lr} for r in ROPE for lr in (0.001, 0.002)][::2]
+        + [{**r, "Experiment": f"{r['Experiment']}b", "rev": f"{r['rev']}b", "train.lr": 0.002} for r in ROPE]
+    )
     with pytest.raises(ReportError, match=r"the groups differ in train\.lr, not in what the default baseline names"):
         paired_differences(runs, ["train.lr"], {})
 
@@ -334,9 +370,12 @@ def test_a_committed_report_is_changed_only_with_force(tmp_path):
     committed = {path.name: path.read_bytes() for path in (repo / "reports").iterdir()}
 
     narrower = select(study, ["train.seed=0"])  # `--only train.seed=0`: a 2-run report
-    with pytest.raises(ReportError, match=r"^--out \S+/reports: the report would change \d committed files there "
-                       r"\(runs\.csv, summary\.csv, comparison\.md, .*\); give --out a new folder to write it "
-                       r"elsewhere, or --force to overwrite them$"):  # fmt: skip
+    with pytest.raises(
+        ReportError,
+        match=r"^--out \S+/reports: the report would change \d committed files there "
+        r"\(runs\.csv, summary\.csv, comparison\.md, .*\); give --out a new folder to write it "
+        r"elsewhere, or --force to overwrite them$",
+    ):
         write_report(narrower, repo / "reports", {"model.pos": "rope"})
     assert {path.name: path.read_bytes() for path in (repo / "reports").iterdir()} == committed  # nothing written
 
@@ -357,8 +396,11 @@ def test_the_report_command_refuses_before_writing_and_passes_force_on(tmp_path,
     monkeypatch.setattr(report_module, "read_experiments", lambda repo, all_commits: experiments_frame(ROPE + ALIBI))
     monkeypatch.setattr(report_module, "read_val_curves", lambda repo, frame: None)
     monkeypatch.chdir(repo)
-    with pytest.raises(ReportError, match=r"^--out reports: the report would change 1 committed file there "
-                       r"\(comparison\.md\)"):  # fmt: skip
+    with pytest.raises(
+        ReportError,
+        match=r"^--out reports: the report would change 1 committed file there "
+        r"\(comparison\.md\)",
+    ):
         report_module.report(".", "reports", all_commits=False, only=["train.seed=0"], baseline=[])
     assert sorted(p.name for p in (repo / "reports").iterdir()) == ["comparison.md"]
     report_module.report(".", "reports", all_commits=False, only=["train.seed=0"], baseline=[], force=True)
@@ -389,16 +431,22 @@ def test_the_report_and_study_help_show_their_defaults_and_force(capsys):
 def trained_record(name: str, pos: str, seed: int, loss: float, bpc: float = 2.1, unigram: float = 2.7, **more):
     """A record with what metrics/train.json says of the budget and of the unigram baseline."""
     return {
-        **record(name, pos, seed, loss, **more), "train.max_steps": 400.0, "trained_steps": 400.0,
-        "trained_tokens": 819200.0, "best_val_bpc": bpc, "unigram_val_bpc": unigram, "src/llama_pe/model": "aaa.dir",
-    }  # fmt: skip
+        **record(name, pos, seed, loss, **more),
+        "train.max_steps": 400.0,
+        "trained_steps": 400.0,
+        "trained_tokens": 819200.0,
+        "best_val_bpc": bpc,
+        "unigram_val_bpc": unigram,
+        "src/llama_pe/model": "aaa.dir",
+    }
 
 
 def test_comparison_opens_with_the_setting_of_its_runs(tmp_path):
     from llama_pe.experiments import code_hash
 
-    runs = [trained_record(f"{pos}{s}", pos, s, 5.0 + s / 10, ppl_8x=300.0) for pos in ("rope", "alibi")
-            for s in range(3)]  # fmt: skip
+    runs = [
+        trained_record(f"{pos}{s}", pos, s, 5.0 + s / 10, ppl_8x=300.0) for pos in ("rope", "alibi") for s in range(3)
+    ]
     write_report(experiments_frame(runs), tmp_path, {"model.pos": "rope"})
     opening = (tmp_path / "comparison.md").read_text().split("## Headline")[0]
     assert "- **Runs:** 6, in 2 groups of n = 3 (train.seed 0, 1, 2)" in opening
@@ -411,12 +459,15 @@ def test_comparison_opens_with_the_setting_of_its_runs(tmp_path):
 
 
 def test_runs_that_do_not_beat_a_unigram_model_are_called_untrained(tmp_path, caplog):
-    tiny = [trained_record(f"{pos}{s}", pos, s, 8.9, bpc=3.2, unigram=2.7) for pos in ("rope", "alibi")
-            for s in range(2)]  # fmt: skip
+    tiny = [
+        trained_record(f"{pos}{s}", pos, s, 8.9, bpc=3.2, unigram=2.7) for pos in ("rope", "alibi") for s in range(2)
+    ]
     write_report(experiments_frame(tiny), tmp_path, {"model.pos": "rope"})
     opening = (tmp_path / "comparison.md").read_text().split("## Headline")[0]
-    warning = ("4 of 4 runs do not beat a unigram model (best_val_bpc ≥ unigram_val_bpc): these models are barely "
-               "trained, and the verdicts describe untrained models, not the encodings")  # fmt: skip
+    warning = (
+        "4 of 4 runs do not beat a unigram model (best_val_bpc ≥ unigram_val_bpc): these models are barely "
+        "trained, and the verdicts describe untrained models, not the encodings"
+    )
     assert f"- **Warning:** {warning}" in opening and warning in caplog.text
 
 
@@ -428,8 +479,11 @@ def test_a_null_metric_shows_its_reason_not_nan(tmp_path):
     comparison = (tmp_path / "a" / "comparison.md").read_text()
     assert "nan" not in comparison and "too few pairs" not in comparison
     sections = {part.split("\n")[0]: part for part in comparison.split("\n## ")}
-    for title in ("Headline", "Test perplexity by evaluation context (multiples of train.context)",
-                  "Against model.pos=rope, paired by seed"):  # fmt: skip
+    for title in (
+        "Headline",
+        "Test perplexity by evaluation context (multiples of train.context)",
+        "Against model.pos=rope, paired by seed",
+    ):
         row = next(line for line in sections[title].splitlines() if line.startswith("| model.pos=learned |"))
         assert row.endswith("| n/a: learned positions stop at train.context |"), row
     summary = pd.read_csv(tmp_path / "a" / "summary.csv").set_index(["group", "metric"])
@@ -478,9 +532,13 @@ def test_a_figure_of_single_runs_draws_no_interval_and_says_n(tmp_path, monkeypa
     assert "mean with 95% t interval, n = 3 seeds per group" in titles["bpc.png"]
 
 
-@pytest.mark.parametrize(("pos", "impl", "label"), [
-    ("learned", "native", "model.pos=learned"), ("rope", "hf", "model.pos=rope, model.impl=hf"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("pos", "impl", "label"),
+    [
+        ("learned", "native", "model.pos=learned"),
+        ("rope", "hf", "model.pos=rope, model.impl=hf"),
+    ],
+)
 def test_a_runs_own_figures_name_its_encoding(tmp_path, monkeypatch, pos, impl, label):
     import json
 
@@ -492,11 +550,12 @@ def test_a_runs_own_figures_name_its_encoding(tmp_path, monkeypatch, pos, impl, 
     titles = {}
     monkeypatch.setattr(plotting, "save_figure", lambda fig, out: titles.update({out.name: fig.axes[0].get_title()}))
     curve = tmp_path / "extrapolation.json"
-    curve.write_text(json.dumps([
+    reason = "model.pos=learned has 16 learned positions, not 32"
+    points = [
         {"context": 16, "multiple": 1, "nonoverlapping_ppl": 300.0, "sliding_ppl": 290.0, "reason": None},
-        {"context": 32, "multiple": 2, "nonoverlapping_ppl": None, "sliding_ppl": None,
-         "reason": "model.pos=learned has 16 learned positions, not 32"},
-    ]))  # fmt: skip
+        {"context": 32, "multiple": 2, "nonoverlapping_ppl": None, "sliding_ppl": None, "reason": reason},
+    ]
+    curve.write_text(json.dumps(points))
     plotting.extrapolation_figure(curve, 16, tmp_path / "extrapolation.png", plotting.run_label(pos, impl))
     assert titles["extrapolation.png"] == f"Length extrapolation: {label}"
     stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["plot"]
@@ -511,8 +570,11 @@ def test_every_metric_the_stages_record_is_one_row_of_the_metrics_table():
     from llama_pe.metrics import METRICS
     from tests.conftest import REPO_ROOT
 
-    names = [name for stage in ("tokenizer", "train", "eval")
-             for name in json.loads((REPO_ROOT / "metrics" / f"{stage}.json").read_text())]  # fmt: skip
+    names = [
+        name
+        for stage in ("tokenizer", "train", "eval")
+        for name in json.loads((REPO_ROOT / "metrics" / f"{stage}.json").read_text())
+    ]
     assert "ppl_at_8x_yarn" in names and "tokens_per_sec" in names  # the files hold what the test is about
     matches = {name: [row.pattern for row in METRICS if row.matches(name)] for name in names}
     assert {name: rows for name, rows in matches.items() if len(rows) != 1} == {}
@@ -539,8 +601,10 @@ def test_the_headline_and_the_verdict_direction_come_from_the_metrics_table(tmp_
 
 def shifted(pos: str, shifts: list[float], **more) -> list[dict]:
     """Runs of an encoding whose best_val_loss is rope's of the same seed plus a shift."""
-    return [record(f"{pos}{s}", pos, s, r["best_val_loss"] + shift, **more) for s, (r, shift) in
-            enumerate(zip(ROPE, shifts, strict=True))]  # fmt: skip
+    return [
+        record(f"{pos}{s}", pos, s, r["best_val_loss"] + shift, **more)
+        for s, (r, shift) in enumerate(zip(ROPE, shifts, strict=True))
+    ]
 
 
 # Against rope: raw p 0.036 (the interval excludes 0), 0.074 and 0.0013.
@@ -556,8 +620,10 @@ def test_verdicts_use_holm_adjusted_p_values_within_each_metric(tmp_path):
     loss = diffs[diffs["metric"] == "best_val_loss"].set_index("group")
     groups = [f"model.pos={pos}" for pos in FAMILY]
     base = [r["best_val_loss"] for r in ROPE]
-    raw = [stats.ttest_rel([b + d for b, d in zip(base, FAMILY[g.split("=")[1]], strict=True)], base).pvalue
-           for g in groups]  # fmt: skip
+    raw = [
+        stats.ttest_rel([b + d for b, d in zip(base, FAMILY[g.split("=")[1]], strict=True)], base).pvalue
+        for g in groups
+    ]
     assert loss.loc[groups, "p_value"].tolist() == pytest.approx(raw)
     assert loss.loc[groups, "p_holm"].tolist() == pytest.approx(multipletests(raw, method="holm")[1])
     assert (loss["family_size"] == 3).all()
@@ -594,8 +660,10 @@ def test_next_to_seed_noise_the_smallest_detectable_difference(tmp_path):
 def test_an_evaluation_that_repeats_anothers_values_is_no_new_member_of_the_family():
     from llama_pe.experiments import IDENTICAL, with_rope_scaling_rows
 
-    rope = [{**r, "ppl_at_8x": 400.0 + s, "ppl_at_8x_yarn": 300.0 + 2 * s, "sliding_ppl_at_1x": 150.0 + s}
-            for s, r in enumerate(ROPE)]  # fmt: skip
+    rope = [
+        {**r, "ppl_at_8x": 400.0 + s, "ppl_at_8x_yarn": 300.0 + 2 * s, "sliding_ppl_at_1x": 150.0 + s}
+        for s, r in enumerate(ROPE)
+    ]
     alibi = [{**r, "sliding_ppl_at_1x": 140.0 - s, "ppl_at_8x_yarn": "None"} for s, r in enumerate(ALIBI)]
     frame = with_rope_scaling_rows(experiments_frame(rope + alibi))
     diffs = paired_differences(frame, group_keys(frame), {"model.pos": "rope", "eval.rope_scaling_method": "none"})
@@ -624,15 +692,22 @@ def test_a_group_repeating_another_groups_differences_takes_its_test():
 # ---------------------------------------------------------------------------------------------- primary endpoints
 
 
-CONTEXT_USE = {"context_gain_at_8x": -0.05, "copy_gain_text_at_7x": -0.2, "copy_gain_random_at_7x": 0.01,
-               "band_loss_4to8x": 5.5, "attn_distance_l0_at_8x": 40.0}  # fmt: skip
+CONTEXT_USE = {
+    "context_gain_at_8x": -0.05,
+    "copy_gain_text_at_7x": -0.2,
+    "copy_gain_random_at_7x": 0.01,
+    "band_loss_4to8x": 5.5,
+    "attn_distance_l0_at_8x": 40.0,
+}
 
 
 def test_the_headline_shows_the_primary_endpoints_and_null_new_metrics_say_why(tmp_path):
     from llama_pe.metrics import DEFAULT_PRIMARY
 
-    with_probes = [{**r, **{k: v + r["train.seed"] / 100 + (r["model.pos"] == "alibi") for k, v in CONTEXT_USE.items()}}
-                   for r in ROPE + ALIBI]  # fmt: skip
+    with_probes = [
+        {**r, **{k: v + r["train.seed"] / 100 + (r["model.pos"] == "alibi") for k, v in CONTEXT_USE.items()}}
+        for r in ROPE + ALIBI
+    ]
     learned = [{**record(f"learned{s}", "learned", s, 5.3), **dict.fromkeys(CONTEXT_USE, "None")} for s in range(3)]
     write_report(experiments_frame(with_probes + learned), tmp_path / "a", {"model.pos": "rope"})
     comparison = (tmp_path / "a" / "comparison.md").read_text()
@@ -654,8 +729,9 @@ def test_the_headline_shows_the_primary_endpoints_and_null_new_metrics_say_why(t
     assert "No run recorded `context_gain_at_8x`, `copy_gain_text_at_7x`, `copy_gain_random_at_7x`" in headline
 
 
-@pytest.mark.parametrize("primary", [["holdout_ppx"], ["tokens_per_sec"], ["params"], ["ppl_at_8x_yarn"],
-                                     ["attn_entropy_l0_at_8x"], [""]])  # fmt: skip
+@pytest.mark.parametrize(
+    "primary", [["holdout_ppx"], ["tokens_per_sec"], ["params"], ["ppl_at_8x_yarn"], ["attn_entropy_l0_at_8x"], [""]]
+)
 def test_a_primary_endpoint_that_gets_no_verdict_is_refused_before_anything_is_read(primary, monkeypatch, tmp_path):
     from llama_pe import report as report_module
     from llama_pe.study import study
@@ -700,8 +776,10 @@ def test_longer_context_counts_as_used_only_beyond_the_groups_own_local_window(t
     from llama_pe.local_window import HURT, NO_GAIN, USES_CONTEXT, local_window_verdicts
 
     def runs(pos: str, local: list[float], longest: list[float | None], **more) -> list[dict]:
-        return [{**record(f"{pos}{s}", pos, s, 5.0, ppl_8x=ppl), "sliding_ppl_at_1x": window, **more}
-                for s, (window, ppl) in enumerate(zip(local, longest, strict=True))]  # fmt: skip
+        return [
+            {**record(f"{pos}{s}", pos, s, 5.0, ppl_8x=ppl), "sliding_ppl_at_1x": window, **more}
+            for s, (window, ppl) in enumerate(zip(local, longest, strict=True))
+        ]
 
     groups = {
         "alibi": runs("alibi", [300.0, 310.0, 305.0], [290.0, 301.0, 294.0]),  # 10, 9, 11 below: uses it
@@ -712,9 +790,11 @@ def test_longer_context_counts_as_used_only_beyond_the_groups_own_local_window(t
     frame = experiments_frame([run for group in groups.values() for run in group])
     use = local_window_verdicts(frame, ["model.pos"]).set_index("group")
     assert use["verdict"].to_dict() == {
-        "model.pos=alibi": USES_CONTEXT, "model.pos=rope": HURT, "model.pos=nope": NO_GAIN,
+        "model.pos=alibi": USES_CONTEXT,
+        "model.pos=rope": HURT,
+        "model.pos=nope": NO_GAIN,
         "model.pos=learned": "n/a: learned positions stop at train.context",
-    }  # fmt: skip
+    }
     alibi = use.loc["model.pos=alibi"]
     assert alibi["mean_diff"] == pytest.approx(-10.0)  # std 1: interval -10 ± t(2) / sqrt 3
     assert alibi["ci95_high"] == pytest.approx(-10.0 + T_975[2] / math.sqrt(3))
@@ -782,8 +862,11 @@ def test_select_of_a_key_that_is_not_swept_is_named():
     from llama_pe.experiments import select_by_validation
 
     frame = experiments_frame(ROPE + ALIBI)
-    with pytest.raises(ReportError, match=r"--select model\.size: not swept, every run has model\.size=small; select "
-                       r"a param that varies among the runs: model\.pos$"):  # fmt: skip
+    with pytest.raises(
+        ReportError,
+        match=r"--select model\.size: not swept, every run has model\.size=small; select "
+        r"a param that varies among the runs: model\.pos$",
+    ):
         select_by_validation(frame, "model.size")
     with pytest.raises(ReportError, match=r"--select train\.lrr: no such param among the runs; params: "):
         select_by_validation(frame, "train.lrr")

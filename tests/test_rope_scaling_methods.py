@@ -48,6 +48,11 @@ def test_the_dvc_plot_of_scaled_rope_draws_every_registered_method():
 
 def test_the_registry_and_config_load_without_torch():
     code = "import sys, llama_pe.config, llama_pe.rope_scaling_methods; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")},
+    )
     assert result.stdout.strip() == "False"

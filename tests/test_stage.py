@@ -55,7 +55,7 @@ def test_the_keys_a_stage_depends_on_come_from_dvc_yaml(dvc_stage):
 )
 def test_a_watched_param_changed_while_the_stage_ran_fails_it_naming_the_key(
     dvc_stage, caplog, section, key, value, named
-):  # fmt: skip
+):
     with pytest.raises(SystemExit) as ended:
         run_stage(lambda: edit(dvc_stage / "params.yaml", section, key, value))
     assert ended.value.code == 1

@@ -24,9 +24,13 @@ PARAMS = REPO_ROOT / "params.yaml"
 def test_the_grid_goes_seed_by_seed_and_sets_each_point_as_dvc_would():
     points = parse_grid("rope,alibi", "0,1", True, ["train.max_steps=7", "model.dim=288"], PARAMS)
     assert [p.label for p in points] == [
-        "rope native seed 0", "alibi native seed 0", "rope hf seed 0",
-        "rope native seed 1", "alibi native seed 1", "rope hf seed 1",
-    ]  # fmt: skip
+        "rope native seed 0",
+        "alibi native seed 0",
+        "rope hf seed 0",
+        "rope native seed 1",
+        "alibi native seed 1",
+        "rope hf seed 1",
+    ]
     hf = points[2]
     assert hf.overrides == ("model.impl=hf", "model.pos=rope", "train.seed=0", "train.max_steps=7", "model.dim=288")
     assert hf.params["model"]["impl"] == "hf" and hf.params["train"]["max_steps"] == 7
@@ -52,25 +56,34 @@ def test_a_repeated_encoding_or_seed_is_one_point():
         ("rope", "0", ["model.size=huge"], r"rope native seed 0: model\.size: unknown size 'huge'; valid sizes: tiny"),
         ("rope", "0", ["model.dim=250"], r"rope native seed 0: model\.dim: 250 is not divisible by model\.n_heads=6"),
     ],
-)  # fmt: skip
+)
 def test_bad_grids_are_refused_before_anything_is_queued(pos, seeds, sets, message):
     with pytest.raises(StudyError, match=message):
         parse_grid(pos, seeds, False, sets, PARAMS)
 
 
 def test_a_sweep_multiplies_the_grid_seed_by_seed():
-    points = parse_grid("rope,alibi", "0,1", False, ["train.max_steps=7"], PARAMS,
-                        ["train.lr=0.001,0.004", "eval.contexts=[1,2],[1,2,4]"])  # fmt: skip
+    points = parse_grid(
+        "rope,alibi",
+        "0,1",
+        False,
+        ["train.max_steps=7"],
+        PARAMS,
+        ["train.lr=0.001,0.004", "eval.contexts=[1,2],[1,2,4]"],
+    )
     assert len(points) == 2 * 2 * 2 * 2
     assert [p.label for p in points[:3]] == [
         "rope native seed 0 train.lr=0.001 eval.contexts=[1,2]",
         "alibi native seed 0 train.lr=0.001 eval.contexts=[1,2]",
         "rope native seed 0 train.lr=0.001 eval.contexts=[1,2,4]",
-    ]  # fmt: skip
+    ]
     assert {p.params["train"]["seed"] for p in points[:8]} == {0}  # whole seeds first
     assert {(p.params["train"]["lr"], tuple(p.params["eval"]["contexts"])) for p in points} == {
-        (0.001, (1, 2)), (0.001, (1, 2, 4)), (0.004, (1, 2)), (0.004, (1, 2, 4))
-    }  # fmt: skip
+        (0.001, (1, 2)),
+        (0.001, (1, 2, 4)),
+        (0.004, (1, 2)),
+        (0.004, (1, 2, 4)),
+    }
     assert all(p.params["train"]["max_steps"] == 7 for p in points)
     # Two spellings of one value make one params.yaml: one experiment.
     assert len(parse_grid("rope", "0", False, [], PARAMS, ["train.lr=0.002,2.0e-3,0.004"])) == 2
@@ -174,8 +187,16 @@ def test_a_committed_report_is_refused_before_anything_is_queued(tmp_path, monke
     monkeypatch.setattr(study_module, "Experiments", NoExperiments)
     queued = []
     monkeypatch.setattr(study_module, "queue_point", lambda repo, point: queued.append(point.label))
-    grid = dict(pos="rope", seeds="0", hf=False, sets=[], jobs=1, out_dir=Path("reports"), baseline=[],
-                ledger_path=Path("reports/ledger.csv"))  # fmt: skip
+    grid = dict(
+        pos="rope",
+        seeds="0",
+        hf=False,
+        sets=[],
+        jobs=1,
+        out_dir=Path("reports"),
+        baseline=[],
+        ledger_path=Path("reports/ledger.csv"),
+    )
     with pytest.raises(
         ReportError,
         match=r"^--out reports: the report would change 1 committed file there "
@@ -197,10 +218,20 @@ def ledger_row(point, code: str, loss: float) -> dict:
     """A finished experiment of the point, as another machine wrote it into the ledger."""
     name = point.label.replace(" ", "-")
     return {
-        "experiment": name, "rev": hashlib.sha1(name.encode()).hexdigest(), "commit": "a" * 40,
-        "date": "2025-01-02T03:04:05+00:00", "code": code, "cpu": "Another CPU", "device": "cpu", "accelerator": None,
-        **flat_params(point.params), "best_val_loss": loss, "test_ppl": 300.0, "holdout_bpc": 2.3, "ppl_at_1x": 300.0,
-    }  # fmt: skip
+        "experiment": name,
+        "rev": hashlib.sha1(name.encode()).hexdigest(),
+        "commit": "a" * 40,
+        "date": "2025-01-02T03:04:05+00:00",
+        "code": code,
+        "cpu": "Another CPU",
+        "device": "cpu",
+        "accelerator": None,
+        **flat_params(point.params),
+        "best_val_loss": loss,
+        "test_ppl": 300.0,
+        "holdout_bpc": 2.3,
+        "ppl_at_1x": 300.0,
+    }
 
 
 def committed_repo(root: Path) -> Path:
@@ -224,8 +255,16 @@ def test_a_point_the_ledger_holds_is_not_queued_and_is_reported_from_the_ledger(
     ledger = Ledger.read(repo / "reports/ledger.csv")
     # The same point by other code: not this study's.
     ledger.append([ledger_row(rope, NoExperiments.code, 5.1), ledger_row(alibi, "0ther0c0de00", 5.0)])
-    grid = dict(pos="rope,alibi", seeds="0", hf=False, sets=[], jobs=1, out_dir=Path("out"), baseline=[],
-                ledger_path=Path("reports/ledger.csv"))  # fmt: skip
+    grid = dict(
+        pos="rope,alibi",
+        seeds="0",
+        hf=False,
+        sets=[],
+        jobs=1,
+        out_dir=Path("out"),
+        baseline=[],
+        ledger_path=Path("reports/ledger.csv"),
+    )
     with pytest.raises(StudyError, match=r"1 of 2 experiments failed \(alibi native seed 0\); the report holds"):
         study_module.study(repo, **grid)  # alibi: queued, then gone (NoExperiments)
     assert queued == ["alibi native seed 0"]
@@ -246,10 +285,14 @@ def test_a_damaged_ledger_or_a_select_of_no_sweep_stops_the_study_before_any_wor
     grid = dict(pos="rope", seeds="0", hf=False, sets=[], jobs=1, out_dir=Path("out"), baseline=[])
     with pytest.raises(LedgerError, match=r"ledger\.csv line 1 \(the header\): no column commit, date, code, cpu"):
         study_module.study(repo, **grid, ledger_path=Path("ledger.csv"))
-    with pytest.raises(StudyError, match=r"--select train\.lr: not swept by this grid; select one of the --sweep "
-                       r"keys \(train\.warmup_steps\)"):  # fmt: skip
-        study_module.study(repo, **grid, ledger_path=Path("new.csv"), sweeps=["train.warmup_steps=10,20"],
-                           select_key="train.lr")  # fmt: skip
+    with pytest.raises(
+        StudyError,
+        match=r"--select train\.lr: not swept by this grid; select one of the --sweep "
+        r"keys \(train\.warmup_steps\)",
+    ):
+        study_module.study(
+            repo, **grid, ledger_path=Path("new.csv"), sweeps=["train.warmup_steps=10,20"], select_key="train.lr"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -280,13 +323,23 @@ def test_study_runs_the_grid_on_dvcs_queue_then_reports_every_group_over_its_see
     assert "4 to queue" in done.stderr and len(experiment_names(root, env)) == 4
 
     reports = root / "reports"
-    expected = ("runs.csv", "summary.csv", "comparison.md", "val_curves.csv", "extrapolation.png", "val_curves.png",
-                "bpc.png")  # fmt: skip
+    expected = (
+        "runs.csv",
+        "summary.csv",
+        "comparison.md",
+        "val_curves.csv",
+        "extrapolation.png",
+        "val_curves.png",
+        "bpc.png",
+    )
     assert all((reports / name).stat().st_size > 0 for name in expected)
     runs = pd.read_csv(reports / "runs.csv")
     assert sorted(zip(runs["model.pos"], runs["train.seed"], strict=True)) == [
-        ("alibi", 0), ("alibi", 1), ("rope", 0), ("rope", 1)
-    ]  # fmt: skip
+        ("alibi", 0),
+        ("alibi", 1),
+        ("rope", 0),
+        ("rope", 1),
+    ]
     summary = pd.read_csv(reports / "summary.csv")
     trained = {"model.pos=rope, eval.rope_scaling_method=none", "model.pos=alibi, eval.rope_scaling_method=none"}
     scaled = {f"model.pos=rope, eval.rope_scaling_method={m}" for m in ROPE_SCALING_METHODS}
@@ -345,7 +398,7 @@ def test_a_sweep_is_kept_in_the_ledger_and_a_clone_without_the_experiments_goes_
     assert sorted(row["train.lr"] for row in ledger.rows) == [0.001, 0.004]
     assert {(row["cpu"], row["device"], row["code"], row["commit"]) for row in ledger.rows} == {
         (cpu_model(), "cpu", code_version(root), head)
-    }  # fmt: skip
+    }
     best = min(ledger.rows, key=lambda row: row["best_val_loss"])["train.lr"]
     assert pd.read_csv(root / "reports/sweep/selection.csv")["chosen"].tolist() == [best]
     assert set(pd.read_csv(root / "reports/sweep/runs.csv")["train.lr"]) == {best}
@@ -361,7 +414,7 @@ def test_a_sweep_is_kept_in_the_ledger_and_a_clone_without_the_experiments_goes_
     planned = study(clone, env, *grid, "--dry-run")
     assert planned.returncode == 0, planned.stderr
     assert "2 already have an experiment, 0 to queue" in planned.stderr and "in the ledger" in planned.stderr
-    report = [sys.executable, "-m", "llama_pe.cli", "report", "--ledger", "reports/sweep.csv", "--select", "train.lr",
-              "--out", "again"]  # fmt: skip
+    options = ["--ledger", "reports/sweep.csv", "--select", "train.lr", "--out", "again"]
+    report = [sys.executable, "-m", "llama_pe.cli", "report", *options]
     run(report, clone, env)
     assert pd.read_csv(clone / "again/selection.csv")["chosen"].tolist() == [best]

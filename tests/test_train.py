@@ -31,9 +31,19 @@ from tests.conftest import make_config
 from tests.model.conftest import learnable, tiny_args
 
 TINY_TRAIN = dict(
-    context=16, batch_size=8, max_steps=80, warmup_steps=5, lr=3e-3, min_lr=3e-4,
-    eval_interval=20, eval_windows=None, eval_batch_size=32, patience=None, device="cpu", precision="fp32",
-)  # fmt: skip
+    context=16,
+    batch_size=8,
+    max_steps=80,
+    warmup_steps=5,
+    lr=3e-3,
+    min_lr=3e-4,
+    eval_interval=20,
+    eval_windows=None,
+    eval_batch_size=32,
+    patience=None,
+    device="cpu",
+    precision="fp32",
+)
 TINY_MODEL = {"size": "tiny", "dim": 32, "n_heads": 4, "n_kv_heads": 2}
 TIMING = ("tokens_per_sec", "wall_time_s", "val_time_s")
 
@@ -258,8 +268,10 @@ def test_a_truncated_last_checkpoint_is_kept_aside_and_training_starts_afresh(da
 
 def test_early_stopping_ends_the_run(data_dirs, tmp_path):
     # A learning rate this low never improves by much, but it does improve; an absurd one gets worse and stops.
-    metrics = train(tiny_config(lr=0.5, min_lr=0.5, warmup_steps=0, patience=1, max_steps=200, grad_clip=0.0),
-                    paths_in(tmp_path, data_dirs))  # fmt: skip
+    metrics = train(
+        tiny_config(lr=0.5, min_lr=0.5, warmup_steps=0, patience=1, max_steps=200, grad_clip=0.0),
+        paths_in(tmp_path, data_dirs),
+    )
     assert metrics["stopped_early"] is True and metrics["trained_steps"] < 200
 
 

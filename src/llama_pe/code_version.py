@@ -35,8 +35,9 @@ def stage_definitions(dvc_yaml: str) -> dict[str, Any]:
 def source_dependencies(dvc_yaml: str) -> list[str]:
     """The stages' dependencies that no stage makes (files and folders): the code and inputs under version control."""
     stages = (yaml.safe_load(dvc_yaml) or {}).get("stages", {})
-    made = {_path(out) for stage in stages.values() for kind in ("outs", "metrics", "plots")
-            for out in stage.get(kind, [])}  # fmt: skip
+    made = {
+        _path(out) for stage in stages.values() for kind in ("outs", "metrics", "plots") for out in stage.get(kind, [])
+    }
     deps = {dep for stage in stages.values() for dep in stage.get("deps", [])}
     return sorted(d for d in deps if not any(d == m or d.startswith(f"{m}/") for m in made))
 

@@ -76,13 +76,16 @@ def exp_show(repo: str | Path, num: int, timeout: float = 300.0) -> list[dict[st
     import dvc.api  # slow to import; only reading needs it
 
     result: list[Any] = []
-    worker = threading.Thread(target=lambda: result.append(_call(dvc.api.exp_show, repo=str(repo), num=num)),
-                              daemon=True)  # fmt: skip
+    worker = threading.Thread(
+        target=lambda: result.append(_call(dvc.api.exp_show, repo=str(repo), num=num)), daemon=True
+    )
     worker.start()
     worker.join(timeout)
     if not result:
-        raise ReportError(f"dvc exp show gave no answer in {timeout:.0f} s (DVC can hang while a queued experiment "
-                          "finishes); run the command again")  # fmt: skip
+        raise ReportError(
+            f"dvc exp show gave no answer in {timeout:.0f} s (DVC can hang while a queued experiment "
+            "finishes); run the command again"
+        )
     if isinstance(result[0], BaseException):
         raise result[0]
     return result[0]
@@ -262,13 +265,21 @@ def select_by_validation(frame: pd.DataFrame, key: str) -> tuple[pd.DataFrame, p
         by_value = group.groupby(values, sort=False)[SELECTION_METRIC].agg(["mean", "count"])
         best = by_value["mean"].idxmin()  # ties: the first value the runs list
         chosen |= frame.index.isin(group.index[values == best])
-        table.append({
-            "group": label, **{k: group[k].iloc[0] for k in keys}, "key": key,
-            "chosen": group.loc[values == best, key].iloc[0],
-            f"mean_{SELECTION_METRIC}": by_value.loc[best, "mean"], "n": int(by_value.loc[best, "count"]),
-            "candidates": "; ".join(f"{group.loc[values == v, key].iloc[0]}: {row['mean']:.6g} (n={int(row['count'])})"
-                                    for v, row in by_value.iterrows()),
-        })  # fmt: skip
+        candidates = "; ".join(
+            f"{group.loc[values == v, key].iloc[0]}: {row['mean']:.6g} (n={int(row['count'])})"
+            for v, row in by_value.iterrows()
+        )
+        table.append(
+            {
+                "group": label,
+                **{k: group[k].iloc[0] for k in keys},
+                "key": key,
+                "chosen": group.loc[values == best, key].iloc[0],
+                f"mean_{SELECTION_METRIC}": by_value.loc[best, "mean"],
+                "n": int(by_value.loc[best, "count"]),
+                "candidates": candidates,
+            }
+        )
     return frame[chosen].reset_index(drop=True), pd.DataFrame(table)
 
 
@@ -320,11 +331,19 @@ def summarize(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         for metric in metric_columns(frame):
             values = group[metric].dropna().astype(float).to_numpy()  # a null stays out: never averaged in
             mean, std, half = t_interval(values)
-            rows.append({
-                "group": label, **{k: group[k].iloc[0] for k in keys}, "metric": metric, "n": len(values),
-                "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half,
-                "reason": null_reason(group, metric) if len(values) == 0 else None,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "group": label,
+                    **{k: group[k].iloc[0] for k in keys},
+                    "metric": metric,
+                    "n": len(values),
+                    "mean": mean,
+                    "std": std,
+                    "ci95_low": mean - half,
+                    "ci95_high": mean + half,
+                    "reason": null_reason(group, metric) if len(values) == 0 else None,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -402,14 +421,21 @@ def paired_differences(frame: pd.DataFrame, keys: list[str], baseline: dict[str,
             diffs = paired.dropna().to_numpy()  # only seeds where both runs have a value
             mean, std, half = t_interval(diffs)
             same_as = first_with.setdefault((metric, tuple(paired.dropna().items())), label)
-            rows.append({
-                "group": label, "metric": metric, "n_pairs": len(diffs), "mean_diff": mean, "std_diff": std,
-                "ci95_low": mean - half, "ci95_high": mean + half,
-                "p_value": paired_t_p_value(diffs) if is_judged(metric) else math.nan,  # no verdict, no test
-                "min_detectable_diff": detectable_difference(std, len(diffs)) if is_judged(metric) else math.nan,
-                "same_as": same_as if same_as != label and np.any(diffs) else None,  # all 0: no test to repeat
-                "unpaired": unpaired_reason(group, base, metric) if len(diffs) == 0 else None,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "group": label,
+                    "metric": metric,
+                    "n_pairs": len(diffs),
+                    "mean_diff": mean,
+                    "std_diff": std,
+                    "ci95_low": mean - half,
+                    "ci95_high": mean + half,
+                    "p_value": paired_t_p_value(diffs) if is_judged(metric) else math.nan,  # no verdict, no test
+                    "min_detectable_diff": detectable_difference(std, len(diffs)) if is_judged(metric) else math.nan,
+                    "same_as": same_as if same_as != label and np.any(diffs) else None,  # all 0: no test to repeat
+                    "unpaired": unpaired_reason(group, base, metric) if len(diffs) == 0 else None,
+                }
+            )
     return with_verdicts(pd.DataFrame(rows))
 
 
@@ -424,8 +450,10 @@ def with_verdicts(diffs: pd.DataFrame) -> pd.DataFrame:
         return diffs
     repeated = diffs["same_as"].map(lambda same_as: isinstance(same_as, str))  # pandas reads None as NaN
     by_metric = diffs["p_value"].mask(repeated).groupby(diffs["metric"], sort=False)
-    diffs = diffs.assign(p_holm=by_metric.transform(lambda p: holm(p.to_numpy())),
-                         family_size=by_metric.transform(lambda p: int(p.notna().sum())))  # fmt: skip
+    diffs = diffs.assign(
+        p_holm=by_metric.transform(lambda p: holm(p.to_numpy())),
+        family_size=by_metric.transform(lambda p: int(p.notna().sum())),
+    )
     adjusted = diffs.set_index(["group", "metric"])["p_holm"]
     for index in diffs.index[repeated]:
         diffs.loc[index, "p_holm"] = adjusted[(diffs.at[index, "same_as"], diffs.at[index, "metric"])]

@@ -199,8 +199,8 @@ class Ledger:
         with atomic_path(self.path) as tmp:
             tmp.write_text(buffer.getvalue(), encoding="utf-8")
         fresh = Ledger.read(self.path)
-        self.columns, self.rows, self.lines, self._identities = (fresh.columns, fresh.rows, fresh.lines,
-                                                                 fresh._identities)  # fmt: skip
+        self.columns, self.rows = fresh.columns, fresh.rows
+        self.lines, self._identities = fresh.lines, fresh._identities
 
     def frame(self, rows: list[dict[str, Any]] | None = None) -> pd.DataFrame:
         """The ledger as the report reads experiments: name, rev, metrics, params, then the rest of the provenance;
@@ -249,8 +249,10 @@ def _checked_header(path: Path, header: list[str]) -> list[str]:
 def _checked_row(path: Path, line: int, columns: list[str], cells: list[str]) -> dict[str, Any]:
     where = _where(path, line)
     if len(cells) != len(columns):
-        raise LedgerError(f"{where}: {len(cells)} fields where the header has {len(columns)} (a cell missing, or a "
-                          "comma too many outside quotes)")  # fmt: skip
+        raise LedgerError(
+            f"{where}: {len(cells)} fields where the header has {len(columns)} (a cell missing, or a "
+            "comma too many outside quotes)"
+        )
     row = {column: _checked_cell(where, column, cell) for column, cell in zip(columns, cells, strict=True)}
     for column in REQUIRED:
         if row[column] is None:
@@ -292,9 +294,10 @@ def _check_same_results(ledger: Ledger, first: int, row: dict[str, Any], line: i
     result; other results leave no way to tell which is the point's."""
     earlier = ledger.rows[first]
     differing = [
-        column for column in ledger.columns
+        column
+        for column in ledger.columns
         if _is_metric(column) and not has_role(column, Role.TIMING) and earlier.get(column) != row.get(column)
-    ]  # fmt: skip
+    ]
     if differing:
         shown = ", ".join(f"{c} {row.get(c)} here, {earlier.get(c)} there" for c in differing[:3])
         raise LedgerError(

@@ -40,12 +40,19 @@ def local_window_verdicts(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         both = group[[longest, LOCAL_WINDOW]].dropna().astype(float)  # the runs that have both figures
         mean, _, half = t_interval((both[longest] - both[LOCAL_WINDOW]).to_numpy())
         missing = longest if group[longest].isna().all() else LOCAL_WINDOW
-        rows.append({
-            "group": label, "longest": longest, "n": len(both), "ppl_longest": both[longest].mean(),
-            "ppl_local_window": both[LOCAL_WINDOW].mean(), "mean_diff": mean, "ci95_low": mean - half,
-            "ci95_high": mean + half,
-            "verdict": f"n/a: {null_reason(group, missing)}" if both.empty else context_verdict(mean, half),
-        })  # fmt: skip
+        rows.append(
+            {
+                "group": label,
+                "longest": longest,
+                "n": len(both),
+                "ppl_longest": both[longest].mean(),
+                "ppl_local_window": both[LOCAL_WINDOW].mean(),
+                "mean_diff": mean,
+                "ci95_low": mean - half,
+                "ci95_high": mean + half,
+                "verdict": f"n/a: {null_reason(group, missing)}" if both.empty else context_verdict(mean, half),
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -39,10 +39,17 @@ NO_EXPERIMENTS = (
 
 
 def report(
-    repo: str | Path, out_dir: str | Path, all_commits: bool, only: list[str], baseline: list[str], force: bool = False,
-    ledger: str | Path | None = None, select_key: str | None = None, primary: list[str] | None = None,
+    repo: str | Path,
+    out_dir: str | Path,
+    all_commits: bool,
+    only: list[str],
+    baseline: list[str],
+    force: bool = False,
+    ledger: str | Path | None = None,
+    select_key: str | None = None,
+    primary: list[str] | None = None,
     runs: str | Path | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """`llama-pe report`: read the experiments (or the ledger), select, aggregate and write the tables and figures;
     primary: the headline's metrics (None: the metrics table's default).
 

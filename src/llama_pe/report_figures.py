@@ -48,8 +48,7 @@ def extrapolation(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
                 continue
             contexts |= set(points["context"])
             style = styles[label]
-            ax.plot(points["context"], points["mean"], markersize=4, **style,
-                    label=short_label(group.iloc[0], keys))  # fmt: skip
+            ax.plot(points["context"], points["mean"], markersize=4, **style, label=short_label(group.iloc[0], keys))
             ax.fill_between(points["context"], points["low"], points["high"], color=style["color"], alpha=0.12)
         for train_context in sorted(frame["train.context"].unique()):
             ax.axvline(train_context, **TRAIN_CONTEXT_LINE)
@@ -110,8 +109,13 @@ def val_curves(frame: pd.DataFrame, keys: list[str], curves: pd.DataFrame, out: 
         by_tokens = runs.groupby("tokens")["loss"].agg(["mean", "std", "count"]).reset_index()
         spread = by_tokens["std"].where(by_tokens["count"] > 1, 0.0)
         line = ax.plot(by_tokens["tokens"], by_tokens["mean"], marker=".", label=short_label(group.iloc[0], keys))
-        ax.fill_between(by_tokens["tokens"], by_tokens["mean"] - spread, by_tokens["mean"] + spread,
-                        color=line[0].get_color(), alpha=0.2)  # fmt: skip
+        ax.fill_between(
+            by_tokens["tokens"],
+            by_tokens["mean"] - spread,
+            by_tokens["mean"] + spread,
+            color=line[0].get_color(),
+            alpha=0.2,
+        )
     ax.set_xlabel("tokens seen")
     ax.set_ylabel(f"validation loss, nats per token ({BAND})")
     ax.set_title(f"Validation loss during training ({seeds_note(group_sizes(frame, keys), 'band')})")
@@ -136,8 +140,9 @@ def bits_per_character(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
     ax.set_ylabel("held-out bits per character")
     sizes = group_sizes(frame, keys)
     interval = "mean with 95% t interval, " if max(sizes) > 1 else ""  # t needs two runs
-    ax.set_title(f"Held-out bits per character\n({interval}{seeds_note(sizes, 'interval')}; small dots: seeds)",
-                 fontsize=10)  # fmt: skip
+    ax.set_title(
+        f"Held-out bits per character\n({interval}{seeds_note(sizes, 'interval')}; small dots: seeds)", fontsize=10
+    )
     ax.grid(alpha=0.3, axis="y")
     return save_figure(fig, out)
 

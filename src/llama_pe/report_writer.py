@@ -39,9 +39,14 @@ log = logging.getLogger(__name__)
 
 
 def write_report(
-    frame: pd.DataFrame, out_dir: Path, baseline: dict[str, Any], curves: pd.DataFrame | None = None,
-    force: bool = False, primary: tuple[str, ...] = DEFAULT_PRIMARY, selection: pd.DataFrame | None = None,
-) -> dict[str, Path]:  # fmt: skip
+    frame: pd.DataFrame,
+    out_dir: Path,
+    baseline: dict[str, Any],
+    curves: pd.DataFrame | None = None,
+    force: bool = False,
+    primary: tuple[str, ...] = DEFAULT_PRIMARY,
+    selection: pd.DataFrame | None = None,
+) -> dict[str, Path]:
     """The tables (runs.csv, summary.csv, paired_differences.csv, comparison.md) and, given the curves, the figures;
     returns their paths. The headline of comparison.md shows the primary endpoints (checked by primary_endpoints).
     selection: the value each group was reported at (llama_pe.experiments.select_by_validation), as selection.csv
@@ -68,9 +73,13 @@ def write_report(
 
 
 def draft_report(
-    frame: pd.DataFrame, out_dir: Path, baseline: dict[str, Any], curves: pd.DataFrame | None,
-    primary: tuple[str, ...] = DEFAULT_PRIMARY, selection: pd.DataFrame | None = None,
-) -> tuple[dict[str, Path], str]:  # fmt: skip
+    frame: pd.DataFrame,
+    out_dir: Path,
+    baseline: dict[str, Any],
+    curves: pd.DataFrame | None,
+    primary: tuple[str, ...] = DEFAULT_PRIMARY,
+    selection: pd.DataFrame | None = None,
+) -> tuple[dict[str, Path], str]:
     """write_report's files, written into out_dir by name; and a line that says what they hold."""
     from llama_pe import report_figures  # matplotlib is slow to import
 
@@ -104,8 +113,9 @@ def draft_report(
     paths["bpc.png"] = report_figures.bits_per_character(trained, group_keys(trained), out_dir / "bpc.png")
     if curves is not None:
         # The curves of training: a scaled evaluation trained nothing of its own.
-        paths["val_curves.png"] = report_figures.val_curves(trained, group_keys(trained), curves,
-                                                            out_dir / "val_curves.png")  # fmt: skip
+        paths["val_curves.png"] = report_figures.val_curves(
+            trained, group_keys(trained), curves, out_dir / "val_curves.png"
+        )
     runs = f"{len(trained)} experiment" + ("s" if len(trained) != 1 else "")
     return paths, f"{runs} in {summary['group'].nunique()} groups by {', '.join(keys) or 'nothing'}"
 
@@ -115,9 +125,16 @@ def draft_report(
 
 # Every file a report can write into its folder (val_curves.*: when the experiments' curves are read).
 REPORT_FILES = (
-    "runs.csv", "summary.csv", "paired_differences.csv", "comparison.md", "val_curves.csv", "extrapolation.png",
-    "bpc.png", "val_curves.png", "selection.csv",
-)  # fmt: skip
+    "runs.csv",
+    "summary.csv",
+    "paired_differences.csv",
+    "comparison.md",
+    "val_curves.csv",
+    "extrapolation.png",
+    "bpc.png",
+    "val_curves.png",
+    "selection.csv",
+)
 
 
 def refuse_overwrite(out_dir: Path, drafts: dict[str, Path]) -> None:
@@ -135,8 +152,10 @@ def refuse_committed_folder(out_dir: Path) -> None:
 
 def overwrite_message(out_dir: Path, names: list[str]) -> str:
     files = f"{len(names)} committed file{'s' if len(names) != 1 else ''}"
-    return (f"--out {out_dir}: the report would change {files} there ({', '.join(names)}); give --out a new folder "
-            "to write it elsewhere, or --force to overwrite them")  # fmt: skip
+    return (
+        f"--out {out_dir}: the report would change {files} there ({', '.join(names)}); give --out a new folder "
+        "to write it elsewhere, or --force to overwrite them"
+    )
 
 
 def committed(out_dir: Path, names: Iterable[str]) -> list[str]:
@@ -144,8 +163,12 @@ def committed(out_dir: Path, names: Iterable[str]) -> list[str]:
     names = list(names)
     folder = out_dir.absolute()
     existing = next(p for p in (folder, *folder.parents) if p.is_dir())  # git needs a folder to run in
-    listed = subprocess.run(["git", "ls-files", "-z", "--", *(str(folder / name) for name in names)],
-                            cwd=existing, capture_output=True, text=True)  # fmt: skip
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--", *(str(folder / name) for name in names)],
+        cwd=existing,
+        capture_output=True,
+        text=True,
+    )
     if listed.returncode != 0:
         return []  # not in a git repository: nothing is committed
     tracked = {(existing / path).resolve() for path in listed.stdout.split("\0") if path}
@@ -166,17 +189,21 @@ TIMING_NOTE = (
 
 
 def comparison_markdown(
-    trained: pd.DataFrame, summary: pd.DataFrame, diffs: pd.DataFrame, keys: list[str], baseline: dict[str, Any],
-    primary: tuple[str, ...] = DEFAULT_PRIMARY, context: pd.DataFrame | None = None,
+    trained: pd.DataFrame,
+    summary: pd.DataFrame,
+    diffs: pd.DataFrame,
+    keys: list[str],
+    baseline: dict[str, Any],
+    primary: tuple[str, ...] = DEFAULT_PRIMARY,
+    context: pd.DataFrame | None = None,
     selection: pd.DataFrame | None = None,
-) -> str:  # fmt: skip
+) -> str:
     """The report's reading: the runs' setting, the headline (the primary endpoints), perplexity by context, the
     local-window reference, the paired verdicts, the rest."""
     groups = list(dict.fromkeys(summary["group"]))  # the experiments' order, not the alphabet's
     metrics = list(dict.fromkeys(summary["metric"]))
-    cells = summary.assign(cell=summary.apply(_summary_cell, axis=1)).pivot(index="group", columns="metric",
-                                                                           values="cell")  # fmt: skip
-    cells = cells.reindex(index=groups, columns=metrics)
+    cells = summary.assign(cell=summary.apply(_summary_cell, axis=1))
+    cells = cells.pivot(index="group", columns="metric", values="cell").reindex(index=groups, columns=metrics)
     compared = [m for m in metrics if not has_role(m, Role.TIMING)]
     headline = [m for m in primary if m in compared]
     by_context = [m for m in compared if CONTEXT_METRIC.match(m)]
@@ -194,8 +221,10 @@ def comparison_markdown(
         markdown_table(cells[headline].reset_index()),
     ]
     if by_context:
-        parts += ["\n## Test perplexity by evaluation context (multiples of train.context)\n",
-                  markdown_table(cells[by_context].reset_index())]  # fmt: skip
+        parts += [
+            "\n## Test perplexity by evaluation context (multiples of train.context)\n",
+            markdown_table(cells[by_context].reset_index()),
+        ]
     if context is not None and not context.empty:
         parts += _context_use(context)
     if not diffs.empty:
@@ -207,11 +236,13 @@ def comparison_markdown(
     if not diffs.empty:
         table = diffs.assign(p=diffs["p_value"].map(_p), p_holm=diffs["p_holm"].map(_p))
         table = table.rename(columns={"family_size": "family"})
-        parts += ["\n## Every paired difference\n",
-                  "p: the paired t-test's; p_holm: adjusted by Holm's method within the metric's family of `family` "
-                  "tests (every group against the baseline on that metric).\n",
-                  markdown_table(table[["group", "metric", "n_pairs", "difference", "p", "p_holm", "family",
-                                        "judgement"]].rename(columns={"judgement": "verdict"}))]  # fmt: skip
+        columns = ["group", "metric", "n_pairs", "difference", "p", "p_holm", "family", "judgement"]
+        parts += [
+            "\n## Every paired difference\n",
+            "p: the paired t-test's; p_holm: adjusted by Holm's method within the metric's family of `family` "
+            "tests (every group against the baseline on that metric).\n",
+            markdown_table(table[columns].rename(columns={"judgement": "verdict"})),
+        ]
     return "\n".join(parts) + "\n"
 
 
@@ -268,8 +299,11 @@ def _context_use(context: pd.DataFrame) -> list[str]:
     cells[longest] = context["ppl_longest"].map(_number)
     cells[LOCAL_WINDOW] = context["ppl_local_window"].map(_number)
     table = cells[["group", longest, LOCAL_WINDOW, "difference", "verdict"]]
-    return ["\n## Context beyond the training length\n", CONTEXT_NOTE,
-            markdown_table(table.rename(columns={"difference": "difference [95% CI]"}))]  # fmt: skip
+    return [
+        "\n## Context beyond the training length\n",
+        CONTEXT_NOTE,
+        markdown_table(table.rename(columns={"difference": "difference [95% CI]"})),
+    ]
 
 
 def _headline_cell(row: pd.Series) -> str:
@@ -318,10 +352,16 @@ def setting_lines(trained: pd.DataFrame) -> list[str]:
     sizes = pd.Series([len(group) for _, group in iter_groups(trained, keys)])
     n = f"{sizes.min()}" if sizes.nunique() == 1 else f"{sizes.min()} to {sizes.max()}"
     seeds = ", ".join(str(seed) for seed in sorted(trained[SEED].unique())) if SEED in trained else "not recorded"
-    budget = [f"{name}={value}" for name in ("train.max_steps", "train.max_tokens", "train.context")
-              if (value := describe_values(trained, name)) is not None]  # fmt: skip
-    done = [f"{value} {unit}" for name, unit in (("trained_steps", "steps"), ("trained_tokens", "tokens"))
-            if (value := describe_values(trained, name)) is not None]  # fmt: skip
+    budget = [
+        f"{name}={value}"
+        for name in ("train.max_steps", "train.max_tokens", "train.context")
+        if (value := describe_values(trained, name)) is not None
+    ]
+    done = [
+        f"{value} {unit}"
+        for name, unit in (("trained_steps", "steps"), ("trained_tokens", "tokens"))
+        if (value := describe_values(trained, name)) is not None
+    ]
     lines = [
         f"- **Runs:** {len(trained)}, in {len(sizes)} group{'s' if len(sizes) != 1 else ''} of n = {n} "
         f"({SEED} {seeds})",
@@ -350,8 +390,10 @@ def untrained_warning(trained: pd.DataFrame) -> str | None:
     untrained = int((both["best_val_bpc"] >= both["unigram_val_bpc"]).sum())
     if not untrained:
         return None
-    return (f"{untrained} of {len(both)} runs do not beat a unigram model (best_val_bpc ≥ unigram_val_bpc): these "
-            "models are barely trained, and the verdicts describe untrained models, not the encodings")  # fmt: skip
+    return (
+        f"{untrained} of {len(both)} runs do not beat a unigram model (best_val_bpc ≥ unigram_val_bpc): these "
+        "models are barely trained, and the verdicts describe untrained models, not the encodings"
+    )
 
 
 def describe_values(frame: pd.DataFrame, column: str) -> str | None:

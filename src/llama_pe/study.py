@@ -277,8 +277,12 @@ def branch_kept(repo: Path) -> Iterator[None]:
             else:
                 log.error(
                     "DVC left HEAD detached at %s while queueing, not at %s's commit %s: check `git status` before "
-                    "committing (`git checkout %s` goes back)", head[:7], branch, tip[:7], branch,
-                )  # fmt: skip
+                    "committing (`git checkout %s` goes back)",
+                    head[:7],
+                    branch,
+                    tip[:7],
+                    branch,
+                )
 
 
 def _current_branch(repo: Path) -> str | None:
@@ -298,9 +302,12 @@ def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
 def start_workers(repo: Path, jobs: int) -> None:
     """`dvc queue start -j N`: DVC starts the workers that are not running yet and leaves the others be."""
     subprocess.Popen(  # it lingers while its workers start up; they outlive it and this process
-        ["dvc", "queue", "start", "-j", str(jobs)], cwd=repo, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        ["dvc", "queue", "start", "-j", str(jobs)],
+        cwd=repo,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def failure_log(repo: Path, name: str) -> str:
@@ -337,15 +344,23 @@ def record_finished(
     repo: Path, ledger: Ledger, status: dict[Point, tuple[str, dict[str, Any] | None]]
 ) -> dict[Point, tuple[str, dict[str, Any] | None]]:
     """Write every finished experiment that the ledger lacks into it; the status with those points now its rows'."""
-    new = {point: record for point, (state, record) in status.items()
-           if state == "done" and record is not None and not record.get("ledger")}  # fmt: skip
-    rows = {point: experiment_row(repo, record["rev"], record["Experiment"]) for point, record in new.items()
-            if not ledger.holds_rev(record["rev"])}  # fmt: skip
+    new = {
+        point: record
+        for point, (state, record) in status.items()
+        if state == "done" and record is not None and not record.get("ledger")
+    }
+    rows = {
+        point: experiment_row(repo, record["rev"], record["Experiment"])
+        for point, record in new.items()
+        if not ledger.holds_rev(record["rev"])
+    }
     if rows:
         ledger.append(list(rows.values()))
         log.info("%s: %d finished experiment%s written", ledger.path, len(rows), "s" if len(rows) != 1 else "")
-    return {**status, **{point: ("done", {**record, "rev": ledger_rev(ledger, record["rev"])})
-                         for point, record in new.items()}}  # fmt: skip
+    return {
+        **status,
+        **{point: ("done", {**record, "rev": ledger_rev(ledger, record["rev"])}) for point, record in new.items()},
+    }
 
 
 def ledger_rev(ledger: Ledger, rev: str) -> str:
@@ -354,10 +369,16 @@ def ledger_rev(ledger: Ledger, rev: str) -> str:
 
 
 def run_study(
-    repo: Path, points: list[Point], jobs: int = 1, poll_seconds: float = 15.0, dry_run: bool = False,
-    on_progress: Callable[[dict[str, int]], None] | None = None, before_queueing: Callable[[], None] | None = None,
-    *, ledger: Ledger,
-) -> StudyResult:  # fmt: skip
+    repo: Path,
+    points: list[Point],
+    jobs: int = 1,
+    poll_seconds: float = 15.0,
+    dry_run: bool = False,
+    on_progress: Callable[[dict[str, int]], None] | None = None,
+    before_queueing: Callable[[], None] | None = None,
+    *,
+    ledger: Ledger,
+) -> StudyResult:
     """Queue the points that neither the ledger nor an experiment holds, start DVC's queue and wait until none is
     queued or running, writing each experiment into the ledger when it has finished.
 
@@ -369,8 +390,13 @@ def run_study(
     if not dry_run:  # finished before (an interrupted study): kept now, before anything can stop this one
         status = record_finished(repo, ledger, status)
     to_queue = [p for p in points if status[p][0] in ("missing", "failed")]
-    log.info("%d grid points: %d already have an experiment, %d to queue%s", len(points),
-             len(points) - len(to_queue), len(to_queue), " (dry run: nothing queued)" if dry_run else "")  # fmt: skip
+    log.info(
+        "%d grid points: %d already have an experiment, %d to queue%s",
+        len(points),
+        len(points) - len(to_queue),
+        len(to_queue),
+        " (dry run: nothing queued)" if dry_run else "",
+    )
     for point in points:
         state, record = status[point]
         where = f" ({record['Experiment']}{', in the ledger' if record.get('ledger') else ''})" if record else ""
@@ -402,10 +428,23 @@ def run_study(
 
 
 def study(
-    repo: Path, pos: str, seeds: str, hf: bool, sets: list[str], jobs: int, out_dir: Path, baseline: list[str],
-    poll_seconds: float = 15.0, dry_run: bool = False, force: bool = False, sweeps: Iterable[str] = (),
-    select_key: str | None = None, *, ledger_path: Path, primary: list[str] | None = None,
-) -> None:  # fmt: skip
+    repo: Path,
+    pos: str,
+    seeds: str,
+    hf: bool,
+    sets: list[str],
+    jobs: int,
+    out_dir: Path,
+    baseline: list[str],
+    poll_seconds: float = 15.0,
+    dry_run: bool = False,
+    force: bool = False,
+    sweeps: Iterable[str] = (),
+    select_key: str | None = None,
+    *,
+    ledger_path: Path,
+    primary: list[str] | None = None,
+) -> None:
     """`llama-pe study`: check the grid and the ledger, run what is missing through DVC's queue, keep each result in
     the ledger, report the whole grid from it.
 
@@ -431,8 +470,10 @@ def study(
     points = parse_grid(pos, seeds, hf, sets, repo / "params.yaml", sweeps)
     swept = [item.partition("=")[0] for item in sweeps]
     if select_key is not None and select_key not in swept:
-        raise StudyError(f"--select {select_key}: not swept by this grid; select one of the --sweep keys "
-                         f"({', '.join(swept) or 'none given: add --sweep KEY=V1,V2'})")  # fmt: skip
+        raise StudyError(
+            f"--select {select_key}: not swept by this grid; select one of the --sweep keys "
+            f"({', '.join(swept) or 'none given: add --sweep KEY=V1,V2'})"
+        )
     ledger = Ledger.read(repo / ledger_path)  # a damaged one stops the study here, before any work
 
     def check_out_dir() -> None:
@@ -449,22 +490,27 @@ def study(
             bar.n = counts["done"]
             bar.set_postfix(running=counts["running"], queued=counts["queued"], failed=counts["failed"])
 
-        result = run_study(repo, points, jobs, poll_seconds, dry_run, progress, None if force else check_out_dir,
-                           ledger=ledger)  # fmt: skip
+        result = run_study(
+            repo, points, jobs, poll_seconds, dry_run, progress, None if force else check_out_dir, ledger=ledger
+        )
     if dry_run:
         return
     for point, record in result.failed.items():
         if record is None:
             log.error("%s: its experiment left the queue without running (removed?)", point.label)
         else:
-            log.error("%s: experiment %s failed; the end of its log:\n%s", point.label, record["Experiment"],
-                      failure_log(repo, record["Experiment"]))  # fmt: skip
+            log.error(
+                "%s: experiment %s failed; the end of its log:\n%s",
+                point.label,
+                record["Experiment"],
+                failure_log(repo, record["Experiment"]),
+            )
     if result.finished:
         frame = ledger.frame(list(result.finished.values()))  # in grid order
         frame, selection = select_by_validation(frame, select_key) if select_key else (frame, None)
         curves = read_val_curves(repo, frame)  # of the experiments this repository has (a ledger's may be elsewhere)
-        write_report(frame, out_dir, baseline_conditions(frame, baseline), None if curves.empty else curves, force,
-                     endpoints, selection)  # fmt: skip
+        conditions = baseline_conditions(frame, baseline)
+        write_report(frame, out_dir, conditions, None if curves.empty else curves, force, endpoints, selection)
     if result.failed:
         names = ", ".join(point.label for point in result.failed)
         raise StudyError(

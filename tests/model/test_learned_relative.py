@@ -23,8 +23,9 @@ def test_t5_buckets_by_hand():
 @pytest.mark.parametrize(("n_buckets", "max_distance"), [(32, 128), (8, 20), (16, 40)])
 def test_t5_buckets_are_hugging_faces_causal_buckets(n_buckets, max_distance):
     distance = torch.arange(0, 600)
-    theirs = T5Attention._relative_position_bucket(-distance, bidirectional=False, num_buckets=n_buckets,
-                                                   max_distance=max_distance)  # fmt: skip
+    theirs = T5Attention._relative_position_bucket(
+        -distance, bidirectional=False, num_buckets=n_buckets, max_distance=max_distance
+    )
     assert torch.equal(t5_buckets(distance, n_buckets, max_distance), theirs)
 
 
