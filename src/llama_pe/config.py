@@ -214,10 +214,11 @@ class TrainConfig:
         for name in ("nproc", "context", "batch_size", "grad_accum", "eval_interval", "eval_batch_size"):
             _require(getattr(self, name) > 0, f"train.{name}", "a positive integer", getattr(self, name))
         _require(
-            self.batch_size % self.nproc == 0, "train.batch_size",
+            self.batch_size % self.nproc == 0,
+            "train.batch_size",
             f"a multiple of train.nproc={self.nproc} (the global batch is split evenly between the processes)",
             self.batch_size,
-        )  # fmt: skip
+        )
         _require(self.lr > 0, "train.lr", "a positive number", self.lr)
         _require(self.pos_lr_scale > 0, "train.pos_lr_scale", "a positive number (1: train.lr)", self.pos_lr_scale)
         _require(0 <= self.min_lr <= self.lr, "train.min_lr", f"a number in [0, train.lr={self.lr}]", self.min_lr)
@@ -260,13 +261,18 @@ class EvalConfig:
     rope_scaling: tuple[RopeScalingName, ...]  # RoPE context extension methods scored past train.context
 
     def __post_init__(self) -> None:
-        _require(len(set(self.rope_scaling)) == len(self.rope_scaling), "eval.rope_scaling", "each method once",
-                 list(self.rope_scaling))  # fmt: skip
+        _require(
+            len(set(self.rope_scaling)) == len(self.rope_scaling),
+            "eval.rope_scaling",
+            "each method once",
+            list(self.rope_scaling),
+        )
         _require(len(self.contexts) > 0, "eval.contexts", "a non-empty list of multiples of train.context", [])
         for multiple in self.contexts:
             _require(multiple > 0, "eval.contexts", "positive multiples of train.context", list(self.contexts))
-        _require(self.stride is None or self.stride > 0, "eval.stride", "a positive number of tokens or null",
-                 self.stride)  # fmt: skip
+        _require(
+            self.stride is None or self.stride > 0, "eval.stride", "a positive number of tokens or null", self.stride
+        )
         _require(self.batch_size > 0, "eval.batch_size", "a positive integer", self.batch_size)
         _require(self.sample_tokens >= 0, "eval.sample_tokens", "0 or more", self.sample_tokens)
         _require(self.temperature >= 0, "eval.temperature", "0 (greedy) or more", self.temperature)
@@ -285,9 +291,12 @@ class Config:
     def __post_init__(self) -> None:
         shortest = min(self.eval_contexts)
         if self.eval.stride is not None:
-            _require(self.eval.stride <= shortest, "eval.stride",
-                     f"at most the shortest evaluation context, {shortest} tokens (or null to follow train.context)",
-                     self.eval.stride)  # fmt: skip
+            _require(
+                self.eval.stride <= shortest,
+                "eval.stride",
+                f"at most the shortest evaluation context, {shortest} tokens (or null to follow train.context)",
+                self.eval.stride,
+            )
 
     @property
     def eval_contexts(self) -> tuple[int, ...]:

@@ -121,9 +121,16 @@ class Score:
 
 
 def score_split(
-    model, tokens, chars: int, context: int, stride: int | None, batch_size: int, device, amp,
+    model,
+    tokens,
+    chars: int,
+    context: int,
+    stride: int | None,
+    batch_size: int,
+    device,
+    amp,
     chunk_tokens: int | None = None,
-) -> Score:  # fmt: skip
+) -> Score:
     """`chars`: the characters of the scored targets (target_chars): every token but each segment's first."""
     plan = split_plan(len(tokens), context, stride, chunk_tokens)
     scored = sum(w.scored for w in plan)
@@ -244,6 +251,11 @@ def evaluate_checkpoint(
     for name, rows in curves.items():
         write_json(context_curves / f"{name}.json", rows)
     write_text(samples, samples_text(model, saved["tokenizer_model"], cfg))
-    log.info("test: loss %.4f, ppl %.2f, %.4f bits/char; val ∪ test: %.4f bits/char", results["test_loss"],
-             results["test_ppl"], results["test_bpc"], results["holdout_bpc"])  # fmt: skip
+    log.info(
+        "test: loss %.4f, ppl %.2f, %.4f bits/char; val ∪ test: %.4f bits/char",
+        results["test_loss"],
+        results["test_ppl"],
+        results["test_bpc"],
+        results["holdout_bpc"],
+    )
     return results

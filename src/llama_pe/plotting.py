@@ -57,8 +57,9 @@ def extrapolation_figure(curve_file: Path, train_context: int, out: Path, label:
     missing = [r for r in rows if r.get("reason")]
     if missing:  # the evaluate stage's reason, such as a learned table's length
         contexts = ", ".join(str(r["context"]) for r in missing)
-        ax.text(0.02, 0.02, f"no value at {contexts}: {missing[0]['reason']}", transform=ax.transAxes, fontsize=8,
-                wrap=True)  # fmt: skip
+        ax.text(
+            0.02, 0.02, f"no value at {contexts}: {missing[0]['reason']}", transform=ax.transAxes, fontsize=8, wrap=True
+        )
     ax.axvline(train_context, color="grey", linestyle="--", label=f"training context ({train_context})")
     ax.set_xscale("log", base=2)
     ax.set_xticks([r["context"] for r in rows], [str(r["context"]) for r in rows])

@@ -114,8 +114,10 @@ def _why_not_resume(saved: dict[str, Any] | None, made_by: dict[str, Any], state
     if not (isinstance(saved, dict) and isinstance(saved.get("params"), dict) and isinstance(saved.get("code"), dict)):
         return "records no provenance this version can read (an older version wrote it)"
     if saved["params"] != made_by["params"]:
-        changes = [f"{key}: {saved['params'].get(key)!r} -> {made_by['params'].get(key)!r}"
-                   for key in _differing(saved["params"], made_by["params"])]  # fmt: skip
+        changes = [
+            f"{key}: {saved['params'].get(key)!r} -> {made_by['params'].get(key)!r}"
+            for key in _differing(saved["params"], made_by["params"])
+        ]
         more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
         return f"was made with other params or data ({'; '.join(changes[:5])}{more})"
     if saved["code"] != made_by["code"]:

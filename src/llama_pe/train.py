@@ -216,25 +216,44 @@ def train(cfg: Config, paths: Paths, stop_after: int | None = None) -> dict[str,
     amp = autocast(device, precision)
     log.info(
         "model.impl=%s model.pos=%s: %s parameters on %s (%s); %d steps of %d tokens",
-        args.impl, args.pos, f"{model.num_params():,}", device, precision, tcfg.total_steps, tcfg.tokens_per_step,
-    )  # fmt: skip
+        args.impl,
+        args.pos,
+        f"{model.num_params():,}",
+        device,
+        precision,
+        tcfg.total_steps,
+        tcfg.tokens_per_step,
+    )
 
     checkpoints = Checkpointer(paths, model, tokenizer_model, made_by, optimizer, scaler, sampler, ranks)
     with open_live(paths.live) if ranks.is_main else NoLive() as live:
         for point in state.history:  # a resumed run rewrites the curves it had, so they match an unbroken run
             log_point(live, point)
         loop = Loop(
-            forward=forward, optimizer=optimizer, scaler=scaler, sampler=sampler, val_windows=val_windows, cfg=tcfg,
-            device=device, amp=amp, live=live, checkpoints=checkpoints, ranks=ranks,
-        )  # fmt: skip
+            forward=forward,
+            optimizer=optimizer,
+            scaler=scaler,
+            sampler=sampler,
+            val_windows=val_windows,
+            cfg=tcfg,
+            device=device,
+            amp=amp,
+            live=live,
+            checkpoints=checkpoints,
+            ranks=ranks,
+        )
         finished = loop.run(state, stop_after)
     if not finished:
         return None
     metrics = final_metrics(state, tcfg, meta, splits, model, device, precision)
     if ranks.is_main:
         write_json(paths.metrics, metrics)
-    log.info("best val loss %.4f nats/token (%.4f bits/char) at step %d",
-             metrics["best_val_loss"], metrics["best_val_bpc"], metrics["best_step"])  # fmt: skip
+    log.info(
+        "best val loss %.4f nats/token (%.4f bits/char) at step %d",
+        metrics["best_val_loss"],
+        metrics["best_val_bpc"],
+        metrics["best_step"],
+    )
     return metrics
 
 
@@ -261,9 +280,10 @@ class Checkpointer:
 
     def save_last(self, state: TrainState) -> None:
         resume_state = {
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "rng": rng_states(self.sampler, self.ranks),
-        }  # fmt: skip
+        }
         self._save(self.paths.last, self._state(state), **resume_state)
 
     @staticmethod
@@ -274,8 +294,9 @@ class Checkpointer:
 
     def _save(self, path: Path, state: dict[str, Any], **resume_state: Any) -> None:
         if self.ranks.is_main:
-            save_checkpoint(path, self.model, self.tokenizer_model, state=state, provenance=self.made_by,
-                            **resume_state)  # fmt: skip
+            save_checkpoint(
+                path, self.model, self.tokenizer_model, state=state, provenance=self.made_by, **resume_state
+            )
 
 
 @dataclass
@@ -295,8 +316,14 @@ class Loop:
     def run(self, state: TrainState, stop_after: int | None) -> bool:
         """Step until the budget or early stopping; False if stop_after ended it first."""
         cfg = self.cfg
-        bar = tqdm(total=cfg.total_steps, initial=state.step, desc="train", unit="step", mininterval=1.0,
-                   disable=not self.ranks.is_main)  # fmt: skip
+        bar = tqdm(
+            total=cfg.total_steps,
+            initial=state.step,
+            desc="train",
+            unit="step",
+            mininterval=1.0,
+            disable=not self.ranks.is_main,
+        )
         steps_here = 0
         with logging_redirect_tqdm(), bar:  # log lines print above the bar instead of through it
             while not state.finished(cfg):
@@ -304,8 +331,9 @@ class Loop:
                     return False
                 started = time.perf_counter()
                 lr = lr_at(state.step, cfg)
-                loss = train_step(self.forward, self.optimizer, self.scaler, self.sampler, cfg, lr, self.device,
-                                  self.amp)  # fmt: skip
+                loss = train_step(
+                    self.forward, self.optimizer, self.scaler, self.sampler, cfg, lr, self.device, self.amp
+                )
                 loss = distributed.mean_over_ranks(loss, self.ranks, self.device)  # the global batch's loss
                 if not math.isfinite(loss):
                     self._diverged(state, "training", loss)
@@ -335,8 +363,7 @@ class Loop:
         log_point(self.live, point)
 
     def _evaluate(self, state: TrainState) -> None:
-        val_loss = evaluate(self.forward, self.val_windows, self.cfg.eval_batch_size, self.device, self.amp,
-                            self.ranks)  # fmt: skip
+        val_loss = evaluate(self.forward, self.val_windows, self.cfg.eval_batch_size, self.device, self.amp, self.ranks)
         if not math.isfinite(val_loss):
             self._diverged(state, "validation", val_loss)
         self._record(state, {"step": state.step, "val/loss": val_loss, "val/tokens": state.tokens})
@@ -346,8 +373,9 @@ class Loop:
             self.checkpoints.save_best(state)
         else:
             state.evals_since_best += 1
-        log.info("step %d: val loss %.4f (best %.4f at step %d)", state.step, val_loss, state.best_val_loss,
-                 state.best_step)  # fmt: skip
+        log.info(
+            "step %d: val loss %.4f (best %.4f at step %d)", state.step, val_loss, state.best_val_loss, state.best_step
+        )
         self.checkpoints.save_last(state)
 
 

@@ -18,9 +18,14 @@ class BatchSampler:
     """
 
     def __init__(
-        self, tokens: np.ndarray, context: int, batch_size: int, seed: int, chunk_tokens: int | None = None,
+        self,
+        tokens: np.ndarray,
+        context: int,
+        batch_size: int,
+        seed: int,
+        chunk_tokens: int | None = None,
         ranks: Ranks = ONE_PROCESS,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.tokens, self.context, self.batch_size, self.chunk_tokens = tokens, context, batch_size, chunk_tokens
         self.generator = torch.Generator().manual_seed(seed)
         share = batch_size // ranks.world_size

@@ -140,13 +140,17 @@ class HFLlama(nn.Module):
         return DynamicCache(config=self.hf.config)
 
     def forward(
-        self, tokens: torch.Tensor, targets: torch.Tensor | None = None, cache: DynamicCache | None = None,
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: DynamicCache | None = None,
         last: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         start = cache.get_seq_length() if cache is not None else 0
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)[None]  # (1, T)
-        out = self.hf(input_ids=tokens, position_ids=positions, cache=cache, use_cache=cache is not None,
-                      logits_to_keep=last or 0)  # 0: every position  # fmt: skip
+        out = self.hf(
+            input_ids=tokens, position_ids=positions, cache=cache, use_cache=cache is not None, logits_to_keep=last or 0
+        )  # 0: every position
         logits = out.logits  # (B, T, vocab)
         if targets is None:
             return logits, None

@@ -96,8 +96,9 @@ class Rotary(PositionEncoding):
 def scaled_rope(positions: PositionEncoding, scaling: RopeScaling) -> Iterator[None]:
     """Evaluate a rotary model with its frequencies stretched by `scaling` (model/rope_scaling.py) inside the block."""
     if not positions.spec.rotary:
-        raise ConfigError(f"eval.rope_scaling: {scaling.method} scales rotary positions; model.pos={positions.name} "
-                          "has none")  # fmt: skip
+        raise ConfigError(
+            f"eval.rope_scaling: {scaling.method} scales rotary positions; model.pos={positions.name} has none"
+        )
     positions.scaling = scaling
     try:
         yield
