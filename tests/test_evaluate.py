@@ -148,7 +148,7 @@ def test_learned_positions_record_null_with_a_reason_past_their_table(trained, t
     assert metrics["ppl_at_8x"] is None and metrics["sliding_ppl_at_8x"] is None
     assert math.isfinite(metrics["ppl_at_1x"])
     row = json.loads(out["curve.json"].read_text())[-1]
-    assert row["context"] == 128 and "16 learned positions" in row["reason"]
+    assert row["context"] == 128 and row["reason"] == "model.pos=learned places 16 positions, not 128"
 
 
 def test_contexts_longer_than_the_split_are_an_error(trained, tmp_path):
