@@ -1,5 +1,6 @@
 """The context-use diagnostics can fail: a model that sees nothing before the current token shows no gain from
-context and attends at distance 0; a model that copies shows a large retrieval gain; a learned table gives null."""
+context and attends at distance 0; a copy out of a model's reach changes nothing; a model that copies shows a large
+retrieval gain; a learned table gives null."""
 
 from __future__ import annotations
 
@@ -50,6 +51,18 @@ def test_a_model_that_sees_only_the_current_token_gains_nothing_from_context_and
     assert len(curves["loss_by_position"]) == 8 * L
     bands = [metrics[f"band_loss_{band}"] for band in ("0to1x", "1to2x", "2to4x", "4to8x")]
     assert max(bands) - min(bands) < 0.2  # a bigram model's loss does not depend on the position
+
+
+def test_a_copy_beyond_a_models_reach_changes_nothing_though_its_loss_depends_on_the_text_before_it(cfg, tokens):
+    # ALiBi so steep that a query sees its last few tokens only (weights past ~25 tokens underflow to exactly 0): the
+    # probe compares the second copy with and without the first at the same positions after the same filler, so a
+    # first copy out of reach changes nothing, though the tokens just before each copy change its loss.
+    model = tiny_model(pos="alibi", vocab_size=VOCAB, max_seq_len=L).eval()
+    model.positions.slopes.mul_(1e3)
+    metrics, _ = context_use(model, tokens, cfg, CPU, NO_AMP)
+    for multiple in ("2x", "4x", "7x"):
+        for kind in ("text", "random"):
+            assert metrics[f"copy_gain_{kind}_at_{multiple}"] == pytest.approx(0.0, abs=1e-6), (kind, multiple)
 
 
 class Copier(nn.Module):

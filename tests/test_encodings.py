@@ -81,7 +81,7 @@ def test_settings_belong_to_their_encodings():
         "rope_fraction": 0.5,
     }
     with pytest.raises(
-        ConfigError, match=r"model\.rope_fraction: 0\.5 has no meaning for model\.pos=rope \(only p_rope"
+        ConfigError, match=r"model\.rope_fraction: 0\.5 has no meaning for model\.pos=rope \(only p_rope uses it\)"
     ):
         make_config(model={"pos": "rope", "rope_fraction": 0.5})
     for bad in (0.0, 1.5):

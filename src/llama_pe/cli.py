@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ledger",
         metavar="FILE",
         help="aggregate the runs of this ledger (llama-pe study writes reports/ledger.csv) instead of DVC's "
-        "experiments: no experiment needs to be present, and no validation curves are drawn",
+        "experiments: no experiment needs to be present, and no validation curves are drawn (default: DVC's "
+        "experiments)",
     )
     report.add_argument(
         "--runs",
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--select",
         metavar="KEY",
         help="report each group at the value of this swept param with the lowest mean best_val_loss (validation "
-        "only); the choice goes to selection.csv and comparison.md",
+        "only); the choice goes to selection.csv and comparison.md (default: none, every value is reported)",
     )
     study = commands.add_parser(
         "study", help="queue a grid of experiments on DVC's queue, wait for them and write the report"
@@ -114,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=V1,V2,...",
         help="a param's values, repeatable: the grid is encodings x seeds x every sweep's values",
     )
-    study.add_argument("--select", metavar="KEY", help="as for report: a --sweep key, chosen by validation loss")
+    study.add_argument(
+        "--select", metavar="KEY", help="as for report: a --sweep key, chosen by validation loss (default: none)"
+    )
     study.add_argument(
         "--ledger",
         default="reports/ledger.csv",

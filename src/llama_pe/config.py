@@ -351,6 +351,17 @@ def config_from_dict(raw: Any) -> Config:
     return _build_dataclass(Config, raw, "")
 
 
+def flat_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """params.yaml's settings by dotted key ("model.pos": "rope"); a list is one value."""
+    flat: dict[str, Any] = {}
+    for name, value in params.items():
+        if isinstance(value, dict):
+            flat.update(flat_params(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 

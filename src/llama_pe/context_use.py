@@ -9,9 +9,10 @@ L is train.context and C the longest evaluation context (max eval.contexts × L)
   score their last L/8, so each cut target sees between 7L/8 + 1 and L tokens.
 - Retrieval by distance, a copy probe on the test text (no new data): a span of k tokens (16, or L/4 when L is
   below 64), filler test text, and the span again starting d tokens after the first, for d in
-  {L/4, L/2, L, 2L, 4L, 7L}; the gain is the mean loss of the repeated span's tokens (all but its first) on the
-  second copy minus on the first, over PROBE_SPANS seeded spans. Once with a span of test text, once with random
-  token ids (Olsson et al.'s induction test, arXiv 2209.11895), which only copying can lower.
+  {L/4, L/2, L, 2L, 4L, 7L}. The gain is the mean loss of the second copy's tokens (all but its first) minus their
+  loss in the same sequence with the first copy replaced by another span (the control): same positions, same
+  filler, same span scored, so only the earlier copy differs, over PROBE_SPANS seeded spans. Once with spans of
+  test text, once with random token ids (Olsson et al.'s induction test, arXiv 2209.11895).
 - Attention distance and entropy per layer: the mean |i - j| under the attention probabilities and their entropy
   (nats), at L and at C, on the first ATTENTION_WINDOWS non-overlapping test windows, from exact probabilities.
 
@@ -132,7 +133,8 @@ def context_gains(model, tokens, cfg: Config, device, amp, where: Reach) -> dict
 
 
 def copy_probe(model, tokens, cfg: Config, device, amp, where: Reach) -> tuple[dict[str, float | None], list[dict]]:
-    """copy_gain_<text|random>_at_<d/L>x and the curve's rows: second copy's loss minus the first's, per distance."""
+    """copy_gain_<text|random>_at_<d/L>x and the curve's rows: the second copy's loss with the first copy minus
+    with the control span in its place, per distance."""
     context, vocab = cfg.train.context, model.args.vocab_size
     span = 16 if context >= 64 else max(2, context // 4)
     longest = max(cfg.eval_contexts)
@@ -154,16 +156,23 @@ def copy_probe(model, tokens, cfg: Config, device, amp, where: Reach) -> tuple[d
         else:
             rng = np.random.default_rng([cfg.eval.seed, distance])
             starts = rng.integers(0, len(tokens) - length, PROBE_SPANS)
-            text = np.stack([np.concatenate([tokens[s : s + distance], tokens[s : s + span]]) for s in starts])
-            spans = rng.integers(3, vocab, (PROBE_SPANS, span))  # ids 0-2 are <unk>, <s>, </s>
-            fillers = np.stack([tokens[s : s + distance - span] for s in starts])
-            random = np.concatenate([spans, fillers, spans], axis=1)
-            for kind, sequences in (("text", text), ("random", random)):
-                # Targets 1 .. span - 1 of each copy. Nothing after the first copy changes its losses (causal), so
-                # it is scored alone; the second copy ends the sequence, so its losses are the last span - 1.
-                first = _batched(model, sequences[:, :span], amp, device, _per_batch(cfg, span, device))
-                second = _batched(model, sequences, amp, device, _per_batch(cfg, length, device), last=span - 1)
-                row[f"{kind}_gain"] = round(float(second.mean() - first.mean()), 6)
+            # The text control is the span of another seeded place; the random one, other random ids.
+            control_starts = rng.integers(0, len(tokens) - span, PROBE_SPANS)
+            text_spans = np.stack([tokens[s : s + span] for s in starts])
+            fillers = np.stack([tokens[s + span : s + distance] for s in starts])
+            random_spans = rng.integers(3, vocab, (PROBE_SPANS, span))  # ids 0-2 are <unk>, <s>, </s>
+            controls = {
+                "text": np.stack([tokens[s : s + span] for s in control_starts]),
+                "random": rng.integers(3, vocab, (PROBE_SPANS, span)),
+            }
+            for kind, spans in (("text", text_spans), ("random", random_spans)):
+                # The second copy ends both sequences: its losses are the last span - 1 (targets 1 .. span - 1).
+                per_batch = _per_batch(cfg, length, device)
+                copied = np.concatenate([spans, fillers, spans], axis=1)
+                control = np.concatenate([controls[kind], fillers, spans], axis=1)
+                with_copy = _batched(model, copied, amp, device, per_batch, last=span - 1)
+                without = _batched(model, control, amp, device, per_batch, last=span - 1)
+                row[f"{kind}_gain"] = round(float(with_copy.mean() - without.mean()), 6)
         for kind in ("text", "random"):
             metrics[f"copy_gain_{kind}_at_{metric_suffix(multiple)}"] = row[f"{kind}_gain"]
         rows.append(row)

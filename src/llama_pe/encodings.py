@@ -191,9 +191,10 @@ def check_encoding_settings(pos: str, values: Mapping[str, Any], head_dim: int, 
     for key, setting in settings_of_every_encoding().items():
         if key not in entry.settings and values[key] != setting.default:
             owners = [name for name, other in ENCODINGS.items() if key in other.settings]
+            users = f"{owners[0]} uses it" if len(owners) == 1 else f"{', '.join(owners)} use it"
             raise ConfigError(
-                f"model.{key}: {_yaml(values[key])} has no meaning for model.pos={pos} (only {', '.join(owners)} "
-                f"use it); set it back to {_yaml(setting.default)}"
+                f"model.{key}: {_yaml(values[key])} has no meaning for model.pos={pos} (only {users}); "
+                f"set it back to {_yaml(setting.default)}"
             )
     own = {key: values[key] for key in entry.settings}
     validate_encoding(pos, own, head_dim, impl)

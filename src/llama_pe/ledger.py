@@ -32,6 +32,7 @@ import pandas as pd
 import yaml
 
 from llama_pe.code_version import code_version
+from llama_pe.config import flat_params
 from llama_pe.errors import LlamaPeError
 from llama_pe.experiments import CODE, PARAM_SECTIONS, SEED, SELECTION_METRIC
 from llama_pe.io import atomic_path
@@ -52,17 +53,6 @@ class LedgerError(LlamaPeError, ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- cells
-
-
-def flat_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """params.yaml's settings by dotted key ("model.pos": "rope"); a list is one value."""
-    flat: dict[str, Any] = {}
-    for name, value in params.items():
-        if isinstance(value, dict):
-            flat.update(flat_params(value, f"{prefix}{name}."))
-        else:
-            flat[f"{prefix}{name}"] = value
-    return flat
 
 
 def render(value: Any) -> str:

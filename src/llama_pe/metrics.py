@@ -62,7 +62,7 @@ METRICS = (
     Metric(rf"band_loss_({MULTIPLE})to({MULTIPLE})x", Role.RESULT, LOWER),
     # the same targets' loss with the whole window minus with the context cut to the last L tokens (< 0: it helps);
     Metric(rf"context_gain_at_{MULTIPLE}x", Role.RESULT, LOWER, primary=("context_gain_at_8x",)),
-    # a repeated span's loss on its second copy minus its first, the copy d = K × L tokens on (< 0: it copies);
+    # a span's loss after its own copy d = K × L tokens back minus after another span there (< 0: it copies);
     Metric(
         rf"copy_gain_(text|random)_at_{MULTIPLE}x",
         Role.RESULT,

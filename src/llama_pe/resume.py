@@ -14,7 +14,7 @@ import torch
 
 from llama_pe import distributed
 from llama_pe.checkpoint import CheckpointError, load_checkpoint
-from llama_pe.config import Config, TrainConfig
+from llama_pe.config import Config, TrainConfig, flat_params
 from llama_pe.data.batches import BatchSampler
 from llama_pe.distributed import ONE_PROCESS, Ranks
 from llama_pe.io import remove_path
@@ -43,17 +43,7 @@ class TrainState:
 
 def run_settings(cfg: Config, meta: dict[str, Any]) -> dict[str, Any]:
     """The params and data a run trains with, flat ("model.pos": "rope", "data.vocab_size": 8192, ...)."""
-    return _flatten({"model": cfg.model.params(), "train": dataclasses.asdict(cfg.train), "data": meta})
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    return flat_params({"model": cfg.model.params(), "train": dataclasses.asdict(cfg.train), "data": meta})
 
 
 def rng_states(sampler: BatchSampler, ranks: Ranks = ONE_PROCESS) -> dict[str, Any]:

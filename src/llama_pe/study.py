@@ -31,10 +31,10 @@ from typing import Any
 import yaml
 
 from llama_pe.code_version import code_version, source_files, stage_definitions
-from llama_pe.config import config_from_dict
+from llama_pe.config import config_from_dict, flat_params
 from llama_pe.encodings import ENCODINGS, hf_encoding
 from llama_pe.errors import LlamaPeError
-from llama_pe.ledger import Ledger, experiment_row, flat_params
+from llama_pe.ledger import Ledger, experiment_row
 
 log = logging.getLogger(__name__)
 
