@@ -841,21 +841,71 @@ def test_select_picks_by_validation_loss_never_by_test_metrics(tmp_path):
         "model.pos=alibi": 0.004,
     }
     picked = set(chosen[["model.pos", "train.lr", "test_ppl"]].itertuples(index=False, name=None))
-    assert picked == {("rope", 0.001, 320.0), ("alibi", 0.004, 300.0)} and len(chosen) == 6  # its test metrics too
+    assert picked == {("rope", 0.001, 320.0), ("alibi", 0.004, 300.0)} and len(chosen) == 6  # every seed, its tests
     # Whatever the test and extrapolation metrics say, the choice stays: it never reads them.
     scrambled = frame.assign(
         test_ppl=frame["test_ppl"][::-1].to_numpy(), ppl_at_8x=1.0, holdout_bpc=-frame["holdout_bpc"]
     )
     assert select_by_validation(scrambled, "train.lr")[1]["chosen"].tolist() == table["chosen"].tolist()
     rope = table.set_index("group").loc["model.pos=rope"]
-    assert rope["mean_best_val_loss"] == pytest.approx(5.01) and rope["n"] == 3
-    assert rope["candidates"] == "0.001: 5.01 (n=3); 0.004: 5.11 (n=3)"
+    assert rope["mean_best_val_loss"] == pytest.approx(5.0) and rope["n"] == 1  # 0.1 nats apart: seed 0 decides
+    assert rope["decided_by"] == "train.seed=0"
+    assert rope["candidates"] == "0.001: 5, 5.01; 0.004: 5.1, 5.11"
 
     paths = write_report(chosen, tmp_path, {"model.pos": "rope"}, selection=table)
     assert pd.read_csv(paths["selection.csv"])["chosen"].tolist() == [0.001, 0.004]
     comparison = paths["comparison.md"].read_text()
     assert "## train.lr selected by validation loss" in comparison
-    assert "| model.pos=rope | 0.001 | 5.01 | 3 | 0.001: 5.01 (n=3); 0.004: 5.11 (n=3) |" in comparison
+    assert "| model.pos=rope | 0.001 | 5.0 | 1 | train.seed=0 | 0.001: 5, 5.01; 0.004: 5.1, 5.11 |" in comparison
+
+
+def close_sweep(second_seed: dict[float, float] | None, later: dict[float, float] | None = None) -> pd.DataFrame:
+    """rope's lr 0.001 beats 0.002 by 0.01 nats on seed 0 (within the margin) and 0.004 is far behind; seed 1 (and
+    seeds 2-4) where given."""
+    runs = [swept("rope", lr, 0, val, 300.0) for lr, val in ((0.001, 5.00), (0.002, 5.01), (0.004, 5.30))]
+    runs += [swept("rope", lr, 1, val, 300.0) for lr, val in (second_seed or {}).items()]
+    runs += [swept("rope", lr, seed, val, 300.0) for lr, val in (later or {}).items() for seed in range(2, 5)]
+    return experiments_frame(runs)
+
+
+def test_within_the_margin_the_first_two_seeds_decide_and_later_seeds_never_do():
+    from llama_pe.experiments import select_by_validation
+
+    frame = close_sweep({0.001: 5.10, 0.002: 5.02})  # on seeds 0-1: 5.05 against 5.015
+    chosen, table = select_by_validation(frame, "train.lr")
+    assert table["chosen"].tolist() == [0.002] and set(chosen["train.seed"]) == {0, 1}
+    assert table["decided_by"].iloc[0] == "train.seed=0,1 (the best two within 0.02 nats)"
+    assert table["mean_best_val_loss"].iloc[0] == pytest.approx(5.015) and table["n"].iloc[0] == 2
+    # A main grid at the chosen value whose seeds 2-4 are bad, and good ones at another value: the choice stays.
+    frame = close_sweep({0.001: 5.10, 0.002: 5.02}, later={0.002: 6.0, 0.004: 4.0})
+    chosen, table = select_by_validation(frame, "train.lr")
+    assert table["chosen"].tolist() == [0.002] and sorted(chosen["train.seed"]) == [0, 1, 2, 3, 4]
+
+
+def test_a_close_call_without_the_second_seed_is_flagged_not_hidden():
+    from llama_pe.experiments import select_by_validation
+
+    _, table = select_by_validation(close_sweep({0.001: 5.0}), "train.lr")  # 0.002 lacks seed 1
+    assert table["chosen"].tolist() == [0.001]
+    assert table["decided_by"].iloc[0].endswith("so train.seed=1 should decide: MISSING")
+
+
+def test_two_swept_keys_are_chosen_together_and_each_value_needs_the_first_seed():
+    from llama_pe.experiments import select_by_validation
+
+    runs = [
+        swept("t5", lr, seed, val, 300.0) | {"train.pos_lr_scale": scale}
+        for seed in (0, 1)
+        for lr, scale, val in ((0.001, 1.0, 5.2), (0.001, 10.0, 5.1), (0.002, 1.0, 5.3), (0.002, 10.0, 5.0))
+    ]
+    chosen, table = select_by_validation(experiments_frame(runs), ["train.lr", "train.pos_lr_scale"])
+    assert table["chosen"].tolist() == ["0.002, 10.0"] and table["key"].tolist() == ["train.lr,train.pos_lr_scale"]
+    assert set(zip(chosen["train.lr"], chosen["train.pos_lr_scale"], strict=True)) == {(0.002, 10.0)}
+    no_first_seed = swept("t5", 0.004, 1, 4.0, 300.0) | {"train.pos_lr_scale": 1.0}
+    with pytest.raises(
+        ReportError, match=r"train\.lr=0\.004, train\.pos_lr_scale=1\.0 has no run at train\.seed=0, the seed every"
+    ):
+        select_by_validation(experiments_frame([*runs, no_first_seed]), ["train.lr", "train.pos_lr_scale"])
 
 
 def test_select_of_a_key_that_is_not_swept_is_named():

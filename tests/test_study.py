@@ -287,11 +287,15 @@ def test_a_damaged_ledger_or_a_select_of_no_sweep_stops_the_study_before_any_wor
         study_module.study(repo, **grid, ledger_path=Path("ledger.csv"))
     with pytest.raises(
         StudyError,
-        match=r"--select train\.lr: not swept by this grid; select one of the --sweep "
+        match=r"--select train\.lr: not swept by this grid; select one or more of the --sweep "
         r"keys \(train\.warmup_steps\)",
     ):
         study_module.study(
-            repo, **grid, ledger_path=Path("new.csv"), sweeps=["train.warmup_steps=10,20"], select_key="train.lr"
+            repo,
+            **grid,
+            ledger_path=Path("new.csv"),
+            sweeps=["train.warmup_steps=10,20"],
+            select_key="train.warmup_steps,train.lr",
         )
 
 

@@ -82,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument(
         "--select",
-        metavar="KEY",
-        help="report each group at the value of this swept param with the lowest mean best_val_loss (validation "
-        "only); the choice goes to selection.csv and comparison.md (default: none, every value is reported)",
+        metavar="KEY[,KEY]",
+        help="report each group at the best value of these swept params by best_val_loss (validation only): ranked "
+        "on the first seed, the first two seeds deciding where the best two are within 0.02 nats; the choice "
+        "goes to selection.csv and comparison.md (default: none, every value is reported)",
     )
     study = commands.add_parser(
         "study", help="queue a grid of experiments on DVC's queue, wait for them and write the report"
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a param's values, repeatable: the grid is encodings x seeds x every sweep's values",
     )
     study.add_argument(
-        "--select", metavar="KEY", help="as for report: a --sweep key, chosen by validation loss (default: none)"
+        "--select", metavar="KEY[,KEY]", help="as for report: --sweep keys, chosen by validation loss (default: none)"
     )
     study.add_argument(
         "--ledger",

@@ -80,7 +80,7 @@ def report(
         raise ReportError(f"--only {', '.join(only)}: no run matches; {NO_EXPERIMENTS}")
     selection = None
     if select_key is not None and not frame.empty:
-        frame, selection = select_by_validation(frame, select_key)
+        frame, selection = select_by_validation(frame, select_key.split(","))
     wanted = baseline_conditions(frame, baseline)
     curves = None if ledger is not None or runs is not None else read_val_curves(repo, frame)
     write_report(frame, Path(out_dir), wanted, curves, force, endpoints, selection)

@@ -22,6 +22,7 @@ from llama_pe.experiments import (
     NOISE,
     SCALING,
     SEED,
+    SELECTION_MARGIN,
     ReportError,
     check_one_run_per_seed,
     group_keys,
@@ -268,12 +269,14 @@ VERDICTS_NOTE = (
 def _selection(selection: pd.DataFrame) -> list[str]:
     key = selection["key"].iloc[0]
     metric = next(c for c in selection.columns if c.startswith("mean_"))
-    table = selection[["group", "chosen", metric, "n", "candidates"]].rename(columns={"chosen": key})
+    table = selection[["group", "chosen", metric, "n", "decided_by", "candidates"]].rename(columns={"chosen": key})
     return [
         f"## {key} selected by validation loss\n",
-        f"Each group is reported at the value of `{key}` with the lowest mean `{metric[5:]}` over its seeds (the "
-        "validation split); no test or extrapolation metric takes part in the choice. Every value's mean: "
-        "`candidates`.\n",
+        f"Each group is reported at the value of `{key}` with the lowest `{metric[5:]}` (the validation split) on "
+        f"its first seed, the sweep's; where the best two are within {SELECTION_MARGIN:g} nats, the mean over the "
+        "first two seeds decides between them (`decided_by`). Later seeds never move the choice, and no test or "
+        "extrapolation metric takes part in it. `candidates`: each value's loss on the first seed, then on the "
+        "second where it ran.\n",
         markdown_table(table) + "\n",
     ]
 

@@ -450,7 +450,8 @@ def study(
 
     A report of new runs changes a committed report in out_dir: without `force` that is refused before anything is
     queued, not after the training; with nothing to queue, the report is written if it changes no committed file.
-    select_key: report each group at the value of this swept key with the best mean validation loss.
+    select_key: report each group at the best value of these swept keys (comma-separated) by validation loss
+        (llama_pe.experiments.select_by_validation).
     primary: the report's headline metrics, as for `llama-pe report --primary`, checked before anything is queued.
     """
     from tqdm import tqdm
@@ -469,9 +470,10 @@ def study(
     endpoints = primary_endpoints(primary)  # a report setting, checked before the grid is even read
     points = parse_grid(pos, seeds, hf, sets, repo / "params.yaml", sweeps)
     swept = [item.partition("=")[0] for item in sweeps]
-    if select_key is not None and select_key not in swept:
+    unswept = [key for key in (select_key.split(",") if select_key else []) if key not in swept]
+    if unswept:
         raise StudyError(
-            f"--select {select_key}: not swept by this grid; select one of the --sweep keys "
+            f"--select {unswept[0]}: not swept by this grid; select one or more of the --sweep keys "
             f"({', '.join(swept) or 'none given: add --sweep KEY=V1,V2'})"
         )
     ledger = Ledger.read(repo / ledger_path)  # a damaged one stops the study here, before any work
@@ -507,7 +509,7 @@ def study(
             )
     if result.finished:
         frame = ledger.frame(list(result.finished.values()))  # in grid order
-        frame, selection = select_by_validation(frame, select_key) if select_key else (frame, None)
+        frame, selection = select_by_validation(frame, select_key.split(",")) if select_key else (frame, None)
         curves = read_val_curves(repo, frame)  # of the experiments this repository has (a ledger's may be elsewhere)
         conditions = baseline_conditions(frame, baseline)
         write_report(frame, out_dir, conditions, None if curves.empty else curves, force, endpoints, selection)
