@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from llama_pe.experiments import (
     NOISE,
@@ -511,6 +512,38 @@ def test_timings_get_no_verdict_and_stay_out_of_the_headline(tmp_path):
     assert "Not a speed comparison: runs shared a machine" in sections["Timings"]
     assert "| model.pos=alibi | 11 ± 1 (n=3) |" in sections["Timings"]
     assert all(verdict(metric, -90.0, 0.0, 3) == "-" for metric in timings)
+
+
+def with_diagnostics(records: list[dict], copy_at_7x: float) -> list[dict]:
+    """Records with band losses and copy gains, as the evaluate stage's context-use diagnostics write them."""
+    bands = {"band_loss_0to1x": 5.0, "band_loss_1to2x": 4.9, "band_loss_2to4x": 4.95, "band_loss_4to8x": 5.1}
+    gains = {f"copy_gain_{kind}_at_{m}": copy_at_7x / 2 for kind in ("text", "random") for m in ("0p25x", "1x")}
+    return [{**r, **bands, **gains, "copy_gain_text_at_7x": copy_at_7x, "copy_gain_random_at_7x": 0.0} for r in records]
+
+
+def test_the_context_use_figure_draws_each_group_in_every_panel_and_only_with_diagnostics(tmp_path, monkeypatch):
+    from llama_pe import report_figures
+
+    drawn = {}
+
+    def keep_lines(fig, out):
+        drawn[out.name] = [
+            [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")] for ax in fig.axes
+        ]
+        return out
+
+    frame = experiments_frame(with_diagnostics(ROPE, 0.0) + with_diagnostics(ALIBI, -1.0))
+    paths = write_report(frame, tmp_path / "with", {"model.pos": "rope"})
+    with Image.open(paths["context_use.png"]) as image:
+        assert image.format == "PNG" and len(image.convert("RGB").getcolors(maxcolors=1 << 24)) > 50
+    assert "context_use.png" not in write_report(
+        experiments_frame(ROPE + ALIBI), tmp_path / "without", {"model.pos": "rope"}
+    )
+    monkeypatch.setattr(report_figures, "save_figure", keep_lines)
+    report_figures.context_use(frame, ["model.pos"], tmp_path / "context_use.png")
+    assert drawn["context_use.png"] == [["rope", "alibi"]] * 3
+    assert report_figures._band_middle("band_loss_0to1x") == 0.5
+    assert report_figures._band_middle("band_loss_1to2x") == pytest.approx(2**0.5)
 
 
 def test_a_figure_of_single_runs_draws_no_interval_and_says_n(tmp_path, monkeypatch):

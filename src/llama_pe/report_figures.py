@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -145,6 +146,80 @@ def bits_per_character(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
     )
     ax.grid(alpha=0.3, axis="y")
     return save_figure(fig, out)
+
+
+BAND_LOSS = re.compile(r"band_loss_(?P<low>\d+(?:p\d+)?)to(?P<high>\d+(?:p\d+)?)x$")
+COPY_GAIN = re.compile(r"copy_gain_(?P<kind>text|random)_at_(?P<multiple>\d+(?:p\d+)?)x$")
+
+
+def has_context_use(frame: pd.DataFrame) -> bool:
+    """Whether any run recorded a band loss or a copy gain (the evaluate stage's diagnostics)."""
+    return any((BAND_LOSS.match(c) or COPY_GAIN.match(c)) and frame[c].notna().any() for c in frame.columns)
+
+
+def context_use(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
+    """Does a model use its context? Test loss by band of window positions (left) and the copy probe's retrieval
+    gain by distance, text and random spans (middle, right): each group's mean over seeds with its spread."""
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5), dpi=120, layout="constrained")
+    styles = group_styles(frame, keys)
+    band_columns = sorted((c for c in frame.columns if BAND_LOSS.match(c)), key=_band_low)
+    panels = (
+        (axes[0], band_columns, _band_middle, "test loss, nats per token", "loss by window position"),
+        *(
+            (
+                ax,
+                sorted((c for c in frame.columns if (m := COPY_GAIN.match(c)) and m["kind"] == kind), key=_copy_at),
+                _copy_at,
+                "second copy's loss minus the control's, nats (< 0: it copies)",
+                f"retrieval by distance, {kind} spans",
+            )
+            for ax, kind in ((axes[1], "text"), (axes[2], "random"))
+        ),
+    )
+    for ax, columns, position, ylabel, title in panels:
+        for label, group in iter_groups(frame, keys):
+            rows = []
+            for column in columns:
+                values = group[column].dropna().astype(float).to_numpy()
+                if len(values):
+                    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                    rows.append((position(column), float(np.mean(values)), std))
+            if not rows:
+                continue
+            x, mean, std = (np.array(v) for v in zip(*rows, strict=True))
+            style = styles[label]
+            ax.plot(x, mean, markersize=4, **style, label=short_label(group.iloc[0], keys))
+            ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.12)
+        ax.axvline(1, **TRAIN_CONTEXT_LINE)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("position / distance, multiples of the training context L (black dots: L)")
+        ax.set_ylabel(f"{ylabel} ({BAND})", fontsize=8)
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes[1:]:
+        ax.axhline(0, color="grey", lw=0.8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+    fig.suptitle(f"Context use on the test split ({seeds_note(group_sizes(frame, keys), 'band')})")
+    return save_figure(fig, out)
+
+
+def _multiple(text: str) -> float:
+    return float(text.replace("p", "."))
+
+
+def _band_low(column: str) -> float:
+    return _multiple(BAND_LOSS.match(column)["low"])
+
+
+def _band_middle(column: str) -> float:
+    """A band's geometric middle ([L, 2L) at sqrt(2) L); the first band [0, L) at L/2."""
+    match = BAND_LOSS.match(column)
+    low, high = _multiple(match["low"]), _multiple(match["high"])
+    return float(np.sqrt(low * high)) if low > 0 else high / 2
+
+
+def _copy_at(column: str) -> float:
+    return _multiple(COPY_GAIN.match(column)["multiple"])
 
 
 def group_sizes(frame: pd.DataFrame, keys: list[str]) -> list[int]:

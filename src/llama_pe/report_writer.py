@@ -112,6 +112,8 @@ def draft_report(
     write_text(paths["comparison.md"], markdown)
     paths["extrapolation.png"] = report_figures.extrapolation(frame, keys, out_dir / "extrapolation.png")
     paths["bpc.png"] = report_figures.bits_per_character(trained, group_keys(trained), out_dir / "bpc.png")
+    if report_figures.has_context_use(trained):
+        paths["context_use.png"] = report_figures.context_use(trained, group_keys(trained), out_dir / "context_use.png")
     if curves is not None:
         # The curves of training: a scaled evaluation trained nothing of its own.
         paths["val_curves.png"] = report_figures.val_curves(
@@ -133,6 +135,7 @@ REPORT_FILES = (
     "val_curves.csv",
     "extrapolation.png",
     "bpc.png",
+    "context_use.png",
     "val_curves.png",
     "selection.csv",
 )
