@@ -43,11 +43,17 @@ def test_a_repeated_encoding_or_seed_is_one_point():
     assert len(parse_grid("rope,rope", "0,0,1", False, [], PARAMS)) == 2
 
 
+def test_hugging_faces_llama_runs_alone_at_a_setting_of_its_own():
+    points = parse_grid("", "0,1", True, ["train.lr=0.004"], PARAMS)
+    assert [p.label for p in points] == ["rope hf seed 0", "rope hf seed 1"]
+    assert {(p.params["model"]["impl"], p.params["train"]["lr"]) for p in points} == {("hf", 0.004)}
+
+
 @pytest.mark.parametrize(
     ("pos", "seeds", "sets", "message"),
     [
         ("rope,xpos", "0", [], rf"--pos: unknown encoding 'xpos'; valid: {', '.join(ENCODINGS)}$"),
-        ("", "0", [], rf"--pos: expected encodings separated by commas; valid: {', '.join(ENCODINGS)}$"),
+        ("", "0", [], rf"--pos: expected encodings separated by commas; valid: {', '.join(ENCODINGS)} \(--pos ''"),
         ("rope", "0,one", [], r"--seeds: expected integers separated by commas, such as 0,1,2; got '0,one'"),
         ("rope", "0", ["train.steps=3"], r"-S train\.steps=3: params\.yaml has no train\.steps; valid keys: "),
         ("rope", "0", ["train.max_steps"], r"-S train\.max_steps: expected KEY=VALUE"),

@@ -95,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="rope",
         help=f"encodings (model.pos), comma-separated: {', '.join(ENCODINGS)} (default: %(default)s)",
     )
-    study.add_argument("--hf", action="store_true", help="add transformers' LlamaForCausalLM (model.impl=hf, rope)")
+    study.add_argument(
+        "--hf",
+        action="store_true",
+        help="add transformers' LlamaForCausalLM (model.impl=hf, rope); with --pos '' it alone",
+    )
     study.add_argument(
         "--seeds", default="0", help="train.seed values, comma-separated, e.g. 0,1,2 (default: %(default)s)"
     )

@@ -67,7 +67,7 @@ def parse_grid(
     pos: str, seeds: str, hf: bool, sets: list[str], params_file: Path, sweeps: Iterable[str] = ()
 ) -> list[Point]:
     """The grid's points, seed by seed (a grid stopped halfway holds whole seeds), each checked like params.yaml."""
-    encodings = _encodings(pos)
+    encodings = _encodings(pos, hf)
     seed_values = _seeds(seeds)
     base = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     common = [_checked_set(item, base) for item in sets]
@@ -129,11 +129,16 @@ def split_values(text: str) -> list[str]:
     return [*values, current]
 
 
-def _encodings(pos: str) -> list[str]:
+def _encodings(pos: str, hf: bool) -> list[str]:
+    """The native encodings of the grid; none (--pos '') when --hf is given: Hugging Face's Llama alone, so that it
+    runs at a setting of its own (its chosen learning rate) without native rope beside it."""
     valid = list(ENCODINGS)
     names = [name.strip() for name in pos.split(",") if name.strip()]
-    if not names:
-        raise StudyError(f"--pos: expected encodings separated by commas; valid: {', '.join(valid)}")
+    if not names and not hf:
+        raise StudyError(
+            f"--pos: expected encodings separated by commas; valid: {', '.join(valid)} (--pos '' only with --hf: "
+            "Hugging Face's Llama alone)"
+        )
     for name in names:
         if name not in valid:
             raise StudyError(f"--pos: unknown encoding {name!r}; valid: {', '.join(valid)}")
