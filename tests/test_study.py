@@ -303,6 +303,19 @@ def test_a_damaged_ledger_or_a_select_of_no_sweep_stops_the_study_before_any_wor
             sweeps=["train.warmup_steps=10,20"],
             select_key="train.warmup_steps,train.lr",
         )
+    with pytest.raises(
+        StudyError,
+        match=r"--sweep train\.pos_lr_scale: the report would hold a group per value, and the baseline "
+        r"\(model\.pos=t5\) one of each; add --select train\.pos_lr_scale to report each encoding at its best "
+        r"value, or --baseline train\.pos_lr_scale=VALUE",
+    ):
+        study_module.study(
+            repo,
+            **{**grid, "baseline": ["model.pos=t5"]},
+            ledger_path=Path("new.csv"),
+            sweeps=["train.lr=0.001,0.002", "train.pos_lr_scale=1,10"],
+            select_key="train.lr",
+        )
 
 
 @pytest.fixture(scope="module")

@@ -481,6 +481,14 @@ def study(
             f"--select {unswept[0]}: not swept by this grid; select one or more of the --sweep keys "
             f"({', '.join(swept) or 'none given: add --sweep KEY=V1,V2'})"
         )
+    named = {condition.partition("=")[0] for condition in baseline}
+    unnamed = [key for key in swept if key not in (select_key or "").split(",") and key not in named]
+    if unnamed:  # else the report, hours later, finds the baseline in one group per swept value and stops
+        raise StudyError(
+            f"--sweep {unnamed[0]}: the report would hold a group per value, and the baseline "
+            f"({', '.join(baseline) or 'native rope'}) one of each; add --select {','.join(unnamed)} to report each "
+            f"encoding at its best value, or --baseline {unnamed[0]}=VALUE"
+        )
     ledger = Ledger.read(repo / ledger_path)  # a damaged one stops the study here, before any work
 
     def check_out_dir() -> None:
