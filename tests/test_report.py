@@ -278,6 +278,11 @@ def test_rope_scaled_evaluations_become_groups_of_their_own_against_the_rope_bas
     diffs = comparison.split("## Every paired difference")[1]
     yarn_8x = next(line for line in diffs.splitlines() if "rope_scaling_method=yarn" in line and "ppl_at_8x" in line)
     assert "-99 [" in yarn_8x and "better" in yarn_8x  # 300 + 2s against 400 + s, paired by seed: -100 to -98
+    # A scaled evaluation has perplexity by context only: it is a row there, and no row of n/a elsewhere.
+    headline = comparison.split("## Headline")[1].split("\n## ")[0]
+    by_context = comparison.split("## Test perplexity by evaluation context")[1].split("\n## ")[0]
+    assert "rope_scaling_method=yarn" not in headline and "rope_scaling_method=yarn" in by_context
+    assert "Not shown: 2 groups with none of these metrics (scaled evaluation (ppl_at_Kx only))." in headline
 
 
 def test_a_scaled_evaluation_is_drawn_in_its_runs_colour_and_a_line_style_of_its_own():

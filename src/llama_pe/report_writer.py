@@ -222,7 +222,7 @@ def comparison_markdown(
     parts += [
         "## Headline\n",
         primary_line(primary, headline),
-        markdown_table(cells[headline].reset_index()),
+        *_recorded(cells[headline]),
     ]
     if by_context:
         parts += [
@@ -234,9 +234,9 @@ def comparison_markdown(
     if not diffs.empty:
         diffs = diffs.assign(difference=diffs.apply(_difference, axis=1), judgement=diffs.apply(_judgement, axis=1))
         parts += _verdicts(diffs, [g for g in groups if g in set(diffs["group"])], headline, baseline)
-    parts += ["\n## Every metric\n", markdown_table(cells[compared].reset_index())]
+    parts += ["\n## Every metric\n", *_recorded(cells[compared])]
     if timings := [m for m in metrics if has_role(m, Role.TIMING)]:
-        parts += ["\n## Timings\n", TIMING_NOTE, markdown_table(cells[timings].reset_index())]
+        parts += ["\n## Timings\n", TIMING_NOTE, *_recorded(cells[timings])]
     if not diffs.empty:
         table = diffs.assign(p=diffs["p_value"].map(_p), p_holm=diffs["p_holm"].map(_p))
         table = table.rename(columns={"family_size": "family"})
@@ -288,7 +288,19 @@ def _verdicts(diffs: pd.DataFrame, groups: list[str], headline: list[str], basel
     wanted = ", ".join(f"{k}={v}" for k, v in baseline.items())
     verdicts = diffs.assign(cell=diffs.apply(_headline_cell, axis=1))
     verdicts = verdicts.pivot(index="group", columns="metric", values="cell").reindex(index=groups, columns=headline)
-    return [f"\n## Against {wanted}, paired by seed\n", VERDICTS_NOTE, markdown_table(verdicts.reset_index())]
+    return [f"\n## Against {wanted}, paired by seed\n", VERDICTS_NOTE, *_recorded(verdicts)]
+
+
+def _recorded(cells: pd.DataFrame) -> list[str]:
+    """The table of the groups with a value in at least one column, and a line naming what the rest lack: a RoPE-scaled
+    evaluation has perplexity by context only, and a row of n/a in every other table says nothing."""
+    unrecorded = cells.apply(lambda row: all(not isinstance(c, str) or c.startswith("n/a") for c in row), axis=1)
+    lines = [markdown_table(cells[~unrecorded].reset_index())]
+    if unrecorded.any():
+        reasons = {c.removeprefix("n/a: ") for c in cells[unrecorded].to_numpy().ravel() if isinstance(c, str)}
+        why = f" ({'; '.join(sorted(reasons))})" if reasons else ""
+        lines.append(f"\nNot shown: {int(unrecorded.sum())} groups with none of these metrics{why}.")
+    return lines
 
 
 CONTEXT_NOTE = (
