@@ -519,9 +519,12 @@ def test_timings_get_no_verdict_and_stay_out_of_the_headline(tmp_path):
     assert all(verdict(metric, -90.0, 0.0, 3) == "-" for metric in timings)
 
 
+BANDS = ("band_loss_0to1x", "band_loss_1to2x", "band_loss_2to4x", "band_loss_4to8x")
+
+
 def with_diagnostics(records: list[dict], copy_at_7x: float) -> list[dict]:
     """Records with band losses and copy gains, as the evaluate stage's context-use diagnostics write them."""
-    bands = {"band_loss_0to1x": 5.0, "band_loss_1to2x": 4.9, "band_loss_2to4x": 4.95, "band_loss_4to8x": 5.1}
+    bands = dict(zip(BANDS, (5.0, 4.9, 4.95, 5.1), strict=True))
     gains = {f"copy_gain_{kind}_at_{m}": copy_at_7x / 2 for kind in ("text", "random") for m in ("0p25x", "1x")}
     return [{**r, **bands, **gains, "copy_gain_text_at_7x": copy_at_7x, "copy_gain_random_at_7x": 0.0} for r in records]
 
@@ -535,6 +538,7 @@ def test_the_context_use_figure_draws_each_group_in_every_panel_and_only_with_di
         drawn[out.name] = [
             [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")] for ax in fig.axes
         ]
+        drawn["legend"] = [text.get_text() for text in fig.legends[0].get_texts()]
         return out
 
     frame = experiments_frame(with_diagnostics(ROPE, 0.0) + with_diagnostics(ALIBI, -1.0))
@@ -547,6 +551,16 @@ def test_the_context_use_figure_draws_each_group_in_every_panel_and_only_with_di
     monkeypatch.setattr(report_figures, "save_figure", keep_lines)
     report_figures.context_use(frame, ["model.pos"], tmp_path / "context_use.png")
     assert drawn["context_use.png"] == [["rope", "alibi"]] * 3
+    # A learned table has no window of 8L for the loss by position, but retrieval within L: in the legend too.
+    learned = [
+        {**r, "Experiment": f"learned{s}", "rev": f"learned{s}", "model.pos": "learned", **dict.fromkeys(BANDS, "None")}
+        for s, r in enumerate(with_diagnostics(ROPE, -0.5))
+    ]
+    report_figures.context_use(
+        experiments_frame([*with_diagnostics(ROPE, 0.0), *learned]), ["model.pos"], tmp_path / "x.png"
+    )
+    assert drawn["x.png"] == [["rope"], ["rope", "learned"], ["rope", "learned"]]
+    assert drawn["legend"] == ["rope", "learned"]
     assert report_figures._band_middle("band_loss_0to1x") == 0.5
     assert report_figures._band_middle("band_loss_1to2x") == pytest.approx(2**0.5)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -62,7 +63,7 @@ def extrapolation(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
         plain_log_y(ax)
         ax.set_xticks(ticks, [f"{c:g}" for c in ticks])
     axes[0].set_ylabel(f"test perplexity ({BAND})")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+    figure_legend(fig, axes)
     fig.suptitle(f"Length extrapolation ({seeds_note(group_sizes(frame, keys), 'band')})")
     return save_figure(fig, out)
 
@@ -164,7 +165,7 @@ def context_use(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
     styles = group_styles(frame, keys)
     band_columns = sorted((c for c in frame.columns if BAND_LOSS.match(c)), key=_band_low)
     panels = (
-        (axes[0], band_columns, _band_middle, "test loss, nats per token", "loss by window position"),
+        (axes[0], band_columns, _band_middle, "test loss, nats per token", "loss by window position", "position"),
         *(
             (
                 ax,
@@ -172,11 +173,12 @@ def context_use(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
                 _copy_at,
                 "second copy's loss minus the control's, nats (< 0: it copies)",
                 f"retrieval by distance, {kind} spans",
+                "distance between the copies",
             )
             for ax, kind in ((axes[1], "text"), (axes[2], "random"))
         ),
     )
-    for ax, columns, position, ylabel, title in panels:
+    for ax, columns, position, ylabel, title, xlabel in panels:
         for label, group in iter_groups(frame, keys):
             rows = []
             for column in columns:
@@ -192,15 +194,22 @@ def context_use(frame: pd.DataFrame, keys: list[str], out: Path) -> Path:
             ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.12)
         ax.axvline(1, **TRAIN_CONTEXT_LINE)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("position / distance, multiples of the training context L (black dots: L)")
+        ax.set_xlabel(f"{xlabel}, multiples of the training context L (dotted: L)", fontsize=9)
         ax.set_ylabel(f"{ylabel} ({BAND})", fontsize=8)
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
     for ax in axes[1:]:
         ax.axhline(0, color="grey", lw=0.8)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+    figure_legend(fig, axes)
     fig.suptitle(f"Context use on the test split ({seeds_note(group_sizes(frame, keys), 'band')})")
     return save_figure(fig, out)
+
+
+def figure_legend(fig: plt.Figure, axes: Iterable[plt.Axes]) -> None:
+    """One legend for the figure with every panel's groups, once each: a panel can lack a group that another has
+    (a learned table has retrieval within L, but no window of 8L for the loss by position)."""
+    legend = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    fig.legend(legend.values(), legend.keys(), loc="outside right upper", fontsize=8)
 
 
 def _multiple(text: str) -> float:
