@@ -245,7 +245,8 @@ def test_a_baseline_that_matches_two_groups_is_refused():
     with pytest.raises(
         ReportError,
         match=r"--baseline model\.pos=rope: matches 2 groups \(model\.pos=rope, "
-        r"model\.size=small; model\.pos=rope, model\.size=tiny\); add --baseline",
+        r"model\.size=small; model\.pos=rope, model\.size=tiny\), which differ in model\.size; add --baseline "
+        r"model\.size=VALUE, or --select model\.size to report each group at its best value of a sweep",
     ):
         paired_differences(frame, keys, {"model.pos": "rope"})
     diffs = paired_differences(frame, keys, {"model.pos": "rope", "model.size": "small"})

@@ -446,9 +446,11 @@ def paired_differences(frame: pd.DataFrame, keys: list[str], baseline: dict[str,
         raise ReportError(f"--baseline {wanted}: no experiment matches it; give --baseline KEY=VALUE of one group")
     matched = [label for label, _ in iter_groups(base, keys)]
     if len(matched) > 1:
+        apart = [k for k in keys if base[k].map(repr).nunique() > 1]  # what the matched groups differ in
         raise ReportError(
-            f"--baseline {wanted}: matches {len(matched)} groups ({'; '.join(matched)}); add --baseline KEY=VALUE "
-            "until it names one, or select fewer experiments with --only"
+            f"--baseline {wanted}: matches {len(matched)} groups ({'; '.join(matched)}), which differ in "
+            f"{', '.join(apart)}; add --baseline {apart[0]}=VALUE, or --select {','.join(apart)} to report each "
+            "group at its best value of a sweep, or select fewer experiments with --only"
         )
     base_by_seed = base.set_index(SEED)
     rows = []
