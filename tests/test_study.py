@@ -305,13 +305,19 @@ def test_a_damaged_ledger_or_a_select_of_no_sweep_stops_the_study_before_any_wor
         )
     with pytest.raises(
         StudyError,
+        match=r"^--baseline model\.pos=rope: no point of this grid is the baseline, and the report pairs every group "
+        r"with it; add it to the grid \(--pos, --hf\) or name a point of the grid, such as --baseline model\.pos=abs$",
+    ):
+        study_module.study(repo, **{**grid, "pos": "abs,learned"}, ledger_path=Path("new.csv"))
+    with pytest.raises(
+        StudyError,
         match=r"--sweep train\.pos_lr_scale: the report would hold a group per value, and the baseline "
         r"\(model\.pos=t5\) one of each; add --select train\.pos_lr_scale to report each encoding at its best "
         r"value, or --baseline train\.pos_lr_scale=VALUE",
     ):
         study_module.study(
             repo,
-            **{**grid, "baseline": ["model.pos=t5"]},
+            **{**grid, "pos": "t5,fire", "baseline": ["model.pos=t5"]},
             ledger_path=Path("new.csv"),
             sweeps=["train.lr=0.001,0.002", "train.pos_lr_scale=1,10"],
             select_key="train.lr",

@@ -88,6 +88,25 @@ def parse_grid(
     return list(points.values())
 
 
+def check_baseline_in_grid(points: list[Point], baseline: list[str]) -> None:
+    """The report pairs every group with the baseline's runs: a grid without a point of the baseline would train for
+    hours and then stop at its report."""
+    import pandas as pd
+
+    from llama_pe.experiments import SCALING, baseline_conditions, matching
+
+    frame = pd.DataFrame([flat_params(point.params) for point in points])
+    trained = [condition for condition in baseline if condition.partition("=")[0] != SCALING]  # scaling: a report view
+    conditions = baseline_conditions(frame, trained)
+    if conditions and not matching(frame, conditions).any():
+        wanted = ", ".join(f"{key}={value}" for key, value in conditions.items())
+        example = frame["model.pos"].iloc[0]
+        raise StudyError(
+            f"--baseline {wanted}: no point of this grid is the baseline, and the report pairs every group with it; "
+            f"add it to the grid (--pos, --hf) or name a point of the grid, such as --baseline model.pos={example}"
+        )
+
+
 def parse_sweeps(sweeps: Iterable[str], params: dict[str, Any], sets: list[str]) -> list[tuple[str, list[str]]]:
     """--sweep KEY=V1,V2,... as (key, values), each key a param that neither the grid nor -S sets."""
     set_keys = {item.partition("=")[0] for item in sets}
@@ -481,6 +500,7 @@ def study(
             f"--select {unswept[0]}: not swept by this grid; select one or more of the --sweep keys "
             f"({', '.join(swept) or 'none given: add --sweep KEY=V1,V2'})"
         )
+    check_baseline_in_grid(points, baseline)
     named = {condition.partition("=")[0] for condition in baseline}
     unnamed = [key for key in swept if key not in (select_key or "").split(",") and key not in named]
     if unnamed:  # else the report, hours later, finds the baseline in one group per swept value and stops
