@@ -307,7 +307,10 @@ CONTEXT_NOTE = (
     "Each group's perplexity at the longest evaluation context against its own local-window perplexity "
     f"(`{LOCAL_WINDOW}`: every token scored with at most L = train.context tokens before it), run by run: a model "
     "that never looked past L tokens would match its local-window figure. *Uses context beyond L* only where the "
-    "whole 95% interval of the difference is below 0 (one interval per group, not corrected across groups).\n"
+    "whole 95% interval of the difference is below 0 (one interval per group, not corrected across groups). The "
+    "first L/2 tokens of each long window see less context than any token of the local window does, so a model that "
+    "ignores the far context comes out slightly *worse* here; "
+    "`context_gain_at_Kx` compares the same targets with and without the far context and has no such offset.\n"
 )
 
 
