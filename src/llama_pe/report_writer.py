@@ -120,7 +120,10 @@ def draft_report(
             trained, group_keys(trained), curves, out_dir / "val_curves.png"
         )
     runs = f"{len(trained)} experiment" + ("s" if len(trained) != 1 else "")
-    return paths, f"{runs} in {summary['group'].nunique()} groups by {', '.join(keys) or 'nothing'}"
+    trained_groups = sum(1 for _ in iter_groups(trained, group_keys(trained)))
+    views = summary["group"].nunique() - trained_groups  # a RoPE-scaled evaluation: a group of the report, no run
+    scaled = f" and {views} RoPE-scaled evaluations of them" if views > 0 else ""
+    return paths, f"{runs} in {trained_groups} groups{scaled}, by {', '.join(keys) or 'nothing'}"
 
 
 # ---------------------------------------------------------------------------------------------- committed files
