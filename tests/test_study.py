@@ -440,7 +440,7 @@ def test_a_sweep_is_kept_in_the_ledger_and_a_clone_without_the_experiments_goes_
     run(["git", "add", "reports/sweep.csv"], clone, env)
     run(["git", "commit", "-qm", "the ledger"], clone, env)
     assert run(["dvc", "exp", "list", "--all-commits", "--name-only"], clone, env).strip() == ""
-    planned = study(clone, env, *grid, "--dry-run")
+    planned = study(clone, env, *grid, "--select", "train.lr", "--dry-run")
     assert planned.returncode == 0, planned.stderr
     assert "2 already have an experiment, 0 to queue" in planned.stderr and "in the ledger" in planned.stderr
     options = ["--ledger", "reports/sweep.csv", "--select", "train.lr", "--out", "again"]
