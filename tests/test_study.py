@@ -220,6 +220,26 @@ def test_a_committed_report_is_refused_before_anything_is_queued(tmp_path, monke
     assert queued == ["rope native seed 0"] * 2
 
 
+def test_an_experiment_that_finishes_between_the_two_reads_of_a_poll_is_not_taken_for_gone():
+    """CI saw it with two workers: the last experiment was neither listed nor in the queue, and the study stopped."""
+    from llama_pe import study as study_module
+
+    reads: list[str] = []
+
+    def dvc(*args: str) -> str:  # the experiment finishes right after the poll's first read
+        finished = len(reads) >= 1
+        reads.append(args[0])
+        if args[0] == "queue":
+            state = "Success" if finished else "Running"
+            return f"ab6aa50  valid-slew  02:13 AM   {state}\n\nWorker status: 1 active, 0 idle\n"
+        return "master:\n\tab6aa50 [valid-slew]\n" if finished else ""
+
+    experiments = study_module.Experiments.__new__(study_module.Experiments)  # no repository needed to read
+    experiments._dvc = dvc
+    states = {r["state"] for r in experiments.records() if r["Experiment"] == "valid-slew"}
+    assert states & {"running", "done"}, f"valid-slew is {states or 'in neither read'}"
+
+
 def ledger_row(point, code: str, loss: float) -> dict:
     """A finished experiment of the point, as another machine wrote it into the ledger."""
     name = point.label.replace(" ", "-")

@@ -227,11 +227,16 @@ class Experiments:
 
         Not `dvc exp show`: while an experiment finishes it reads the experiment's temporary repo as DVC deletes
         it, and can wait forever (seen with DVC 3.67); these two read only refs and the queue.
+
+        The queue is read first. DVC fetches an experiment's ref before its task ends, so one that finishes between
+        the two reads is running in the first and listed in the second; read the other way round, it would be in
+        neither (not yet listed, then a success, which is left to the list) and the study would call it gone.
         """
+        queue = self._dvc("queue", "status")
         # Every commit's: a point made at an earlier commit with today's code is still that point.
         listed = self._dvc("exp", "list", "--all-commits")
         records = [{"Experiment": name, "rev": rev, "state": "done"} for rev, name in FINISHED.findall(listed)]
-        for rev, name, state in QUEUE_ENTRY.findall(self._dvc("queue", "status")):
+        for rev, name, state in QUEUE_ENTRY.findall(queue):
             if state != "Success":  # a success is a finished experiment, listed above
                 records.append({"Experiment": name, "rev": rev, "state": state.lower()})
         return records
