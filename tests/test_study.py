@@ -240,6 +240,32 @@ def test_an_experiment_that_finishes_between_the_two_reads_of_a_poll_is_not_take
     assert states & {"running", "done"}, f"valid-slew is {states or 'in neither read'}"
 
 
+def test_a_read_of_the_queue_that_fails_once_is_read_again_and_three_failures_stop_the_study(monkeypatch):
+    """`dvc queue status` failed once on a result file a worker was writing; the study stopped after an hour's runs."""
+    from llama_pe import study as study_module
+
+    outputs = iter(
+        [
+            (255, "ERROR: unexpected error - Expecting value: line 1 column 1 (char 0)\n"),
+            (0, "ab6aa50  valid-slew  02:13 AM   Running\n\nWorker status: 1 active, 0 idle\n"),
+        ]
+    )
+
+    def run(command, **kwargs):
+        code, text = next(outputs)
+        return subprocess.CompletedProcess(command, code, stdout=text, stderr="")
+
+    monkeypatch.setattr(study_module.subprocess, "run", run)
+    monkeypatch.setattr(study_module, "READ_RETRY_DELAY_S", 0.0)
+    experiments = study_module.Experiments.__new__(study_module.Experiments)
+    experiments.repo = Path(".")
+    assert "valid-slew" in experiments._dvc("queue", "status")
+
+    outputs = iter([(255, "ERROR: unexpected error\n")] * study_module.READ_ATTEMPTS)
+    with pytest.raises(StudyError, match=r"dvc queue status failed 3 times:\n.*unexpected error"):
+        experiments._dvc("queue", "status")
+
+
 def ledger_row(point, code: str, loss: float) -> dict:
     """A finished experiment of the point, as another machine wrote it into the ledger."""
     name = point.label.replace(" ", "-")

@@ -211,6 +211,10 @@ def _apply(params_file: Path, overrides: tuple[str, ...], label: str) -> dict[st
 # ---------------------------------------------------------------------------------------------- what exists
 
 
+READ_ATTEMPTS = 3  # how often a read of DVC's experiments is tried before the study stops on it
+READ_RETRY_DELAY_S = 2.0
+
+
 class Experiments:
     """The repo's experiments as DVC lists them, each matched to grid points by params and source files."""
 
@@ -269,10 +273,18 @@ class Experiments:
         return _git(self.repo, *args)
 
     def _dvc(self, *args: str) -> str:
-        done = subprocess.run(["dvc", *args], cwd=self.repo, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise StudyError(f"dvc {' '.join(args)} failed:\n{_tail(done.stdout + done.stderr)}")
-        return done.stdout
+        """A read (`queue status`, `exp list`), tried again before it counts as failed: `dvc queue status` can fail
+        once on a task's result file that a worker is still writing ("unexpected error - Expecting value: line 1
+        column 1", seen with DVC 3.67 and two workers; treeverse/dvc#8014 is the same kind), and one failed read
+        must not stop a study of hours."""
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            done = subprocess.run(["dvc", *args], cwd=self.repo, capture_output=True, text=True)
+            if done.returncode == 0:
+                return done.stdout
+            if attempt < READ_ATTEMPTS:
+                log.warning("dvc %s failed (attempt %d of %d), reading again", " ".join(args), attempt, READ_ATTEMPTS)
+                time.sleep(READ_RETRY_DELAY_S)
+        raise StudyError(f"dvc {' '.join(args)} failed {READ_ATTEMPTS} times:\n{_tail(done.stdout + done.stderr)}")
 
 
 # ---------------------------------------------------------------------------------------------- running
