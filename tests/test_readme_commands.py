@@ -1,7 +1,10 @@
 """Every `dvc exp run -S ...` command that README.md or docs/*.md shows runs, as written, on the repository's params.
 
 The project here is the real params.yaml (the `small` model and every default) on a generated corpus, with only a
-smaller vocabulary and a two-step budget added, so that a documented command cannot fail unnoticed.
+smaller vocabulary, a two-step budget and a shorter evaluation added, so that a documented command cannot fail
+unnoticed. The evaluation at the default contexts (up to 8x, the copy probe at every distance) runs in
+test_pipeline's `dvc repro` and in test_study's grids; here it would take most of each command's time (the copy
+probe's 64 spans per distance cost the same on any corpus, minutes for the seed33m model on two cores).
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from tests.conftest import REPO_ROOT, base_params, generate_rich_corpus, make_dv
 
 # Commands whose values are placeholders, not settings: `-S key=value`, `-S model.pos=...`.
 _PLACEHOLDER = re.compile(r"=\.\.\.|key=value")
-# Appended to every command: the README's settings stay; only the budget shrinks.
+# Appended to every command: the README's settings stay; only the budget shrinks: two steps, and evaluation at L
+# and 2L (still past the training length: extrapolation, context gain and the copy probe up to distance L run).
 FEW_STEPS = ["-S", "train.max_steps=2", "-S", "train.eval_interval=1", "-S", "eval.sample_tokens=4"]
+FEW_STEPS += ["-S", "eval.contexts=[1,2]"]
 
 
 def documented_pages() -> list[Path]:
