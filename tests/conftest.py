@@ -12,9 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from llama_pe.config import Config, config_from_dict
+
+# Under pytest-xdist (pyproject.toml's `-n auto`) the workers share the cores: each one, and the DVC, stage and
+# torchrun processes it starts, computes on one thread, so that no worker's OpenMP threads wait on another's.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _WORDS = (
