@@ -72,7 +72,7 @@ def test_two_processes_take_the_steps_of_one_with_the_same_global_batch(tmp_path
     one, one_curve, one_seconds, _ = train_run(tmp_path / "one", data_dirs, nproc=1)
     two, two_curve, two_seconds, log = train_run(tmp_path / "two", data_dirs, nproc=2)
     assert "torch.distributed.run --standalone --nproc-per-node=2" in log  # the stage relaunched itself
-    print(f"1 process: {one_seconds:.1f} s, 2 processes (gloo): {two_seconds:.1f} s")  # shown with pytest -s
+    print(f"1 process: {one_seconds:.1f} s, 2 processes (gloo): {two_seconds:.1f} s")  # shown with pytest -n 0 -s
     assert len(two_curve) == len(one_curve) == 8  # one writer: every step once
     assert two_curve == pytest.approx(one_curve, rel=1e-5, abs=1e-6)
     assert two["best_val_loss"] == pytest.approx(one["best_val_loss"], abs=1e-5)
