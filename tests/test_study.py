@@ -191,6 +191,7 @@ def test_a_committed_report_is_refused_before_anything_is_queued(tmp_path, monke
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "study"], cwd=repo, check=True)
     monkeypatch.chdir(repo)
     monkeypatch.setattr(study_module, "Experiments", NoExperiments)
+    monkeypatch.setattr(study_module, "GONE_AFTER_S", 0.0)  # a queued point DVC never shows is gone at once
     queued = []
     monkeypatch.setattr(study_module, "queue_point", lambda repo, point: queued.append(point.label))
     grid = dict(
@@ -286,6 +287,45 @@ def ledger_row(point, code: str, loss: float) -> dict:
     }
 
 
+class ShownAfter:
+    """Experiments where the queued point is shown nowhere for the first `unseen` polls (between DVC's queue and
+    its run), then as failed; `unseen=None`: never shown."""
+
+    code = "c0dec0dec0de"
+    unseen: int | None = 2
+
+    def __init__(self, repo: Path) -> None:
+        self.polls = 0
+
+    def status(self, points):
+        self.polls += 1
+        if self.unseen is None or self.polls <= self.unseen + 1:  # the first read is before anything is queued
+            return {point: ("missing", None) for point in points}
+        return {point: ("failed", {"Experiment": "valid-slew", "rev": "ab6aa50"}) for point in points}
+
+
+@pytest.mark.parametrize("unseen", [2, None])
+def test_a_queued_point_shown_nowhere_for_a_moment_is_waited_for_and_one_never_shown_is_gone(
+    tmp_path, monkeypatch, unseen
+):
+    """CI saw it under load: as the first of two experiments finished, the second was in neither the queue nor the
+    list for one poll, then ran; the study had stopped, calling it gone."""
+    from llama_pe import study as study_module
+
+    repo = committed_repo(tmp_path)
+    monkeypatch.setattr(ShownAfter, "unseen", unseen)
+    monkeypatch.setattr(study_module, "Experiments", ShownAfter)
+    monkeypatch.setattr(study_module, "queue_point", lambda repo, point: point.label)
+    monkeypatch.setattr(study_module, "start_workers", lambda repo, jobs: None)
+    monkeypatch.setattr(study_module, "GONE_AFTER_S", 0.2)
+    points = parse_grid("rope", "0", False, [], PARAMS)
+    result = study_module.run_study(repo, points, poll_seconds=0.01, ledger=Ledger.read(repo / "reports/ledger.csv"))
+    if unseen is None:
+        assert result.failed == {points[0]: None}  # left the queue unrun: said so, after GONE_AFTER_S
+    else:
+        assert result.failed == {points[0]: {"Experiment": "valid-slew", "rev": "ab6aa50"}}
+
+
 def committed_repo(root: Path) -> Path:
     repo = git_repo_with_two_commits(root)
     (repo / "params.yaml").write_text(PARAMS.read_text())
@@ -301,6 +341,7 @@ def test_a_point_the_ledger_holds_is_not_queued_and_is_reported_from_the_ledger(
     repo = committed_repo(tmp_path)
     monkeypatch.chdir(repo)
     monkeypatch.setattr(study_module, "Experiments", NoExperiments)
+    monkeypatch.setattr(study_module, "GONE_AFTER_S", 0.0)  # a queued point DVC never shows is gone at once
     queued = []
     monkeypatch.setattr(study_module, "queue_point", lambda repo, point: queued.append(point.label))
     rope, alibi = parse_grid("rope,alibi", "0", False, [], PARAMS)
