@@ -287,11 +287,10 @@ def ledger_row(point, code: str, loss: float) -> dict:
     }
 
 
-class ShownAfter:
+class ShownAfter(NoExperiments):
     """Experiments where the queued point is shown nowhere for the first `unseen` polls (between DVC's queue and
     its run), then as failed; `unseen=None`: never shown."""
 
-    code = "c0dec0dec0de"
     unseen: int | None = 2
 
     def __init__(self, repo: Path) -> None:

@@ -213,7 +213,7 @@ def _apply(params_file: Path, overrides: tuple[str, ...], label: str) -> dict[st
 
 READ_ATTEMPTS = 3  # how often a read of DVC's experiments is tried before the study stops on it
 READ_RETRY_DELAY_S = 2.0
-# A point queued by this study that DVC shows nowhere while nothing is queued or running is taken for gone only
+# A grid point that DVC shows nowhere while nothing is queued or running is taken for gone only
 # after this long: as one task ends and the next starts, `dvc queue status` can show the next in neither state
 # (seen in CI under load, DVC 3.67: the second of two experiments vanished for a poll as the first finished).
 GONE_AFTER_S = 60.0
@@ -455,17 +455,15 @@ def run_study(
     with branch_kept(repo):
         queued = [queue_point(repo, point) for point in to_queue]
     idle_polls = 0
-    unseen_since: float | None = None  # when a point queued here was last seen nowhere, nothing else pending
+    unseen_since: float | None = None  # since when a point is shown nowhere while nothing is pending
     while True:
         status = record_finished(repo, ledger, grid_status(experiments, ledger, points))
         counts = {state: sum(s == state for s, _ in status.values()) for state in (*STATES, "missing")}
         if on_progress:
             on_progress(counts)
         if counts["running"] + counts["queued"] == 0:
-            if not any(status[point][0] == "missing" for point in to_queue):
-                break
-            unseen_since = time.monotonic() if unseen_since is None else unseen_since
-            if time.monotonic() - unseen_since >= GONE_AFTER_S:
+            unseen_since = unseen_since or time.monotonic()
+            if counts["missing"] == 0 or time.monotonic() - unseen_since >= GONE_AFTER_S:
                 break
         else:
             unseen_since = None
