@@ -14,7 +14,7 @@ from llama_pe import bench
 from llama_pe.cli import main
 from llama_pe.config import SIZES
 from llama_pe.encodings import ENCODINGS
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, committed_path
 
 # What measures or builds: none of it may run before every option is checked.
 EXPENSIVE = (
@@ -126,7 +126,7 @@ def test_every_phase_says_what_it_does_before_it_does_it(monkeypatch, caplog, ca
         device_setting="cpu",
         precision_setting="fp32",
         generate_tokens=3,
-        params_file=REPO_ROOT / "params.yaml",
+        params_file=committed_path("params.yaml"),
         profile=True,
     )
     expected = {
@@ -153,3 +153,105 @@ def test_generation_without_native_rope_says_it_is_not_timed(monkeypatch, caplog
     caplog.set_level(logging.INFO, logger="llama_pe")
     assert bench._generation({}, 8, torch.device("cpu")) == {}
     assert "generation: not timed, --pos names no rope" in caplog.text
+
+
+# A figure against its spread across rounds: (figure, its per-round values, its null, the verdict).
+JUDGED = {
+    "1.05x over rounds 0.9 to 1.2": (1.05, [0.9, 1.05, 1.2], 1.0, "noise"),
+    "1.21x over rounds 1.19 to 1.24": (1.21, [1.19, 1.21, 1.24], 1.0, "holds"),
+    "0.80x over rounds 0.78 to 0.83": (0.80, [0.78, 0.80, 0.83], 1.0, "holds"),
+    "a cost of 2% over rounds -5% to 6%": (0.02, [-0.05, 0.02, 0.06], 0.0, "noise"),
+    "a cost of 14.8% over rounds 14% to 16%": (0.148, [0.14, 0.148, 0.16], 0.0, "holds"),
+    "a cost of -30% over rounds -35% to -25%": (-0.30, [-0.35, -0.30, -0.25], 0.0, "holds"),
+    "two rounds 1.1 apart about 1.5x": (1.5, [1.0, 2.1], 1.0, "noise"),
+}
+
+
+@pytest.mark.parametrize(("value", "per_round", "null", "verdict"), JUDGED.values(), ids=JUDGED)
+def test_a_figure_is_noise_where_its_spread_across_rounds_exceeds_its_distance_from_its_null(
+    value, per_round, null, verdict
+):
+    judged = bench.judge(value, per_round, null)
+    assert judged["verdict"] == verdict
+    assert judged["spread"] == pytest.approx(max(per_round) - min(per_round))
+    assert judged["per_round"] == per_round
+
+
+def test_one_round_measures_no_spread_so_its_figure_is_unverified():
+    assert bench.judge(-5.599, [-5.599], null=0.0) == {"per_round": [-5.599], "spread": None, "verdict": "unmeasured"}
+
+
+def test_drift_that_a_round_shares_cancels_in_its_ratio():
+    """Each variant's own speed moves by half across the rounds; their ratio, taken round by round, does not."""
+    ratio, judged = bench.versus([110.0, 165.0, 220.0], [100.0, 150.0, 200.0])
+    assert ratio == pytest.approx(1.1) and judged["spread"] == pytest.approx(0.0) and judged["verdict"] == "holds"
+    ratio, judged = bench.versus([110.0, 150.0, 200.0], [100.0, 150.0, 220.0])  # 1.1, 1.0, 0.91: noise
+    assert ratio == pytest.approx(1.0) and judged["verdict"] == "noise"
+
+
+def test_a_row_against_itself_is_one_by_definition_even_in_one_round():
+    speeds = [123.0]
+    assert bench.versus(speeds, speeds) == (1.0, {"per_round": [1.0], "spread": 0.0, "verdict": "itself"})
+    assert bench.versus(speeds, [123.0])[1]["verdict"] == "unmeasured"  # another variant at the same speed
+
+
+def synthetic_results(train: dict[str, list[float]]) -> dict:
+    """bench's results from made-up per-round training speeds ("pos dropout": tokens/s per round), nothing timed."""
+    figures = {}
+    for name, speeds in train.items():
+        pos, dropout = name.split()
+        figures[bench.Variant("native", pos, float(dropout))] = bench.Figures(
+            train_tokens_per_sec=speeds, eval_tokens_per_sec=speeds, peak_memory_mb=100.0, flops_per_token=1e6, params=1
+        )
+    settings = {"rounds": len(next(iter(train.values())))}
+    return bench._results(list(figures), figures, 1e12, torch.device("cpu"), "fp32", {}, settings)
+
+
+def cells(text: str, variant: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| {variant} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+VS_ROPE = 4  # the column of cells()
+
+
+def test_the_table_marks_each_figure_within_its_spread_and_explains_the_mark():
+    results = synthetic_results(
+        {
+            "rope 0": [100.0, 100.0, 100.0],
+            "alibi 0": [120.0, 121.0, 122.0],  # 1.21x, rounds 1.20 to 1.22: holds
+            "nope 0": [90.0, 105.0, 120.0],  # 1.05x, rounds 0.90 to 1.20: noise
+            "rope 0.1": [85.0, 86.0, 84.0],  # costs 15%, rounds 14% to 16%: holds
+            "nope 0.1": [88.0, 104.0, 120.0],  # costs 1.0% of nope 0, rounds 0% to 2.2%: noise
+        }
+    )
+    text = bench.table(results)
+    assert cells(text, "rope native dropout 0")[VS_ROPE] == "1.00×"
+    assert cells(text, "alibi native dropout 0")[VS_ROPE] == "1.21×"
+    assert cells(text, "nope native dropout 0")[VS_ROPE] == "1.05×~"
+    assert "rope native dropout 0.1: 15.0%, nope native dropout 0.1: 1.0%~" in text
+    legend = [line for line in text.splitlines() if line.startswith(("~:", "?:"))]
+    assert len(legend) == 1 and legend[0].startswith("~: noise: this figure's spread across rounds")
+    assert "more --rounds or --steps" in legend[0]
+    nope = results["rows"][2]["train_vs_rope_spread"]
+    assert nope["verdict"] == "noise" and nope["spread"] == pytest.approx(0.3)
+    assert results["dropout_cost_spread"]["nope native dropout 0.1"]["verdict"] == "noise"
+    assert results["dropout_cost_spread"]["rope native dropout 0.1"]["spread"] == pytest.approx(0.02)
+    assert bench.rounds_warning(3) is None
+
+
+def test_one_round_marks_every_measured_figure_unverified_as_its_warning_says():
+    """The issue's run: one round, dropout 0.1 timed 6.6 times faster than dropout 0."""
+    results = synthetic_results({"rope 0": [100.0], "alibi 0": [107.0], "rope 0.1": [660.0]})
+    text = bench.table(results)
+    assert cells(text, "rope native dropout 0")[VS_ROPE] == "1.00×"  # itself: nothing to verify
+    assert cells(text, "alibi native dropout 0")[VS_ROPE] == "1.07×?"
+    assert "rope native dropout 0.1: -560.0%?" in text
+    legend = [line for line in text.splitlines() if line.startswith(("~:", "?:"))]
+    assert legend == ["?: unverified: one round measures no spread; use --rounds 3 or more"]
+    assert results["dropout_cost_spread"]["rope native dropout 0.1"] == {
+        "per_round": [pytest.approx(-5.6)],
+        "spread": None,
+        "verdict": "unmeasured",
+    }
+    assert "every ratio and cost is marked ?" in bench.rounds_warning(1)

@@ -1,7 +1,8 @@
 """`llama-pe bench`: speed, memory and MFU of every encoding and of Hugging Face's Llama, measured side by side.
 
 Everything is measured in one process and interleaved (A B C, B C A, ..., after a warm-up), and each figure is
-the median over rounds, so that the machine's drift and noise fall on every variant alike. MFU is the achieved
+the median over rounds, so that the machine's drift and noise fall on every variant alike. Each ratio and cost is
+also taken round by round, and marked where that spread exceeds it (see judge). MFU is the achieved
 FLOP/s (nanoGPT's estimate: 6 N + 12 L H Q T per token, N the parameters that multiply) over the peak of a
 large matrix multiply measured in the same run (fp32 on a CPU, bf16 on a GPU). A benchmark measures; it asserts
 nothing (the figures of record are in benchmarks/README.md).
@@ -340,12 +341,8 @@ def run_bench(
     variants = [Variant("native", pos, d) for d in dropouts for pos in encodings]
     variants += [Variant("hf", hf_encoding(), d) for d in dropouts] if hf else []
     params = load_params(params_file, size, variants)
-    if rounds < 3:
-        log.warning(
-            "--rounds %d: a median of fewer than 3 rounds is noise on a shared machine; use 3 or more for "
-            "figures to quote",
-            rounds,
-        )
+    if warning := rounds_warning(rounds):
+        log.warning(warning)
     amp = autocast(device, precision)
     torch.set_float32_matmul_precision("high")
     with logging_redirect_tqdm():  # log lines print above the bars instead of through them
@@ -368,6 +365,21 @@ def run_bench(
             table_, summary = profiles[name]
             row["profile"] = {**summary, "gemm_efficiency": summary["gemm_flops_per_sec"] / peak, "table": table_}
     return results
+
+
+def rounds_warning(rounds: int) -> str | None:
+    """What the table's marks cannot say about a run of too few rounds."""
+    if rounds == 1:
+        return (
+            f"--rounds 1: one round measures no spread, so every ratio and cost is marked {MARKS['unmeasured']} "
+            "(unverified); use 3 or more rounds for figures to quote"
+        )
+    if rounds == 2:
+        return (
+            f"--rounds 2: a median of 2 rounds is their mean, and their spread a weak check (a figure left without "
+            f"{MARKS['noise']} may still move); use 3 or more rounds for figures to quote"
+        )
+    return None
 
 
 def _bar(total: int, desc: str, unit: str = "variant") -> tqdm:
@@ -457,7 +469,15 @@ def _generation(runs: dict[Variant, Run], n_tokens: int, device: torch.device) -
             for use_cache in (True, False):
                 timings[use_cache].append(generation_seconds(model, n_tokens, use_cache, device, bar))
     cached, uncached = statistics.median(timings[True]), statistics.median(timings[False])
-    return {"tokens": n_tokens, "cached_s": cached, "uncached_s": uncached, "speedup": uncached / cached}
+    per_pair = [u / c for u, c in zip(timings[False], timings[True], strict=True)]  # the pairs are its rounds
+    speedup = uncached / cached
+    return {
+        "tokens": n_tokens,
+        "cached_s": cached,
+        "uncached_s": uncached,
+        "speedup": speedup,
+        "speedup_spread": judge(speedup, per_pair, null=1.0),
+    }
 
 
 def generation_seconds(model: nn.Module, n_tokens: int, use_cache: bool, device: torch.device, bar: tqdm) -> float:
@@ -469,6 +489,55 @@ def generation_seconds(model: nn.Module, n_tokens: int, use_cache: bool, device:
     return time.perf_counter() - started
 
 
+# How a ratio or cost stands against its own spread across rounds, and its mark in the table.
+MARKS = {"holds": "", "itself": "", "noise": "~", "unmeasured": "?"}
+
+
+def judge(value: float, per_round: list[float], null: float) -> dict[str, Any]:
+    """A figure's spread across rounds (max - min of its per-round values) against its effect, its distance from
+    `null` (1 for a ratio, 0 for a cost): "noise" where the spread exceeds it, "unmeasured" with one round."""
+    if len(per_round) < 2:
+        return {"per_round": per_round, "spread": None, "verdict": "unmeasured"}
+    spread = max(per_round) - min(per_round)
+    return {"per_round": per_round, "spread": spread, "verdict": "noise" if spread > abs(value - null) else "holds"}
+
+
+def versus(values: list[float], reference: list[float]) -> tuple[float, dict[str, Any]]:
+    """The ratio of two medians, judged by the same ratio round by round: the rounds interleave the variants, so
+    round i of one was timed beside round i of the other and the machine's drift between rounds cancels."""
+    per_round = [v / r for v, r in zip(values, reference, strict=True)]
+    ratio = statistics.median(values) / statistics.median(reference)
+    if values is reference:  # a row against itself is 1× by definition: nothing to verify, even in one round
+        return ratio, {"per_round": per_round, "spread": 0.0, "verdict": "itself"}
+    return ratio, judge(ratio, per_round, null=1.0)
+
+
+def _ratio_columns(fig: Figures, hf: Figures | None, rope: Figures | None) -> dict[str, Any]:
+    """The table's ratio columns (None without the reference), each with its `_spread` beside it."""
+    pairs = {
+        "train_vs_hf": (fig.train_tokens_per_sec, hf.train_tokens_per_sec if hf else None),
+        "train_vs_rope": (fig.train_tokens_per_sec, rope.train_tokens_per_sec if rope else None),
+        "eval_vs_hf": (fig.eval_tokens_per_sec, hf.eval_tokens_per_sec if hf else None),
+    }
+    columns: dict[str, Any] = {}
+    for name, (values, reference) in pairs.items():
+        ratio, spread = versus(values, reference) if reference else (None, None)
+        columns |= {name: ratio, f"{name}_spread": spread}
+    return columns
+
+
+def _dropout_costs(variants, figures) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """The share of the dropout-0 training speed each dropout > 0 variant loses, and its spread across rounds."""
+    costs, spreads = {}, {}
+    for variant in variants:
+        zero = figures.get(Variant(variant.impl, variant.pos, 0.0))
+        if variant.dropout > 0 and zero:
+            ratio, against_zero = versus(figures[variant].train_tokens_per_sec, zero.train_tokens_per_sec)
+            costs[variant.name] = 1 - ratio
+            spreads[variant.name] = judge(1 - ratio, [1 - r for r in against_zero["per_round"]], null=0.0)
+    return costs, spreads
+
+
 def _results(variants, figures, peak, device, precision, generation, settings) -> dict[str, Any]:
     rows = []
     reference = {v.dropout: figures[v] for v in variants if v.impl == "hf"}
@@ -476,29 +545,18 @@ def _results(variants, figures, peak, device, precision, generation, settings) -
     for variant in variants:
         fig = figures[variant]
         train = statistics.median(fig.train_tokens_per_sec)
-        evaluation = statistics.median(fig.eval_tokens_per_sec)
-        hf, native = reference.get(variant.dropout), rope.get(variant.dropout)
         rows.append(
             {
                 **asdict(variant),
                 "params": fig.params,
                 "train_tokens_per_sec": train,
-                "eval_tokens_per_sec": evaluation,
+                "eval_tokens_per_sec": statistics.median(fig.eval_tokens_per_sec),
                 "peak_memory_mb": fig.peak_memory_mb,
                 "mfu": train * fig.flops_per_token / peak,
-                "train_vs_hf": train / statistics.median(hf.train_tokens_per_sec) if hf else None,
-                "train_vs_rope": train / statistics.median(native.train_tokens_per_sec) if native else None,
-                "eval_vs_hf": evaluation / statistics.median(hf.eval_tokens_per_sec) if hf else None,
+                **_ratio_columns(fig, reference.get(variant.dropout), rope.get(variant.dropout)),
             }
         )
-    dropout_cost = {}
-    for variant in variants:
-        zero = figures.get(Variant(variant.impl, variant.pos, 0.0))
-        if variant.dropout > 0 and zero:
-            cost = 1 - statistics.median(figures[variant].train_tokens_per_sec) / statistics.median(
-                zero.train_tokens_per_sec
-            )
-            dropout_cost[variant.name] = cost
+    dropout_cost, dropout_cost_spread = _dropout_costs(variants, figures)
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": " ".join(["llama-pe", *sys.argv[1:]]),
@@ -514,6 +572,7 @@ def _results(variants, figures, peak, device, precision, generation, settings) -
         "settings": settings,
         "rows": rows,
         "dropout_cost": dropout_cost,
+        "dropout_cost_spread": dropout_cost_spread,
         "generation": generation,
     }
 
@@ -525,8 +584,8 @@ def _device_name(device: torch.device) -> str:
 def table(results: dict[str, Any]) -> str:
     """The results as a Markdown table, for the terminal and benchmarks/README.md."""
 
-    def ratio(value: float | None) -> str:
-        return "-" if value is None else f"{value:.2f}×"
+    def ratio(row: dict[str, Any], name: str) -> str:
+        return "-" if row[name] is None else f"{row[name]:.2f}×{_mark(row[f'{name}_spread'])}"
 
     lines = [
         f"{results['machine']['device']}, {results['precision']}, torch {results['versions']['torch']}, "
@@ -540,20 +599,23 @@ def table(results: dict[str, Any]) -> str:
         memory = "-" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.0f}"
         lines.append(
             f"| {row['pos']} {row['impl']} dropout {row['dropout']:g} | {row['params']:,} | "
-            f"{row['train_tokens_per_sec']:,.0f} | {ratio(row['train_vs_hf'])} | {ratio(row['train_vs_rope'])} | "
-            f"{row['mfu']:.0%} | {row['eval_tokens_per_sec']:,.0f} | {ratio(row['eval_vs_hf'])} | {memory} |"
+            f"{row['train_tokens_per_sec']:,.0f} | {ratio(row, 'train_vs_hf')} | {ratio(row, 'train_vs_rope')} | "
+            f"{row['mfu']:.0%} | {row['eval_tokens_per_sec']:,.0f} | {ratio(row, 'eval_vs_hf')} | {memory} |"
         )
     if results["dropout_cost"]:
+        spreads = results["dropout_cost_spread"]
         lines.append(
             "\ndropout cost (share of the dropout-0 training speed lost): "
-            + ", ".join(f"{name}: {cost:.1%}" for name, cost in results["dropout_cost"].items())
+            + ", ".join(f"{name}: {cost:.1%}{_mark(spreads[name])}" for name, cost in results["dropout_cost"].items())
         )
     if results["generation"]:
         g = results["generation"]
         lines.append(
             f"\ngeneration of {g['tokens']} tokens (native rope, greedy): cached {g['cached_s']:.2f} s, "
-            f"uncached {g['uncached_s']:.2f} s: {g['speedup']:.1f}× faster with the KV cache"
+            f"uncached {g['uncached_s']:.2f} s: {g['speedup']:.1f}×{_mark(g['speedup_spread'])} faster with the "
+            "KV cache"
         )
+    lines += _legend(results)
     profiled = [row for row in results["rows"] if "profile" in row]
     if profiled:
         lines += [
@@ -570,6 +632,25 @@ def table(results: dict[str, Any]) -> str:
                 f"{p['gemm_efficiency']:.0%} |"
             )
     return "\n".join(lines)
+
+
+def _mark(spread: dict[str, Any] | None) -> str:
+    return "" if spread is None else MARKS[spread["verdict"]]
+
+
+def _legend(results: dict[str, Any]) -> list[str]:
+    """A line for each mark the table shows: what it means and how to get a firmer figure."""
+    spreads = [value for row in results["rows"] for key, value in row.items() if key.endswith("_spread")]
+    spreads += [*results["dropout_cost_spread"].values(), results["generation"].get("speedup_spread")]
+    shown = {spread["verdict"] for spread in spreads if spread}
+    legend = {
+        "noise": f"{MARKS['noise']}: noise: this figure's spread across rounds (max - min of its per-round values, in "
+        "the JSON) exceeds its distance from 1× (for a cost, the cost itself); more --rounds or --steps (generation: "
+        "--generate-tokens) give a firmer figure",
+        "unmeasured": f"{MARKS['unmeasured']}: unverified: one round measures no spread; use --rounds 3 or more",
+    }
+    lines = [line for verdict, line in legend.items() if verdict in shown]
+    return ["", *lines] if lines else []
 
 
 def bench(out: Path, **settings: Any) -> dict[str, Any]:
