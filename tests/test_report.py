@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import shlex
 
 import pandas as pd
 import pytest
@@ -244,13 +246,89 @@ def test_a_baseline_that_matches_two_groups_is_refused():
     keys = group_keys(frame)
     with pytest.raises(
         ReportError,
-        match=r"--baseline model\.pos=rope: matches 2 groups \(model\.pos=rope, "
-        r"model\.size=small; model\.pos=rope, model\.size=tiny\), which differ in model\.size; add --baseline "
-        r"model\.size=VALUE, or --select model\.size to report each group at its best value of a sweep",
+        match=r"^--baseline model\.pos=rope: matches 2 groups \(model\.pos=rope, model\.size=small; model\.pos=rope, "
+        r"model\.size=tiny\), which differ in model\.size; model\.size is not swept in every group \(model\.pos=alibi "
+        r"has model\.size=small only\), so --select cannot choose it; keep one value: `--only model\.size=small` "
+        r"\(2 groups\) or `--only model\.size=tiny` \(1 group\); or compare every group with one of them: "
+        r"`--baseline model\.pos=rope --baseline model\.size=small`$",
     ):
         paired_differences(frame, keys, {"model.pos": "rope"})
     diffs = paired_differences(frame, keys, {"model.pos": "rope", "model.size": "small"})
     assert set(diffs["group"]) == {"model.pos=alibi, model.size=small", "model.pos=rope, model.size=tiny"}
+
+
+def suggested_options(message: str) -> list[dict]:
+    """The options an error message suggests (each between backticks), as keywords of llama_pe.report.report."""
+    suggestions = []
+    for suggestion in re.findall(r"`([^`]+)`", message):
+        tokens = shlex.split(suggestion)
+        options = {"only": [], "baseline": [], "select_key": None}
+        for flag, value in zip(tokens[::2], tokens[1::2], strict=True):
+            if flag == "--select":
+                options["select_key"] = value
+            else:
+                options[flag.removeprefix("--")].append(value)
+        suggestions.append(options)
+    return suggestions
+
+
+def head_run_beside_a_study() -> list[dict]:
+    """HEAD's committed run (params.yaml's model.size=small, seed 0) beside a study of model.size=tiny runs."""
+    head = {**record("head", "rope", 0, 5.0), "Experiment": None, "rev": "bf31847"}
+    study = [
+        record(f"tiny-{pos}{s}", pos, s, 6.0 + s / 10, **{"model.size": "tiny"})
+        for pos in ("rope", "alibi", "nope")
+        for s in range(3)
+    ]
+    return [head, *study]
+
+
+def lr_sweep() -> list[dict]:
+    """Every encoding at two learning rates: a sweep that --select can choose from in every group."""
+    return [
+        record(f"{pos}-{lr}-{s}", pos, s, 5.0 + lr * 100 + s / 10, **{"train.lr": lr})
+        for pos in ("rope", "alibi")
+        for lr in (0.001, 0.002)
+        for s in range(2)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("runs", "expected"),
+    [
+        (
+            head_run_beside_a_study,
+            [
+                {"only": ["model.size=tiny"]},
+                {"only": ["model.size=small"]},
+                {"baseline": ["model.pos=rope", "model.size=tiny"]},
+            ],
+        ),
+        (
+            lr_sweep,
+            [
+                {"select_key": "train.lr"},
+                {"only": ["train.lr=0.001"]},
+                {"only": ["train.lr=0.002"]},
+                {"baseline": ["model.pos=rope", "train.lr=0.001"]},
+            ],
+        ),
+    ],
+)
+def test_an_ambiguous_baseline_suggests_options_that_work(tmp_path, monkeypatch, runs, expected):
+    # The documented re-report after a study: `llama-pe report --out reports/mine` reads HEAD's committed run too.
+    from llama_pe import report as report_module
+
+    monkeypatch.setattr(report_module, "read_experiments", lambda repo, all_commits: experiments_frame(runs()))
+    monkeypatch.setattr(report_module, "read_val_curves", lambda repo, frame: None)
+    with pytest.raises(ReportError, match=r"^--baseline model\.pos=rope: matches 2 groups") as refused:
+        report_module.report(".", tmp_path / "refused", all_commits=False, only=[], baseline=[])
+    suggestions = suggested_options(str(refused.value))
+    assert suggestions == [{"only": [], "baseline": [], "select_key": None} | e for e in expected]
+    for i, options in enumerate(suggestions):
+        report_module.report(".", tmp_path / str(i), all_commits=False, **options)
+        comparison = (tmp_path / str(i) / "comparison.md").read_text()
+        assert "# Position encodings compared" in comparison, options
 
 
 def test_rope_scaled_evaluations_become_groups_of_their_own_against_the_rope_baseline(tmp_path):
@@ -473,9 +551,58 @@ def test_runs_that_do_not_beat_a_unigram_model_are_called_untrained(tmp_path, ca
     opening = (tmp_path / "comparison.md").read_text().split("## Headline")[0]
     warning = (
         "4 of 4 runs do not beat a unigram model (best_val_bpc ≥ unigram_val_bpc): these models are barely "
-        "trained, and the verdicts describe untrained models, not the encodings"
+        "trained, and their verdicts, marked (untrained), describe untrained models, not the encodings"
     )
     assert f"- **Warning:** {warning}" in opening and warning in caplog.text
+
+
+@pytest.mark.parametrize("untrained", [("rope", "alibi"), ("rope",), ("alibi",)])
+def test_a_verdict_that_involves_untrained_runs_is_marked_untrained(tmp_path, untrained):
+    # alibi is worse than rope on every seed, in a family of one test: a verdict, but one about barely trained models.
+    runs = [
+        {
+            **trained_record(f"{pos}{s}", pos, s, 5.0 + s / 10 + shift, bpc=3.2 if pos in untrained else 2.1),
+            "ppl_at_8x": 290.0 + s * 1.1,  # 10, 9.9, 9.8 below the local window: uses the context, if trained
+            "sliding_ppl_at_1x": 300.0 + s,
+        }
+        for pos, shifts in (("rope", [0.0] * 3), ("alibi", [0.5, 0.6, 0.55]))
+        for s, shift in enumerate(shifts)
+    ]
+    paths = write_report(experiments_frame(runs), tmp_path, {"model.pos": "rope"})
+    diffs = pd.read_csv(paths["paired_differences.csv"]).set_index("metric")
+    assert (
+        diffs.loc["best_val_loss", "family_size"] == 1 and diffs.loc["best_val_loss", "verdict"] == "worse (untrained)"
+    )
+    comparison = paths["comparison.md"].read_text()
+    sections = {part.split("\n")[0]: part for part in comparison.split("\n## ")}
+    against = sections["Against model.pos=rope, paired by seed"]
+    assert next(line for line in against.splitlines() if line.startswith("| model.pos=alibi |")).endswith(
+        "worse (untrained) |"
+    )
+    every = sections["Every paired difference"]
+    loss = next(line for line in every.splitlines() if line.startswith("| model.pos=alibi | best_val_loss |"))
+    assert loss.endswith("| 1 | worse (untrained) |")
+    # No verdict of any table reads as a finding: each is marked, or is no test (-, n/a, one pair).
+    rows = [line for line in (*against.splitlines(), *every.splitlines()) if line.startswith("| model.pos=")]
+    verdicts = [row.rsplit("|", 2)[1].strip() for row in rows]
+    findings = [v for v in verdicts if re.search(r"better|worse|seed noise", v)]
+    assert findings and all(v.endswith("(untrained)") for v in findings), findings
+    # Against its own local window each group is marked by its own runs alone.
+    for pos in ("rope", "alibi"):
+        row = next(line for line in sections["Context beyond the training length"].splitlines() if f"={pos} |" in line)
+        marked = " (untrained)" if pos in untrained else ""
+        assert row.endswith(f"| uses context beyond L{marked} |"), row
+
+
+def test_a_verdict_between_trained_runs_is_not_marked(tmp_path):
+    runs = [
+        trained_record(f"{pos}{s}", pos, s, 5.0 + s / 10 + shift)
+        for pos, shifts in (("rope", [0.0] * 3), ("alibi", [0.5, 0.6, 0.55]))
+        for s, shift in enumerate(shifts)
+    ]
+    paths = write_report(experiments_frame(runs), tmp_path, {"model.pos": "rope"})
+    assert pd.read_csv(paths["paired_differences.csv"]).set_index("metric").loc["best_val_loss", "verdict"] == "worse"
+    assert "untrained" not in paths["comparison.md"].read_text()
 
 
 def test_a_null_metric_shows_its_reason_not_nan(tmp_path):
@@ -499,6 +626,53 @@ def test_a_null_metric_shows_its_reason_not_nan(tmp_path):
     write_report(experiments_frame(ROPE + unmeasured), tmp_path / "b", {"model.pos": "rope"}, primary=("holdout_bpc",))
     headline = (tmp_path / "b" / "comparison.md").read_text().split("## Headline")[1]
     assert "n/a: not defined for model.pos=alibi" in headline
+
+
+def test_a_metric_of_a_layer_the_model_lacks_says_so(tmp_path):
+    # The attention statistics are per layer (attn_distance_l<k>_at_<K>x): a 2-layer model has no layer 2 or 3.
+    layers = {f"attn_distance_l{k}_at_{m}": 10.0 + k for k in range(4) for m in ("1x", "8x")}
+    absent = {f"attn_distance_l{k}_at_{m}": "None" for k in (2, 3) for m in ("1x", "8x")}
+    small = [{**r, **layers, "model.n_layers": "None"} for r in ROPE]  # model.size=small: 4 layers
+    tiny = [{**r, **layers, **absent, "model.size": "tiny", "model.n_layers": "None"} for r in small]
+    three = [
+        {**r, **layers, "attn_distance_l3_at_1x": "None", "attn_distance_l3_at_8x": "None", "model.n_layers": 3.0}
+        for r in small
+    ]
+    learned = [  # a layer it has, null past its table: the reason stays the encoding's
+        {
+            **record(f"learned{s}", "learned", s, 5.3),
+            **layers,
+            "model.n_layers": "None",
+            "attn_distance_l2_at_8x": "None",
+        }
+        for s in range(3)
+    ]
+    runs = [
+        {**r, "Experiment": f"{name}{i}", "rev": f"{name}{i}"}
+        for name, group in (("small", small), ("tiny", tiny), ("three", three), ("learned", learned))
+        for i, r in enumerate(group)
+    ]
+    frame = experiments_frame(runs)
+    keys = group_keys(frame)
+    reasons = summarize(frame, keys).dropna(subset="reason").set_index(["group", "metric"])["reason"]
+    tiny_group = "model.pos=rope, model.size=tiny, model.n_layers=None"
+    for k in (2, 3):
+        for m in ("1x", "8x"):
+            assert reasons[(tiny_group, f"attn_distance_l{k}_at_{m}")] == (
+                f"no layer {k}: the model has 2 layers (0-1; model.size=tiny)"
+            )
+    three_group = "model.pos=rope, model.size=small, model.n_layers=3.0"  # a float beside the nulls
+    assert (
+        reasons[(three_group, "attn_distance_l3_at_8x")] == "no layer 3: the model has 3 layers (0-2; model.n_layers=3)"
+    )
+    learned_group = "model.pos=learned, model.size=small, model.n_layers=None"
+    assert reasons[(learned_group, "attn_distance_l2_at_8x")] == "learned positions stop at train.context"
+
+    baseline = {"model.pos": "rope", "model.size": "small", "model.n_layers": None}  # null: the preset's count
+    write_report(frame, tmp_path, baseline)
+    every = (tmp_path / "comparison.md").read_text().split("## Every paired difference")[1]
+    row = next(line for line in every.splitlines() if line.startswith(f"| {tiny_group} | attn_distance_l2_at_1x |"))
+    assert row.endswith("| n/a: no layer 2: the model has 2 layers (0-1; model.size=tiny) |"), row
 
 
 def test_timings_get_no_verdict_and_stay_out_of_the_headline(tmp_path):
@@ -621,12 +795,10 @@ def test_every_metric_the_stages_record_is_one_row_of_the_metrics_table():
     import json
 
     from llama_pe.metrics import METRICS
-    from tests.conftest import REPO_ROOT
+    from tests.conftest import committed_text
 
     names = [
-        name
-        for stage in ("tokenizer", "train", "eval")
-        for name in json.loads((REPO_ROOT / "metrics" / f"{stage}.json").read_text())
+        name for stage in ("tokenizer", "train", "eval") for name in json.loads(committed_text(f"metrics/{stage}.json"))
     ]
     assert "ppl_at_8x_yarn" in names and "tokens_per_sec" in names  # the files hold what the test is about
     matches = {name: [row.pattern for row in METRICS if row.matches(name)] for name in names}

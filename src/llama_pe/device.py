@@ -78,6 +78,38 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def cpu_signature(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's generation, which its model name may not tell: "AMD EPYC" is the name of EPYCs of family 25 and of
+    family 26, whose float results differ. Linux's family, model and stepping numbers; else the platform's name."""
+    fields: dict[str, str] = {}
+    try:
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.strip():
+                break  # the first processor's block is enough: every core of a machine is one generation
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass  # not Linux: no /proc
+    if "cpu family" in fields:  # x86
+        return f"{fields.get('vendor_id', 'x86')} family {fields['cpu family']} model {fields.get('model', '?')} " + (
+            f"stepping {fields.get('stepping', '?')}"
+        )
+    if "CPU implementer" in fields:  # Arm's numbers for the core
+        return f"arm implementer {fields['CPU implementer']} part {fields.get('CPU part', '?')}"
+    return platform.platform()
+
+
+def cpu_identity() -> dict[str, str | int]:
+    """What tells two CPUs' float results apart: the model name, the generation (cpu_signature), the vector ISA
+    torch's kernels use (AVX2 or AVX512 on x86) and the compute threads (they split a matmul's sums)."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_signature": cpu_signature(),
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+
+
 def accelerator_name(device: torch.device) -> str | None:
     """The GPU a run used ("NVIDIA H200"); None on a CPU."""
     if device.type == "cuda":

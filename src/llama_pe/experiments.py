@@ -18,6 +18,7 @@ import io
 import logging
 import math
 import re
+import shlex
 import subprocess
 import threading
 from collections.abc import Iterable
@@ -28,6 +29,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from llama_pe.config import SIZES
 from llama_pe.errors import LlamaPeError
 from llama_pe.metrics import (
     DEFAULT_PRIMARY,
@@ -48,6 +50,10 @@ log = logging.getLogger(__name__)
 SEED = "train.seed"
 CODE = "code"  # a short hash of the source files the experiment's stages ran, from the dep hashes DVC records
 CODE_PREFIXES = ("stages/", "src/")
+# What the train stage records of its machine (llama_pe.device.cpu_identity): CPUs of one model name but another
+# generation, vector ISA or thread count round floats differently, and moved the default run by 8 test perplexity.
+MACHINE_IDENTITY = ("cpu", "cpu_signature", "cpu_isa", "cpu_threads", "device", "accelerator")
+MACHINE = "machine"  # those values in one column: runs of different machines are other groups, never paired
 PARAM_SECTIONS = ("data.", "tokenizer.", "model.", "train.", "eval.")
 DEFAULT_BASELINE = ("model.pos=rope", "model.impl=native")
 # Where the train stage's DVCLive files put the validation curve (dvc.yaml: --live plots/train).
@@ -116,6 +122,7 @@ def experiments_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             if (_is_param(name) or _is_read(name)) and row.get(name) is None:
                 row[name] = _value(value)
         row[CODE] = code_hash(record)
+        row[MACHINE] = machine_label({key: _value(record.get(key)) for key in MACHINE_IDENTITY})
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty or "best_val_loss" not in frame:
@@ -228,9 +235,23 @@ def _parse_condition(condition: str, frame: pd.DataFrame) -> tuple[str, Any]:
 
 
 def _same(value: Any, want: Any) -> bool:
+    if _is_null(want):  # KEY=null: a param left at null, which the frame holds as None or NaN
+        return _is_null(value)
     if isinstance(want, (int, float)) and not isinstance(want, bool) and isinstance(value, (int, float)):
         return math.isclose(float(value), float(want))
     return value == want
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def condition(key: str, value: Any) -> str:
+    """KEY=VALUE as --only and --baseline read it back (the value a YAML scalar), quoted for a shell where needed."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    text = "null" if _is_null(value) else yaml.safe_dump(value, default_flow_style=True, width=math.inf)
+    return shlex.quote(f"{key}={text.strip().removesuffix('...').strip()}")
 
 
 # ---------------------------------------------------------------------------------------------- tuning
@@ -330,10 +351,22 @@ def _shown(keys: list[str], row: pd.Series) -> str:
 
 
 def group_keys(frame: pd.DataFrame) -> list[str]:
-    """The params that vary among the experiments, train.seed aside, and the code if it varies: what tells one
-    group from another."""
-    candidates = [*param_columns(frame), *([CODE] if CODE in frame else [])]
+    """The params that vary among the experiments, train.seed aside, and the code and the machine if they vary:
+    what tells one group from another."""
+    candidates = [*param_columns(frame), *(c for c in (CODE, MACHINE) if c in frame)]
     return [c for c in candidates if c != SEED and frame[c].map(repr).nunique() > 1]
+
+
+def machine_label(identity: dict[str, Any]) -> str | None:
+    """A run's machine identity as one value ("AMD EPYC, AuthenticAMD family 25 model 17 stepping 1, AVX512, 2
+    threads, cpu"); a value older code did not record is left out, so its runs stay apart from fully recorded ones."""
+    parts = []
+    for key in MACHINE_IDENTITY:
+        value = identity.get(key)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        parts.append(f"{int(float(value))} threads" if key == "cpu_threads" else str(value))
+    return ", ".join(parts) or None
 
 
 def check_one_run_per_seed(frame: pd.DataFrame, keys: list[str]) -> None:
@@ -403,12 +436,30 @@ def context_multiple(metric: str) -> float | None:
     return float(match["multiple"].replace("p", ".")) if match else None
 
 
+# attn_distance_l2_at_8x: a statistic of layer 2, 0-based (llama_pe.context_use.attention_summary).
+LAYER_METRIC = re.compile(r"_l(?P<k>\d+)_")
+
+
+def layer_count(run: pd.Series) -> tuple[int, str] | None:
+    """The run's number of layers and the param that sets it (model.n_layers, else model.size's preset)."""
+    n_layers, size = run.get("model.n_layers"), run.get("model.size")
+    if not _is_null(n_layers):
+        return int(n_layers), f"model.n_layers={int(n_layers)}"
+    if size in SIZES:
+        return SIZES[size].n_layers, f"model.size={size}"
+    return None
+
+
 def null_reason(group: pd.DataFrame, metric: str) -> str:
     """Why no run of the group has the metric, told from what its runs do have (the evaluate stage records a null
     with its reason; DVC's metrics keep only the null)."""
     first = group.iloc[0]
     if first.get(SCALING, "none") != "none":
         return "scaled evaluation (ppl_at_Kx only)"
+    if (layer := LAYER_METRIC.search(metric)) and (layers := layer_count(first)) and int(layer["k"]) >= layers[0]:
+        n, source = layers
+        shown = f"{n} layers (0-{n - 1}" if n > 1 else "1 layer (0"
+        return f"no layer {layer['k']}: the model has {shown}; {source})"
     encoding = first.get("model.pos", "these")
     multiple = context_multiple(metric)
     scored_at_1x = "ppl_at_1x" in group and group["ppl_at_1x"].notna().any()
@@ -444,14 +495,8 @@ def paired_differences(frame: pd.DataFrame, keys: list[str], baseline: dict[str,
         )
     if base.empty:
         raise ReportError(f"--baseline {wanted}: no experiment matches it; give --baseline KEY=VALUE of one group")
-    matched = [label for label, _ in iter_groups(base, keys)]
-    if len(matched) > 1:
-        apart = [k for k in keys if base[k].map(repr).nunique() > 1]  # what the matched groups differ in
-        raise ReportError(
-            f"--baseline {wanted}: matches {len(matched)} groups ({'; '.join(matched)}), which differ in "
-            f"{', '.join(apart)}; add --baseline {apart[0]}=VALUE, or --select {','.join(apart)} to report each "
-            "group at its best value of a sweep, or select fewer experiments with --only"
-        )
+    if sum(1 for _ in iter_groups(base, keys)) > 1:
+        raise ReportError(ambiguous_baseline(frame, keys, baseline))
     base_by_seed = base.set_index(SEED)
     rows = []
     first_with: dict[tuple, str] = {}  # (metric, seeds and differences) -> the first group that has them
@@ -482,6 +527,52 @@ def paired_differences(frame: pd.DataFrame, keys: list[str], baseline: dict[str,
                 }
             )
     return with_verdicts(pd.DataFrame(rows))
+
+
+def ambiguous_baseline(frame: pd.DataFrame, keys: list[str], baseline: dict[str, Any]) -> str:
+    """Why the baseline matches several groups, and options that make it one: --select where the keys those groups
+    differ in are swept within every group (each group then keeps one value); --only with one of the values found,
+    the one most groups have first (a study's, not HEAD's committed run's); --baseline naming that value, where
+    every other group pairs with it by seed."""
+    base = frame[matching(frame, baseline)]
+    matched = [label for label, _ in iter_groups(base, keys)]
+    apart = [k for k in keys if base[k].map(repr).nunique() > 1]  # what the matched groups differ in
+    wanted = ", ".join(f"{k}={v}" for k, v in baseline.items())
+    message = f"--baseline {wanted}: matches {len(matched)} groups ({'; '.join(matched)}), which differ in "
+    message += ", ".join(apart)
+    others = [k for k in keys if k not in apart]
+    unswept = next((group for _, group in iter_groups(frame, others) if _count_groups(group, apart) < 2), None)
+    if unswept is None:
+        message += f"; report each group at its best value of the sweep: `--select {','.join(apart)}`; or"
+    else:
+        message += (
+            f"; {', '.join(apart)} is not swept in every group ({group_label(unswept.iloc[0], others)} has "
+            f"{_shown(apart, unswept.iloc[0])} only), so --select cannot choose it;"
+        )
+    combos = [{k: group[k].iloc[0] for k in apart} for _, group in iter_groups(base, apart)]
+    counts = {i: _count_groups(frame[matching(frame, combo)], keys) for i, combo in enumerate(combos)}
+    ranked = sorted(counts, key=lambda i: -counts[i])
+    options = [
+        f"`{' '.join(f'--only {condition(k, v)}' for k, v in combos[i].items())}` "
+        f"({counts[i]} group{'s' if counts[i] != 1 else ''})"
+        for i in ranked
+    ]
+    message += f" keep one value: {' or '.join(options)}"
+    first = {**baseline, **combos[ranked[0]]}
+    if _pairs_with_every_group(frame, keys, first):
+        given = [condition(k, v) for k, v in first.items() if (k, v) != (SCALING, "none")]  # the report adds it
+        message += f"; or compare every group with one of them: `{' '.join(f'--baseline {c}' for c in given)}`"
+    return message
+
+
+def _count_groups(frame: pd.DataFrame, keys: list[str]) -> int:
+    return sum(1 for _ in iter_groups(frame, keys)) if not frame.empty else 0
+
+
+def _pairs_with_every_group(frame: pd.DataFrame, keys: list[str], baseline: dict[str, Any]) -> bool:
+    is_baseline = matching(frame, baseline)
+    seeds = set(frame.loc[is_baseline, SEED])
+    return all(set(group[SEED]) & seeds for _, group in iter_groups(frame[~is_baseline], keys))
 
 
 def with_verdicts(diffs: pd.DataFrame) -> pd.DataFrame:

@@ -2,10 +2,10 @@
 --ledger`).
 
 A row holds where the result came from (the experiment's name and revision, the commit it was based on, when it
-finished, the code version of llama_pe.code_version, and the machine: CPU model, device and accelerator, as the
-train stage recorded them), every param flat (`model.pos`, `train.lr`, ...) and the metrics the report reads. An
-experiment is a local git ref; its row is plain text in a commit, so a study continues on any clone and a report
-needs no experiment at all.
+finished, the code version of llama_pe.code_version, and the machine: CPU model, generation, ISA and threads,
+device and accelerator, as the train stage recorded them), every param flat (`model.pos`, `train.lr`, ...) and
+the metrics the report reads. An experiment is a local git ref; its row is plain text in a commit, so a study
+continues on any clone and a report needs no experiment at all.
 
 Rows are only ever added, and the file is replaced whole by a complete copy (atomic_path), so a study stopped at
 any moment leaves every row it had. A row that brings a column the ledger lacks (a param or metric that newer code
@@ -34,14 +34,23 @@ import yaml
 from llama_pe.code_version import code_version
 from llama_pe.config import flat_params
 from llama_pe.errors import LlamaPeError
-from llama_pe.experiments import CODE, PARAM_SECTIONS, SEED, SELECTION_METRIC
+from llama_pe.experiments import (
+    CODE,
+    MACHINE,
+    MACHINE_IDENTITY,
+    PARAM_SECTIONS,
+    SEED,
+    SELECTION_METRIC,
+    machine_label,
+)
 from llama_pe.io import atomic_path
 from llama_pe.metrics import Role, has_role
 
 # Where each result came from; "code" is the column the report groups by (llama_pe.experiments.CODE).
-PROVENANCE = ("experiment", "rev", "commit", "date", CODE, "cpu", "device", "accelerator")
-MACHINE = ("cpu", "device", "accelerator")  # what metrics/train.json records of the machine
-OPTIONAL = {"accelerator"}  # null on a CPU
+# The machine's identity is what metrics/train.json records of it (llama_pe.device.cpu_identity).
+PROVENANCE = ("experiment", "rev", "commit", "date", CODE, *MACHINE_IDENTITY)
+# accelerator: null on a CPU; the CPU's signature, ISA and threads: rows of older code did not record them.
+OPTIONAL = {"accelerator", "cpu_signature", "cpu_isa", "cpu_threads"}
 REQUIRED = (*(c for c in PROVENANCE if c not in OPTIONAL), SEED, SELECTION_METRIC)
 NULL = "null"
 HEX = re.compile(r"[0-9a-f]{7,40}")
@@ -201,6 +210,7 @@ class Ledger:
         params = [c for c in self.columns if _is_param(c)]
         order = ["experiment", "rev", *metrics, *params, *(c for c in PROVENANCE if c not in ("experiment", "rev"))]
         frame = pd.DataFrame(rows, columns=order).rename(columns={"experiment": "name"})
+        frame[MACHINE] = [machine_label(row) for row in rows]  # the report never pairs runs of two machines
         for metric in metrics:
             frame[metric] = pd.to_numeric(frame[metric], errors="coerce")  # null stays NaN
         return frame
@@ -322,7 +332,7 @@ def experiment_row(repo: Path, rev: str, name: str) -> dict[str, Any]:
         "commit": _git(repo, "rev-parse", f"{full}^").strip(),  # DVC makes an experiment a child of its baseline
         "date": _git(repo, "log", "-1", "--format=%cI", full).strip(),  # committed by DVC when it finished
         CODE: code_version(repo, full),
-        **{key: metrics.get(key) for key in MACHINE},
+        **{key: metrics.get(key) for key in MACHINE_IDENTITY},
         **flat_params(params),
         **{key: value for key, value in metrics.items() if _is_metric(key)},
     }

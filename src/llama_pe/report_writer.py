@@ -27,12 +27,13 @@ from llama_pe.experiments import (
     check_one_run_per_seed,
     group_keys,
     iter_groups,
+    matching,
     paired_differences,
     summarize,
     with_rope_scaling_rows,
 )
 from llama_pe.io import atomic_path, write_text
-from llama_pe.local_window import LOCAL_WINDOW, local_window_verdicts
+from llama_pe.local_window import HURT, LOCAL_WINDOW, NO_GAIN, USES_CONTEXT, local_window_verdicts
 from llama_pe.metrics import DEFAULT_PRIMARY, Role, has_role
 from llama_pe.statistics import ALPHA, POWER
 
@@ -91,6 +92,8 @@ def draft_report(
     check_one_run_per_seed(frame, keys)
     summary = summarize(frame, keys)
     diffs = paired_differences(frame, keys, baseline) if keys else pd.DataFrame()
+    untrained = set(trained.loc[untrained_runs(trained), "name"])
+    diffs = mark_untrained(diffs, frame, keys, untrained, baseline)
     paths = {name: out_dir / name for name in ("runs.csv", "summary.csv", "comparison.md")}
     tables = {"runs.csv": trained, "summary.csv": summary}  # runs.csv: one row per experiment, scaled metrics included
     if not diffs.empty:
@@ -107,7 +110,7 @@ def draft_report(
             table.to_csv(tmp, index=False)
     if warning := untrained_warning(trained):
         log.warning(warning)
-    context = local_window_verdicts(frame, keys)
+    context = mark_untrained(local_window_verdicts(frame, keys), frame, keys, untrained)
     markdown = comparison_markdown(trained, summary, diffs, keys, baseline, primary, context, selection)
     write_text(paths["comparison.md"], markdown)
     paths["extrapolation.png"] = report_figures.extrapolation(frame, keys, out_dir / "extrapolation.png")
@@ -339,12 +342,13 @@ def _headline_cell(row: pd.Series) -> str:
 def _judgement(row: pd.Series) -> str:
     """The verdict; next to seed noise the smallest difference the study could have detected; and for a repeat of
     another group's differences, which group's test it is."""
-    judgement = row["verdict"]
+    untrained = row["verdict"].endswith(UNTRAINED)
+    judgement = row["verdict"].removesuffix(UNTRAINED)
     if judgement == NOISE and not math.isnan(row["min_detectable_diff"]):
         judgement += f" ({POWER:.0%} power only beyond ±{row['min_detectable_diff']:.3g})"
     if isinstance(row["same_as"], str):
         judgement += f" (the differences of {row['same_as']}: one test)"
-    return judgement
+    return judgement + (UNTRAINED if untrained else "")
 
 
 def _p(value: float) -> str:
@@ -405,19 +409,49 @@ def setting_lines(trained: pd.DataFrame) -> list[str]:
     return lines
 
 
+UNTRAINED = " (untrained)"  # after a verdict that involves a run that does not beat a unigram model
+# The verdicts that read as findings (a paired test's, a local-window comparison's), which UNTRAINED marks.
+FINDINGS = ("better", "worse", NOISE, USES_CONTEXT, NO_GAIN, HURT)
+
+
+def untrained_runs(trained: pd.DataFrame) -> pd.Series:
+    """A mask of the runs that do not beat a unigram model on validation (best_val_bpc ≥ unigram_val_bpc)."""
+    if not {"best_val_bpc", "unigram_val_bpc"} <= set(trained.columns):
+        return pd.Series(False, index=trained.index)
+    return trained["best_val_bpc"] >= trained["unigram_val_bpc"]  # a null on either side compares False
+
+
 def untrained_warning(trained: pd.DataFrame) -> str | None:
     """A warning when runs do not beat a unigram model on validation: a verdict between them is one between
     untrained models."""
-    if not {"best_val_bpc", "unigram_val_bpc"} <= set(trained.columns):
-        return None
-    both = trained[["best_val_bpc", "unigram_val_bpc"]].dropna()
-    untrained = int((both["best_val_bpc"] >= both["unigram_val_bpc"]).sum())
+    untrained = int(untrained_runs(trained).sum())
     if not untrained:
         return None
+    both = int(trained[["best_val_bpc", "unigram_val_bpc"]].notna().all(axis=1).sum())
     return (
-        f"{untrained} of {len(both)} runs do not beat a unigram model (best_val_bpc ≥ unigram_val_bpc): these "
-        "models are barely trained, and the verdicts describe untrained models, not the encodings"
+        f"{untrained} of {both} runs do not beat a unigram model (best_val_bpc ≥ unigram_val_bpc): these "
+        f"models are barely trained, and their verdicts, marked{UNTRAINED}, describe untrained models, not the "
+        "encodings"
     )
+
+
+def mark_untrained(
+    verdicts: pd.DataFrame,
+    frame: pd.DataFrame,
+    keys: list[str],
+    untrained: set[str],
+    baseline: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """The verdicts with UNTRAINED after each finding of a group that has an untrained run (by name), or of every
+    group when the baseline has one: a test between barely trained models says nothing of the encodings, however
+    small its family."""
+    if verdicts.empty or not untrained:
+        return verdicts
+    flagged = {label for label, group in iter_groups(frame, keys) if group["name"].isin(untrained).any()}
+    if baseline is not None and frame.loc[matching(frame, baseline), "name"].isin(untrained).any():
+        flagged = set(verdicts["group"])
+    marked = verdicts["group"].isin(flagged) & verdicts["verdict"].isin(FINDINGS)
+    return verdicts.assign(verdict=verdicts["verdict"].mask(marked, verdicts["verdict"] + UNTRAINED))
 
 
 def describe_values(frame: pd.DataFrame, column: str) -> str | None:

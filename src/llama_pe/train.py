@@ -28,7 +28,7 @@ from llama_pe.device import (
     FUSED_ADAMW_DEVICES,
     accelerator_name,
     autocast,
-    cpu_model,
+    cpu_identity,
     resolve_device,
     resolve_precision,
 )
@@ -408,7 +408,7 @@ def final_metrics(
         "params": model.num_params(),
         "device": device.type,
         "precision": precision,
-        "cpu": cpu_model(),  # the machine: float rounding differs between CPU models
+        **cpu_identity(),  # the machine: float rounding differs between CPU generations, ISAs and thread counts
         "accelerator": accelerator_name(device),
     }
 
