@@ -8,7 +8,9 @@ for every valid params.yaml, so a valid change reruns only the stages that read 
 import argparse
 
 from llama_pe.config import load_config
+from llama_pe.errors import ConfigError
 from llama_pe.io import write_text
+from llama_pe.refused_params import restore_hint
 from llama_pe.stage import run_stage
 
 VALID = "params.yaml holds valid settings for every stage\n"
@@ -19,7 +21,11 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", required=True, help="the stamp the other stages depend on")
     args = parser.parse_args()
-    load_config(args.params)  # raises ConfigError naming the first bad key
+    try:
+        load_config(args.params)  # raises ConfigError naming the first bad key
+    except ConfigError as err:
+        hint = restore_hint(args.params)  # `dvc exp run -S` leaves a refused value in params.yaml: say so
+        raise ConfigError(f"{err}. {hint}" if hint else str(err)) from None
     write_text(args.out, VALID)
 
 

@@ -31,4 +31,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    # The --last checkpoint is saved at every validation (train.eval_interval steps), so that is where it resumes.
+    run_stage(main, interrupted="interrupted; `dvc repro` resumes training from the last validation's checkpoint")

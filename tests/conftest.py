@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,31 @@ def corpus() -> str:
     return generate_corpus()
 
 
+def committed_text(relative: str) -> str:
+    """A file of this repository as HEAD holds it. Tests never read the workspace's params.yaml or metrics: a
+    user's `dvc exp run -S ...` or `dvc repro` rewrites those, and must not break `pytest`."""
+    shown = subprocess.run(["git", "show", f"HEAD:{relative}"], cwd=REPO_ROOT, capture_output=True, text=True)
+    if shown.returncode == 0:
+        return shown.stdout
+    if not (REPO_ROOT / ".git").exists():  # a source copy without git: its files are all there is
+        return (REPO_ROOT / relative).read_text(encoding="utf-8")
+    raise AssertionError(f"git show HEAD:{relative} failed: {shown.stderr.strip()}")
+
+
+_COMMITTED_COPIES = Path(tempfile.mkdtemp(prefix="llama-pe-committed-"))
+
+
+def committed_path(relative: str) -> Path:
+    """A copy of HEAD's file (committed_text) on disk, for code that reads a path (params.yaml)."""
+    copy_path = _COMMITTED_COPIES / relative
+    if not copy_path.exists():
+        copy_path.parent.mkdir(parents=True, exist_ok=True)
+        copy_path.write_text(committed_text(relative), encoding="utf-8")
+    return copy_path
+
+
 def base_params() -> dict[str, Any]:
-    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    return yaml.safe_load(committed_text("params.yaml"))
 
 
 def make_config(**sections: dict[str, Any]) -> Config:

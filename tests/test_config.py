@@ -6,7 +6,7 @@ import pytest
 from llama_pe.config import MAX_VOCAB_SIZE, ConfigError, config_from_dict, load_config
 from llama_pe.encodings import ENCODINGS
 from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
-from tests.conftest import REPO_ROOT, base_params, make_config
+from tests.conftest import base_params, committed_path, committed_text, make_config
 
 
 def with_value(section: str, key: str, value):
@@ -16,7 +16,7 @@ def with_value(section: str, key: str, value):
 
 
 def test_repo_params_load_into_typed_frozen_config():
-    cfg = load_config(REPO_ROOT / "params.yaml")
+    cfg = load_config(committed_path("params.yaml"))
     assert cfg.tokenizer.vocab_size == 8192
     assert cfg.data.split == "contiguous"
     assert isinstance(cfg.data.val_fraction, float)
@@ -180,7 +180,7 @@ def test_non_finite_numbers_are_refused_for_every_float_setting(section, key, va
 
 
 def test_yaml_infinity_is_refused_as_loaded_from_a_file(tmp_path):
-    text = (REPO_ROOT / "params.yaml").read_text().replace("lr: 0.002", "lr: .inf")
+    text = committed_text("params.yaml").replace("lr: 0.002", "lr: .inf")
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ConfigError, match=r"train\.lr: expected a finite number, got inf"):
         load_config(tmp_path / "params.yaml")

@@ -176,3 +176,20 @@ def test_one_failing_rank_stops_the_whole_run_instead_of_hanging(tmp_path, data_
             process.kill()
     assert process.returncode != 0
     assert "local_rank: 1" in output or "rank: 1" in output, output[-2000:]
+
+
+def test_ctrl_c_in_training_is_one_line_that_says_dvc_repro_resumes(tmp_path, data_dirs):
+    write_params(tmp_path, 1, max_steps=100000, eval_interval=2)
+    process = subprocess.Popen(
+        train_command(tmp_path, data_dirs), cwd=tmp_path, env=environment(), stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "models/last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert stderr.rstrip().endswith(
+        "ERROR llama_pe: interrupted; `dvc repro` resumes training from the last validation's checkpoint"
+    )

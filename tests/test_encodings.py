@@ -15,7 +15,7 @@ from llama_pe.errors import ConfigError
 from llama_pe.model import ModelArgs
 from llama_pe.model import position as position_module
 from llama_pe.model.position import POSITION_ENCODINGS, PositionEncoding, Rotary
-from tests.conftest import REPO_ROOT, make_config
+from tests.conftest import committed_text, make_config
 
 
 def test_params_are_checked_without_torch():
@@ -34,12 +34,16 @@ def test_every_entry_has_its_class_and_the_class_is_what_the_entry_says():
 
 
 def test_params_yaml_has_every_encodings_settings_at_their_defaults_and_names_every_encoding():
-    text = (REPO_ROOT / "params.yaml").read_text(encoding="utf-8")
+    text = committed_text("params.yaml")
     model = yaml.safe_load(text)["model"]
     for key, setting in settings_of_every_encoding().items():
         assert model[key] == setting.default, key
     (pos_line,) = [line for line in text.splitlines() if re.match(r"\s+pos:", line)]
-    assert pos_line.split("#", 1)[1].split() == " | ".join(ENCODINGS).split()
+    expected = f"# {' | '.join(ENCODINGS)}"  # the catalogue's order: the order of registration
+    assert "#" + pos_line.split("#", 1)[1].rstrip() == expected, (
+        f"params.yaml's model.pos comment names every encoding in the catalogue's order; write `{expected}` "
+        f"after `pos: {model['pos']}`"
+    )
 
 
 @pytest.fixture

@@ -79,6 +79,16 @@ def test_exp_run_with_another_encoding_writes_its_metrics(project):
     table = run(["dvc", "exp", "show", "--csv"], root, env)
     header = table.splitlines()[0].split(",")
     assert {"best_val_loss", "best_val_bpc", "test_bpc", "ppl_at_4x", "model.pos", "train.seed"} <= set(header)
+    # The documented comparison, in a terminal of 120 columns: every default column, each experiment named.
+    command = [sys.executable, "-m", "llama_pe.cli", "show"]
+    done = subprocess.run(command, cwd=root, env={**env, "COLUMNS": "120"}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    shown = done.stdout.splitlines()
+    assert max(map(len, shown)) <= 120 and "left out" not in shown[-1]
+    assert shown[0].split() == ["experiment", "model.pos", "model.impl", "train.seed", "train.lr", "best_val_loss",
+                                "test_ppl", "ppl_at_8x"]  # fmt: skip
+    (alibi,) = [line.split() for line in shown if line.startswith("alibi ")]
+    assert alibi[2:4] == ["alibi", "native"] and float(alibi[6]) == pytest.approx(metrics["best_val_loss"], abs=1e-4)
     diff = run(["dvc", "metrics", "diff", "HEAD", "alibi"], root, env)
     assert "metrics/train.json" in diff and "best_val_loss" in diff
     assert "metrics/eval.json" in diff and "test_bpc" in diff
@@ -284,6 +294,25 @@ def test_a_damaged_best_checkpoint_is_one_clear_line_in_evaluate_and_export(proj
             # Not the pipeline's own output: no DVC command brings it back.
             assert errors[0].endswith("give a checkpoint that the `train` stage wrote (models/best.pt)")
         assert not (tmp_path / "hf").exists()
+    # The pipeline's own model, truncated: the advice restores it from DVC's cache, and says what `dvc repro` does.
+    best = root / "models/best.pt"
+    good = best.read_bytes()
+    best.write_bytes(good[: len(good) // 2])
+    result = subprocess.run(
+        ["llama-pe", "export-hf", "models/best.pt", str(tmp_path / "hf")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.rstrip().endswith(
+        "restore the copy that dvc.lock records with `dvc checkout --force models/best.pt` (in seconds; `dvc repro` "
+        "would instead run the `train` stage again to make it anew)"
+    )
+    run(["dvc", "checkout", "--force", "models/best.pt"], root, env)
+    assert best.read_bytes() == good
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], root, env)
 
 
 def _commit(root: Path, env: dict[str, str], message: str) -> None:
@@ -307,11 +336,26 @@ def test_a_refused_value_is_refused_before_dvc_removes_any_output(project):
     assert result.returncode != 0 and "Traceback" not in out
     assert "Running stage 'check'" in out and "Running stage 'train'" not in out
     assert "model.dim: 32 is not divisible by model.n_heads=5" in out
+    # The refused value stays in params.yaml (DVC wrote it there): the error says so, and how to restore it.
+    assert (
+        "params.yaml now holds model.n_heads: 5 (committed: 4) as `dvc exp run -S` wrote it, and it stays there for "
+        "the next run: `git checkout params.yaml` restores the committed file, or `-S model.n_heads=4` the "
+        "committed value"
+    ) in out
     assert {
         **tree_bytes(root / "metrics"),
         **tree_bytes(root / "plots"),
         **tree_bytes(root / "models/best.pt"),
     } == before
+    run(["git", "checkout", "--", "params.yaml"], root, env)
+    # A misspelt key that `+` added: the next run's error names it as not in the committed file.
+    misspelt = subprocess.run(
+        ["dvc", "exp", "run", "-S", "+model.poss=alibi"], cwd=root, env=env, capture_output=True, text=True
+    )
+    out = misspelt.stdout + misspelt.stderr
+    assert misspelt.returncode != 0 and "Running stage 'train'" not in out
+    assert "params.yaml now holds model.poss: alibi (not in the committed file)" in out
+    assert "`git checkout params.yaml` restores the committed file" in out
     run(["git", "checkout", "--", "params.yaml"], root, env)
     assert "Data and pipelines are up to date" in run(["dvc", "status"], root, env)
 

@@ -16,9 +16,9 @@ from llama_pe.encodings import ENCODINGS
 from llama_pe.ledger import Ledger, LedgerError, flat_params
 from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
 from llama_pe.study import StudyError, branch_kept, parse_grid, split_values
-from tests.conftest import REPO_ROOT, generate_corpus, make_dvc_project, run, tiny_pipeline_params
+from tests.conftest import committed_path, committed_text, generate_corpus, make_dvc_project, run, tiny_pipeline_params
 
-PARAMS = REPO_ROOT / "params.yaml"
+PARAMS = committed_path("params.yaml")
 
 
 def test_the_grid_goes_seed_by_seed_and_sets_each_point_as_dvc_would():
@@ -416,6 +416,11 @@ def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("study")
     params = tiny_pipeline_params()
     env = make_dvc_project(root, tmp_path_factory.mktemp("mirror"), generate_corpus(n_speeches=600, seed=1), params)
+    # The committed study's record, as this repository keeps it: a trial study must leave it untouched.
+    (root / "reports").mkdir()
+    (root / "reports/ledger.csv").write_text(committed_text("reports/ledger.csv"))
+    run(["git", "add", "reports/ledger.csv"], root, env)
+    run(["git", "commit", "-qm", "the committed study's ledger"], root, env)
     run(["dvc", "repro", "encode"], root, env)  # the data stages once; every experiment checks them out
     return root, env
 
@@ -433,11 +438,18 @@ def experiment_names(root: Path, env: dict[str, str]) -> set[str]:
 def test_study_runs_the_grid_on_dvcs_queue_then_reports_every_group_over_its_seeds(project):
     root, env = project
     # Two queue workers: each experiment runs in its own copy of the repo, so parallel runs share no file.
-    done = study(root, env, "--pos", "rope,alibi", "--seeds", "0,1", "--jobs", "2")
+    committed_ledger = (root / "reports/ledger.csv").read_bytes()
+    refused = study(root, env, "--pos", "rope,alibi", "--seeds", "0,1", "--out", "reports")
+    assert refused.returncode == 1 and "--ledger reports/ledger.csv to add these runs to that record" in refused.stderr
+    done = study(root, env, "--pos", "rope,alibi", "--seeds", "0,1", "--jobs", "2", "--out", "reports/mine")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 to queue" in done.stderr and len(experiment_names(root, env)) == 4
+    # Nothing git tracks changed: the runs went to the study's own ledger, in its --out folder.
+    assert run(["git", "status", "--porcelain", "--untracked-files=no"], root, env) == ""
+    assert (root / "reports/ledger.csv").read_bytes() == committed_ledger
+    assert len(Ledger.read(root / "reports/mine/ledger.csv").rows) == 4
 
-    reports = root / "reports"
+    reports = root / "reports/mine"
     expected = (
         "runs.csv",
         "summary.csv",
@@ -467,7 +479,7 @@ def test_study_runs_the_grid_on_dvcs_queue_then_reports_every_group_over_its_see
     comparison = (reports / "comparison.md").read_text()
     assert "## Against model.pos=rope, eval.rope_scaling_method=none, paired by seed" in comparison
 
-    again = study(root, env, "--pos", "rope,alibi", "--seeds", "0,1")
+    again = study(root, env, "--pos", "rope,alibi", "--seeds", "0,1", "--out", "reports/mine")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "4 already have an experiment, 0 to queue" in again.stderr
     assert len(experiment_names(root, env)) == 4  # nothing trained again
@@ -492,7 +504,7 @@ def test_a_failed_experiment_is_named_with_the_end_of_its_log(project):
     root, env = project
     # Valid params, but a window longer than the generated corpus' val split: the train stage refuses it before
     # step one, inside the queued experiment.
-    failed = study(root, env, "--pos", "nope", "--seeds", "0", "-S", "train.context=2000")
+    failed = study(root, env, "--pos", "nope", "--seeds", "0", "-S", "train.context=2000", "--out", "reports/failed")
     assert failed.returncode == 1
     assert "nope native seed 0: experiment" in failed.stderr and "failed; the end of its log:" in failed.stderr
     assert "train.context: 2000 tokens do not fit the val split" in failed.stderr

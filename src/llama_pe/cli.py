@@ -21,6 +21,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help shows every default once: not None or an empty list (the help says what happens without the option),
     not a flag's (a flag is off unless given), not where the help text states it already."""
 
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """A description is wrapped; an example line (indented by two spaces) is kept as it is, to copy."""
+        return "\n".join(
+            indent + line if line.startswith("  ") else super(HelpFormatter, self)._fill_text(line, width, indent)
+            for line in text.splitlines()
+        )
+
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default is None or action.default == [] or action.nargs == 0 or "(default:" in (action.help or ""):
             return action.help
@@ -36,7 +43,15 @@ PRIMARY_HELP = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llama-pe", description=__doc__, formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, help="llama-pe COMMAND --help: its options")
-    export = commands.add_parser("export-hf", help="write a rope checkpoint as a Hugging Face model folder")
+    export = add_command(
+        commands,
+        "export-hf",
+        "write a rope checkpoint as a Hugging Face model folder",
+        "Write a rope checkpoint (native or HF) as a folder that transformers' AutoModelForCausalLM and "
+        "AutoTokenizer load: config.json, model.safetensors and the tokenizer files. Other encodings have no "
+        "Hugging Face equivalent and are refused.",
+        "llama-pe export-hf models/best.pt hf-model/",
+    )
     export.add_argument("checkpoint", help="checkpoint file written by the train stage")
     export.add_argument("out_dir", help="folder for config.json, model.safetensors and the tokenizer files")
     export.add_argument(
@@ -44,8 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace out_dir when it exists and is not an empty folder (never one that holds the checkpoint)",
     )
-    report = commands.add_parser(
-        "report", help="aggregate the experiments' seeds: means, intervals, paired differences"
+    report = add_command(
+        commands,
+        "report",
+        "aggregate the experiments' seeds: means, intervals, paired differences",
+        "Group the experiments (DVC's, or a ledger's rows) by everything but train.seed, give each group's mean and "
+        "95%% interval per metric, and compare every group with the baseline seed by seed: a paired t-test, "
+        "Holm-corrected within each metric. Writes runs.csv, summary.csv, comparison.md and figures to --out.",
+        "llama-pe report --out reports/mine\n"
+        "  llama-pe report --ledger reports/ledger.csv --select train.lr,train.pos_lr_scale "
+        "--only train.max_steps=400 --out reports/again",
     )
     report.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
     report.add_argument(
@@ -87,8 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         "on the first seed, the first two seeds deciding where the best two are within 0.02 nats; the choice "
         "goes to selection.csv and comparison.md (default: none, every value is reported)",
     )
-    study = commands.add_parser(
-        "study", help="queue a grid of experiments on DVC's queue, wait for them and write the report"
+    study = add_command(
+        commands,
+        "study",
+        "queue a grid of experiments on DVC's queue, wait for them and write the report",
+        "Queue encodings x seeds x sweeps as DVC experiments (dvc exp run --queue), run DVC's queue, keep each "
+        "finished run in the ledger (--out's ledger.csv unless --ledger names another), then write the report. "
+        "What the ledger or an experiment already holds for this code is not trained again.",
+        "llama-pe study --pos rope,alibi --seeds 0,1 -S model.size=tiny -S train.max_steps=20 --out reports/mine",
     )
     study.add_argument(
         "--pos",
@@ -125,10 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument(
         "--ledger",
-        default="reports/ledger.csv",
         metavar="FILE",
-        help="CSV that keeps every finished experiment (commit it); a point it holds with this code is not run again "
-        "(default: %(default)s)",
+        help="CSV that keeps every finished experiment; a point it holds with this code is not run again (default: "
+        "OUT/ledger.csv, which a file git tracks is only when named here: --ledger reports/ledger.csv adds the "
+        "runs to the committed study's record)",
     )
     study.add_argument(
         "-j", "--jobs", type=int, default=1, help="DVC queue workers, as dvc queue start -j (default: %(default)s)"
@@ -149,7 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument("--dry-run", action="store_true", help="say what exists and what would be queued, only")
     study.add_argument("--primary", metavar="NAME,NAME,...", help=f"{PRIMARY_HELP}; checked before queueing")
-    gen = commands.add_parser("generate", help="continue a prompt with a trained model, streaming the text")
+    gen = add_command(
+        commands,
+        "generate",
+        "continue a prompt with a trained model, streaming the text",
+        "Continue a prompt with a trained checkpoint (models/best.pt, a file, or an experiment's from DVC's cache), "
+        "printing the text as it is sampled.",
+        'llama-pe generate --prompt "ROMEO:" --tokens 100\n  llama-pe generate --exp alibi --prompt - < prompt.txt',
+    )
     gen.add_argument("--checkpoint", help="a checkpoint file (default: models/best.pt)")
     gen.add_argument(
         "--exp", help="a DVC experiment's name (or any git revision): its models/best.pt, from DVC's cache"
@@ -159,7 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.8, help="0 is greedy")
     gen.add_argument("--top-k", type=int, default=40, help="sample among the k likeliest tokens; 0: all")
     gen.add_argument("--seed", type=int, default=0, help="seed of the sampler (temperature above 0)")
-    bench = commands.add_parser("bench", help="training and evaluation speed, memory and MFU, side by side with HF")
+    bench = add_command(
+        commands,
+        "bench",
+        "training and evaluation speed, memory and MFU, side by side with HF",
+        "Time every encoding's training steps, evaluation and generation in interleaved rounds, side by side with "
+        "transformers' LlamaForCausalLM, and print the ratios; a figure smaller than its spread across rounds is "
+        "marked as noise.",
+        "llama-pe bench --size small --rounds 5\n  llama-pe bench --size tiny --pos rope,alibi --no-hf",
+    )
     bench.add_argument("--size", default="small", help=f"model.size preset: {', '.join(SIZES)}")
     bench.add_argument("--pos", default=",".join(ENCODINGS), help="encodings, comma-separated (default: every one)")
     bench.add_argument("--no-hf", action="store_true", help="leave out transformers' LlamaForCausalLM")
@@ -174,9 +218,29 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--generate-tokens", type=int, default=512, help="0: no generation benchmark")
     bench.add_argument("--profile", action="store_true", help="then profile each variant's training steps")
     bench.add_argument("--out", default="benchmarks/results/bench.json", help="JSON file for the figures")
+    show = add_command(
+        commands,
+        "show",
+        "the experiments side by side in the terminal's width: encoding, seed, lr and headline metrics",
+        "The table that compares encodings: every experiment of HEAD (or of every commit) with model.pos, "
+        "model.impl, train.seed, train.lr, best_val_loss, test_ppl and ppl_at_8x, fitted to the terminal's width. "
+        "`dvc exp show` has every param and metric, too many for a terminal.",
+        "llama-pe show\n  llama-pe show --all-commits --columns train.max_steps,ppl_at_4x",
+    )
+    show.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
+    show.add_argument(
+        "--columns",
+        metavar="KEY,KEY,...",
+        help="params or metrics to show after the default ones (any key of `dvc exp show --json`)",
+    )
     for subparser in commands.choices.values():  # here, not in each add_parser call: no command can miss it
         subparser.formatter_class = HelpFormatter
     return parser
+
+
+def add_command(commands, name: str, summary: str, description: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help says what it does and shows how it is called (every command has both)."""
+    return commands.add_parser(name, help=summary, description=description, epilog=f"example:\n  {example}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -223,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
             args.force,
             args.sweeps,
             args.select,
-            ledger_path=Path(args.ledger),
+            ledger_path=Path(args.ledger) if args.ledger else None,
             primary=primary(),
         )
 
@@ -257,14 +321,26 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(table(results))  # the command's output
 
+    def show_command() -> None:
+        from llama_pe.show import show
+
+        print(show(".", args.all_commits, [c for c in (args.columns or "").split(",") if c]))  # the command's output
+
     commands_by_name = {
+        "show": show_command,
         "export-hf": export_command,
         "report": report_command,
         "study": study_command,
         "bench": bench_command,
         "generate": generate_command,
     }
-    run_stage(commands_by_name[args.command])
+    interrupted = {
+        "study": "interrupted; DVC's queue goes on with the experiments queued (`dvc queue status`), and the same "
+        "`llama-pe study` command picks the grid up where it stands",
+    }
+    run_stage(
+        commands_by_name[args.command], interrupted.get(args.command, "interrupted; no file is left half-written")
+    )
 
 
 if __name__ == "__main__":

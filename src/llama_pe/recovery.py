@@ -22,7 +22,11 @@ def restore_advice(path: str | Path) -> str | None:
     cd = "" if inside else f"cd {root} && "  # DVC's commands work inside the repository only
     output = os.path.relpath(output, here if inside else root)
     if cached:
-        return f"restore the copy that dvc.lock records with `{cd}dvc checkout --force {output}`"
+        # Not `dvc repro`: DVC sees the changed output and runs its stage again, which for the model is training.
+        return (
+            f"restore the copy that dvc.lock records with `{cd}dvc checkout --force {output}` (in seconds; "
+            f"`dvc repro` would instead run the `{stage}` stage again to make it anew)"
+        )
     pull = f", or fetch it with `{cd}dvc pull {output}` if the DVC remote has it" if has_remote else ""
     return (
         f"DVC's cache does not hold the copy that dvc.lock records (a fresh clone's cache is empty): make it again "

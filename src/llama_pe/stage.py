@@ -19,7 +19,13 @@ log = logging.getLogger("llama_pe")
 PARAMS_FILE = "params.yaml"  # DVC's default params file, and every stage's --params default
 
 
-def run_stage(main: Callable[[], None]) -> None:
+INTERRUPTED = "interrupted; `dvc repro` runs this stage again"
+INTERRUPTED_EXIT = 130  # a shell's code for a process ended by Ctrl-C (128 + SIGINT)
+
+
+def run_stage(main: Callable[[], None], interrupted: str = INTERRUPTED) -> None:
+    """Run a stage's or command's main: a project error or Ctrl-C is one line (`interrupted`: what happens next),
+    never a traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         watched = watched_params()
@@ -29,6 +35,9 @@ def run_stage(main: Callable[[], None]) -> None:
     except LlamaPeError as err:
         log.error("%s", err)
         sys.exit(1)
+    except KeyboardInterrupt:
+        log.error("%s", interrupted)
+        sys.exit(INTERRUPTED_EXIT)
 
 
 # ---------------------------------------------------------------------------------------------- params guard

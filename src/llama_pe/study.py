@@ -479,6 +479,25 @@ def run_study(
     return StudyResult(finished, failed, queued)
 
 
+LEDGER_NAME = "ledger.csv"  # a study's own ledger, in its --out folder unless --ledger names another file
+
+
+def refuse_tracked_ledger(path: Path, dry_run: bool) -> None:
+    """Refuse a default ledger that git tracks: its rows are a committed study's record, changed only when asked."""
+    from llama_pe.report_writer import committed
+
+    if not committed(path.parent, [path.name]):
+        return
+    message = (
+        f"--out {path.parent}: its {path.name} is a committed study's record (git tracks it), and a study writes "
+        f"its runs into its --out folder's {path.name}; give --out a new folder for a study of its own, or "
+        f"--ledger {path} to add these runs to that record"
+    )
+    if not dry_run:
+        raise StudyError(message)
+    log.warning("%s (dry run: nothing queued, nothing written)", message)
+
+
 def study(
     repo: Path,
     pos: str,
@@ -494,7 +513,7 @@ def study(
     sweeps: Iterable[str] = (),
     select_key: str | None = None,
     *,
-    ledger_path: Path,
+    ledger_path: Path | None = None,
     primary: list[str] | None = None,
 ) -> None:
     """`llama-pe study`: check the grid and the ledger, run what is missing through DVC's queue, keep each result in
@@ -505,6 +524,8 @@ def study(
     select_key: report each group at the best value of these swept keys (comma-separated) by validation loss
         (llama_pe.experiments.select_by_validation).
     primary: the report's headline metrics, as for `llama-pe report --primary`, checked before anything is queued.
+    ledger_path: where finished runs are kept; by default out_dir's own ledger (LEDGER_NAME). A file git tracks is
+        written only when named here: a trial study must not add rows to a committed study's record.
     """
     from tqdm import tqdm
 
@@ -537,6 +558,9 @@ def study(
             f"({', '.join(baseline) or 'native rope'}) one of each; add --select {','.join(unnamed)} to report each "
             f"encoding at its best value, or --baseline {unnamed[0]}=VALUE"
         )
+    if ledger_path is None:
+        ledger_path = out_dir / LEDGER_NAME
+        refuse_tracked_ledger(repo / ledger_path, dry_run)
     ledger = Ledger.read(repo / ledger_path)  # a damaged one stops the study here, before any work
 
     def check_out_dir() -> None:

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from llama_pe.data.download import MIRROR_ENV, ChecksumError, DownloadError, fetch_corpus
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, committed_text
 
 URL = "https://example.invalid/char-rnn/input.txt"
 TEXT = b"First Citizen:\nBefore we proceed any further, hear me speak.\n"
@@ -78,7 +78,7 @@ def test_no_mirror_and_no_network_retries_then_explains(tmp_path):
 
 def test_stage_script_reports_one_clear_line(tmp_path, mirror):
     params = tmp_path / "params.yaml"
-    params.write_text((REPO_ROOT / "params.yaml").read_text())  # the real sha256 does not match TEXT
+    params.write_text(committed_text("params.yaml"))  # the real sha256 does not match TEXT
     out = tmp_path / "raw" / "tinyshakespeare.txt"
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "stages" / "download.py"), "--params", str(params), "--out", str(out)],
