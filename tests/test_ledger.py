@@ -358,3 +358,27 @@ def test_runs_of_two_code_versions_are_grouped_apart_never_pooled(tmp_path):
     assert summary.loc[("model.pos=rope, code=c0dec0dec0de", "best_val_loss"), "mean"] == pytest.approx(5.1)
     assert summary.loc[("model.pos=rope, code=0ther0c0de00", "best_val_loss"), "mean"] == pytest.approx(4.1)
     assert set(summary["n"]) == {3, 0}  # three seeds a group, never six
+
+
+def test_runs_of_two_machine_identities_are_other_groups_and_older_rows_read_without_the_new_columns(tmp_path):
+    from llama_pe.experiments import MACHINE, group_keys, iter_groups
+
+    older = written(tmp_path / "ledger.csv", ROWS)  # rows of older code: the CPU's model name alone
+    assert "cpu_signature" not in older.columns
+    family_26 = dict(cpu="AMD EPYC", cpu_signature="AuthenticAMD family 26 model 2 stepping 1", cpu_isa="AVX512")
+    newer = [
+        row(f"new-{r['experiment']}", r["model.pos"], r["train.seed"], r["best_val_loss"] + 0.01, **family_26)
+        for r in ROWS
+    ]
+    ledger = written(tmp_path / "ledger.csv", [{**r, "cpu_threads": 2} for r in newer])
+    assert ledger.rows[0]["cpu_signature"] is None and ledger.rows[-1]["cpu_threads"] == "2"
+    frame = ledger.frame()
+    assert set(frame[MACHINE]) == {
+        "AMD EPYC 7B13, cpu",
+        "AMD EPYC, AuthenticAMD family 26 model 2 stepping 1, AVX512, 2 threads, cpu",
+    }
+    keys = group_keys(frame)
+    assert MACHINE in keys  # the same params on two machines: two groups, never pooled or paired
+    groups = [(group["model.pos"].iloc[0], len(group)) for _, group in iter_groups(frame, keys)]
+    assert sorted(groups) == [("alibi", 3), ("alibi", 3), ("rope", 3), ("rope", 3)]
+    assert MACHINE not in group_keys(frame[frame[MACHINE] == "AMD EPYC 7B13, cpu"])  # one machine: no such key

@@ -545,3 +545,29 @@ def test_a_sweep_is_kept_in_the_ledger_and_a_clone_without_the_experiments_goes_
     report = [sys.executable, "-m", "llama_pe.cli", "report", *options]
     run(report, clone, env)
     assert pd.read_csv(clone / "again/selection.csv")["chosen"].tolist() == [best]
+
+
+def test_a_study_writes_a_tracked_ledger_only_when_named(tmp_path, monkeypatch, caplog):
+    from llama_pe import study as study_module
+
+    repo = committed_repo(tmp_path)
+    (repo / "reports").mkdir()
+    Ledger.read(repo / "reports/ledger.csv").append(
+        [ledger_row(parse_grid("abs", "0", False, [], PARAMS)[0], "x", 5.0)]
+    )
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "study"], cwd=repo, check=True)
+    monkeypatch.chdir(repo)
+    monkeypatch.setattr(study_module, "Experiments", NoExperiments)
+    monkeypatch.setattr(study_module, "queue_point", lambda repo, point: pytest.fail("queued"))
+    grid = dict(pos="rope", seeds="0", hf=False, sets=[], jobs=1, baseline=[])
+    with pytest.raises(
+        StudyError,
+        match=r"^--out reports: its ledger\.csv is a committed study's record \(git tracks it\), and a study writes "
+        r"its runs into its --out folder's ledger\.csv; give --out a new folder for a study of its own, or "
+        r"--ledger reports/ledger\.csv to add these runs to that record$",
+    ):
+        study_module.study(repo, **grid, out_dir=Path("reports"))
+    study_module.study(repo, **grid, out_dir=Path("reports"), dry_run=True)  # warns, and says what it would queue
+    assert "--ledger reports/ledger.csv to add these runs" in caplog.text
+    assert study_module.refuse_tracked_ledger(repo, Path("reports/mine/ledger.csv"), dry_run=False) is None  # untracked

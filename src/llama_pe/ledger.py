@@ -127,7 +127,9 @@ class Ledger:
     columns: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
-    _identities: dict[str, int] = field(default_factory=dict, repr=False)  # point -> index of its first row
+    # (point, machine) -> index of its first row: one result per point and machine identity, since another CPU
+    # generation rounds differently (a rerun on the same one repeats the row, counted once)
+    _identities: dict[tuple[str, str | None], int] = field(default_factory=dict, repr=False)
 
     @classmethod
     def read(cls, path: str | Path, must_exist: bool = False) -> Ledger:
@@ -155,7 +157,7 @@ class Ledger:
         return ledger
 
     def _add(self, row: dict[str, Any], line: int) -> None:
-        identity = point_identity(self._params(row), row[CODE])
+        identity = (point_identity(self._params(row), row[CODE]), machine_label(row))
         first = self._identities.setdefault(identity, len(self.rows))
         if first != len(self.rows):
             _check_same_results(self, first, row, line)
@@ -168,7 +170,8 @@ class Ledger:
 
     def holds(self, params: dict[str, Any], code: str) -> dict[str, Any] | None:
         """The row of the point these flat params and this code make; None when the ledger has none."""
-        index = self._identities.get(point_identity(params, code))
+        point = point_identity(params, code)
+        index = min((i for (p, _), i in self._identities.items() if p == point), default=None)  # from any machine
         return None if index is None else self.rows[index]
 
     def holds_rev(self, rev: str) -> bool:
@@ -203,7 +206,7 @@ class Ledger:
 
     def frame(self, rows: list[dict[str, Any]] | None = None) -> pd.DataFrame:
         """The ledger as the report reads experiments: name, rev, metrics, params, then the rest of the provenance;
-        one row per point (the first of its rows), or the rows given."""
+        one row per point and machine identity (the first of its rows), or the rows given."""
         if rows is None:
             rows = [self.rows[i] for i in sorted(set(self._identities.values()))]
         metrics = [c for c in self.columns if _is_metric(c)]
@@ -290,8 +293,8 @@ def _checked_cell(where: str, column: str, cell: str) -> Any:
 
 
 def _check_same_results(ledger: Ledger, first: int, row: dict[str, Any], line: int) -> None:
-    """One point, two rows: the same results (one run recorded twice, or repeated on the same CPU model) are one
-    result; other results leave no way to tell which is the point's."""
+    """One point on one machine identity, two rows: the same results (one run recorded twice, or repeated on that
+    machine) are one result; other results leave no way to tell which is the point's."""
     earlier = ledger.rows[first]
     differing = [
         column

@@ -482,11 +482,12 @@ def run_study(
 LEDGER_NAME = "ledger.csv"  # a study's own ledger, in its --out folder unless --ledger names another file
 
 
-def refuse_tracked_ledger(path: Path, dry_run: bool) -> None:
-    """Refuse a default ledger that git tracks: its rows are a committed study's record, changed only when asked."""
+def refuse_tracked_ledger(repo: Path, path: Path, dry_run: bool) -> None:
+    """Refuse a default ledger (path, as the user gave --out) that git tracks: its rows are a committed study's
+    record, changed only when asked."""
     from llama_pe.report_writer import committed
 
-    if not committed(path.parent, [path.name]):
+    if not committed((repo / path).parent, [path.name]):
         return
     message = (
         f"--out {path.parent}: its {path.name} is a committed study's record (git tracks it), and a study writes "
@@ -560,7 +561,7 @@ def study(
         )
     if ledger_path is None:
         ledger_path = out_dir / LEDGER_NAME
-        refuse_tracked_ledger(repo / ledger_path, dry_run)
+        refuse_tracked_ledger(repo, ledger_path, dry_run)
     ledger = Ledger.read(repo / ledger_path)  # a damaged one stops the study here, before any work
 
     def check_out_dir() -> None:
