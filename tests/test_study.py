@@ -533,7 +533,7 @@ def test_a_sweep_is_kept_in_the_ledger_and_a_clone_without_the_experiments_goes_
     # Another machine: a clone has the commits and the committed ledger, none of the experiments.
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
-    (clone / "reports").mkdir()
+    (clone / "reports").mkdir(exist_ok=True)  # it holds the committed ledger
     (clone / "reports/sweep.csv").write_bytes((root / "reports/sweep.csv").read_bytes())
     run(["git", "add", "reports/sweep.csv"], clone, env)
     run(["git", "commit", "-qm", "the ledger"], clone, env)

@@ -25,7 +25,7 @@ def restore_advice(path: str | Path) -> str | None:
         # Not `dvc repro`: DVC sees the changed output and runs its stage again, which for the model is training.
         return (
             f"restore the copy that dvc.lock records with `{cd}dvc checkout --force {output}` (in seconds; "
-            f"`dvc repro` would instead run the `{stage}` stage again to make it anew)"
+            f"a plain dvc repro would instead run the {stage} stage again to make it anew)"
         )
     pull = f", or fetch it with `{cd}dvc pull {output}` if the DVC remote has it" if has_remote else ""
     return (
