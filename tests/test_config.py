@@ -179,6 +179,15 @@ def test_non_finite_numbers_are_refused_for_every_float_setting(section, key, va
         config_from_dict(with_value(section, key, value))
 
 
+def test_params_are_read_as_dvc_writes_them_yaml_1_2_where_1e_05_is_a_number(tmp_path):
+    # `dvc exp run -S train.min_lr=1e-5` writes `min_lr: 1e-05`: a float in YAML 1.2, a string in PyYAML's 1.1.
+    text = committed_text("params.yaml").replace("min_lr: 0.0002", "min_lr: 1e-09").replace(" lr: 0.002", " lr: 1e-05")
+    assert " lr: 1e-05" in text and "min_lr: 1e-09" in text
+    (tmp_path / "params.yaml").write_text(text)
+    cfg = load_config(tmp_path / "params.yaml")
+    assert cfg.train.lr == 1e-5 and cfg.train.min_lr == 1e-9
+
+
 def test_yaml_infinity_is_refused_as_loaded_from_a_file(tmp_path):
     text = committed_text("params.yaml").replace("lr: 0.002", "lr: .inf")
     (tmp_path / "params.yaml").write_text(text)

@@ -338,6 +338,10 @@ def test_a_refused_value_is_refused_before_dvc_removes_any_output(project):
     assert "params.yaml now holds model.poss: alibi (not in the committed file)" in out
     assert "`git checkout params.yaml` restores the committed file" in out
     run(["git", "checkout", "--", "params.yaml"], root, env)
+    # A value below 1e-4 as DVC writes it, `1e-05` (a number in YAML 1.2, with no dot), is taken as a number.
+    run(["dvc", "exp", "run", "-S", "train.min_lr=1e-5", "check"], root, env)
+    assert "min_lr: 1e-05" in (root / "params.yaml").read_text()
+    run(["git", "checkout", "--", "params.yaml", "dvc.lock"], root, env)
     assert "Data and pipelines are up to date" in run(["dvc", "status"], root, env)
 
 

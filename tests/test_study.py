@@ -93,6 +93,9 @@ def test_a_sweep_multiplies_the_grid_seed_by_seed():
     assert all(p.params["train"]["max_steps"] == 7 for p in points)
     # Two spellings of one value make one params.yaml: one experiment.
     assert len(parse_grid("rope", "0", False, [], PARAMS, ["train.lr=0.002,2.0e-3,0.004"])) == 2
+    # Values without a dot, as DVC writes them (YAML 1.2), are numbers: in -S and in --sweep.
+    small = parse_grid("rope", "0", False, ["train.min_lr=1e-9"], PARAMS, ["train.lr=1e-5,3e-5"])
+    assert [(p.params["train"]["lr"], p.params["train"]["min_lr"]) for p in small] == [(1e-5, 1e-9), (3e-5, 1e-9)]
 
 
 def test_values_split_at_the_commas_outside_brackets_and_quotes():

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -40,6 +39,7 @@ from llama_pe.generate import generate, stream_tokens
 from llama_pe.io import write_json
 from llama_pe.model import build_model, model_args_from_config
 from llama_pe.train import make_optimizer, train_step
+from llama_pe.yaml12 import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def load_params(params_file: Path, size: str, variants: list[Variant]) -> dict[s
     """params.yaml with model.size set, every variant's config checked as the pipeline checks it."""
     if not params_file.is_file():
         raise ConfigError(f"{params_file}: params file not found (run llama-pe bench in the project's folder)")
-    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params = load_yaml(params_file.read_text(encoding="utf-8"))
     params["model"]["size"] = size
     for variant in variants:
         variant_config(params, variant)

@@ -15,9 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from llama_pe.errors import LlamaPeError
+from llama_pe.yaml12 import load_yaml
 
 CODE_DIGITS = 12  # of the sha256: short enough to read in a table, far from colliding among a project's versions
 
@@ -28,13 +27,13 @@ class CodeVersionError(LlamaPeError, ValueError):
 
 def stage_definitions(dvc_yaml: str) -> dict[str, Any]:
     """What makes each stage's results: its command, dependencies and params."""
-    stages = (yaml.safe_load(dvc_yaml) or {}).get("stages", {})
+    stages = (load_yaml(dvc_yaml) or {}).get("stages", {})
     return {name: {key: stage.get(key) for key in ("cmd", "deps", "params")} for name, stage in stages.items()}
 
 
 def source_dependencies(dvc_yaml: str) -> list[str]:
     """The stages' dependencies that no stage makes (files and folders): the code and inputs under version control."""
-    stages = (yaml.safe_load(dvc_yaml) or {}).get("stages", {})
+    stages = (load_yaml(dvc_yaml) or {}).get("stages", {})
     made = {
         _path(out) for stage in stages.values() for kind in ("outs", "metrics", "plots") for out in stage.get(kind, [])
     }

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from llama_pe.encodings import check_encoding_settings, encoding, settings_of_every_encoding
 from llama_pe.errors import ConfigError
 from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
+from llama_pe.yaml12 import YAMLError, load_yaml
 
 __all__ = ["Config", "ConfigError", "load_config"]
 
@@ -339,10 +338,10 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     """Read params.yaml into a Config; every problem is reported as a ConfigError naming the key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
-    except yaml.YAMLError as err:
+    except YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return config_from_dict(raw)
 

@@ -44,6 +44,7 @@ from llama_pe.metrics import (
     metric_row,
 )
 from llama_pe.statistics import ALPHA, detectable_difference, holm, paired_t_p_value, t_interval
+from llama_pe.yaml12 import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def _parse_condition(condition: str, frame: pd.DataFrame) -> tuple[str, Any]:
     key, value = condition.split("=", 1)
     if key not in frame.columns and key != SCALING:  # SCALING: a column of the scaled rows write_report adds
         raise ReportError(f"{key}: no such param among the experiments; params: {', '.join(param_columns(frame))}")
-    return key, yaml.safe_load(value)
+    return key, load_yaml(value)
 
 
 def _same(value: Any, want: Any) -> bool:

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TextIO
 
 import sentencepiece as spm
-import yaml
 
 from llama_pe.checkpoint import load_checkpoint, load_checkpoint_bytes, model_from_checkpoint
 from llama_pe.errors import ConfigError
 from llama_pe.generate import stream_tokens
+from llama_pe.yaml12 import YAMLError, load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,9 @@ def _recorded_md5(repo: Path, rev: str) -> str | None:
     if shown.returncode != 0:
         return None
     try:
-        lock = yaml.safe_load(shown.stdout)
+        lock = load_yaml(shown.stdout)
         outs = [out for stage in lock["stages"].values() for out in stage.get("outs", [])]
-    except (yaml.YAMLError, AttributeError, KeyError, TypeError):
+    except (YAMLError, AttributeError, KeyError, TypeError):
         return None
     return next((out.get("md5") for out in outs if out.get("path") == CHECKPOINT), None)
 

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from llama_pe.code_version import code_version
 from llama_pe.config import flat_params
@@ -45,6 +44,7 @@ from llama_pe.experiments import (
 )
 from llama_pe.io import atomic_path
 from llama_pe.metrics import Role, has_role
+from llama_pe.yaml12 import load_yaml
 
 # Where each result came from; "code" is the column the report groups by (llama_pe.experiments.CODE).
 # The machine's identity is what metrics/train.json records of it (llama_pe.device.cpu_identity).
@@ -328,7 +328,7 @@ def experiment_row(repo: Path, rev: str, name: str) -> dict[str, Any]:
             f"experiment {name} ({full[:7]}): its metrics record no machine (cpu, device); the train stage of this "
             "code writes them into metrics/train.json, so it was made by older code and cannot be a ledger row"
         )
-    params = yaml.safe_load(_git(repo, "show", f"{full}:params.yaml"))
+    params = load_yaml(_git(repo, "show", f"{full}:params.yaml"))
     return {
         "experiment": name,
         "rev": full,
@@ -342,7 +342,7 @@ def experiment_row(repo: Path, rev: str, name: str) -> dict[str, Any]:
 
 
 def _metrics_files(dvc_yaml: str) -> list[str]:
-    stages = (yaml.safe_load(dvc_yaml) or {}).get("stages", {})
+    stages = (load_yaml(dvc_yaml) or {}).get("stages", {})
     entries = [entry for stage in stages.values() for entry in stage.get("metrics", [])]
     return [entry if isinstance(entry, str) else next(iter(entry)) for entry in entries]
 

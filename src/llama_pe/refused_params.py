@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from llama_pe.config import flat_params
+from llama_pe.yaml12 import YAMLError, load_yaml
 
 QUEUED_COPY = ".dvc/tmp/exps"  # where DVC's queue runs an experiment, in a copy of its own: the workspace is untouched
 MISSING = object()
@@ -28,9 +29,9 @@ def restore_hint(params: Path) -> str | None:
     if shown.returncode != 0:
         return None  # no git, no commit, or a file git does not track: nothing to restore from
     try:
-        committed = flat_params(yaml.safe_load(shown.stdout) or {})
-        now = flat_params(yaml.safe_load(params.read_text(encoding="utf-8")) or {})
-    except (OSError, yaml.YAMLError, AttributeError):
+        committed = flat_params(load_yaml(shown.stdout) or {})
+        now = flat_params(load_yaml(params.read_text(encoding="utf-8")) or {})
+    except (OSError, YAMLError, AttributeError):
         return None  # a file that does not parse: the check's own error says so
     changed = [key for key in now if key in committed and now[key] != committed[key]]
     added = [key for key in now if key not in committed]

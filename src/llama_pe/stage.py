@@ -10,9 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from llama_pe.errors import ConfigError, LlamaPeError
+from llama_pe.yaml12 import YAMLError, load_yaml
 
 log = logging.getLogger("llama_pe")
 
@@ -64,8 +63,8 @@ def stage_param_keys(root: Path, stage: str) -> dict[Path, list[str] | None]:
     dvc.yaml or the stage cannot be read, which is stricter, never looser."""
     whole = {root / PARAMS_FILE: None}
     try:
-        spec = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"][stage]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        spec = load_yaml((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"][stage]
+    except (OSError, YAMLError, KeyError, TypeError):
         return whole
     wdir = root / spec.get("wdir", ".")
     keys: dict[Path, list[str] | None] = {}
@@ -83,8 +82,8 @@ def stage_param_keys(root: Path, stage: str) -> dict[Path, list[str] | None]:
 def read_params(path: Path, names: list[str] | None) -> dict[str, Any]:
     """Flat values ("model.pos": "rope") of the keys `names` (sections or dotted keys) in a YAML params file."""
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as err:
+        tree = load_yaml(path.read_text(encoding="utf-8")) or {}
+    except (OSError, YAMLError) as err:
         return {"(the file)": f"unreadable: {type(err).__name__}"}
     if names is None:
         return _flatten(tree)

@@ -28,13 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from llama_pe.code_version import code_version, source_files, stage_definitions
 from llama_pe.config import config_from_dict, flat_params
 from llama_pe.encodings import ENCODINGS, hf_encoding
 from llama_pe.errors import LlamaPeError
 from llama_pe.ledger import Ledger, experiment_row
+from llama_pe.yaml12 import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ def parse_grid(
     """The grid's points, seed by seed (a grid stopped halfway holds whole seeds), each checked like params.yaml."""
     encodings = _encodings(pos, hf)
     seed_values = _seeds(seeds)
-    base = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    base = load_yaml(params_file.read_text(encoding="utf-8"))
     common = [_checked_set(item, base) for item in sets]
     swept = parse_sweeps(sweeps, base, common)
     combinations = list(itertools.product(*([f"{key}={value}" for value in values] for key, values in swept)))
@@ -200,7 +199,7 @@ def _apply(params_file: Path, overrides: tuple[str, ...], label: str) -> dict[st
             apply_overrides(copy, list(overrides))
         except Exception as err:  # DVC's parser raises its own types; the cause names the bad value
             raise StudyError(f"{label}: DVC cannot apply {' '.join(overrides)}: {err.__cause__ or err}") from None
-        params = yaml.safe_load(copy.read_text(encoding="utf-8"))
+        params = load_yaml(copy.read_text(encoding="utf-8"))
     try:
         config_from_dict(params)
     except LlamaPeError as err:
@@ -255,7 +254,7 @@ class Experiments:
             shown = self._git("show", f"{rev}:params.yaml")
             if shown.returncode != 0:  # not readable yet (a commit DVC has not fetched): asked again next poll
                 return False
-            self._params[rev] = yaml.safe_load(shown.stdout)
+            self._params[rev] = load_yaml(shown.stdout)
         if self._params[rev] != point.params:
             return False
         if rev not in self._same_code:
