@@ -491,6 +491,7 @@ def generation_seconds(model: nn.Module, n_tokens: int, use_cache: bool, device:
 
 # How a ratio or cost stands against its own spread across rounds, and its mark in the table.
 MARKS = {"holds": "", "itself": "", "noise": "~", "unmeasured": "?"}
+MFU_MARK = "!"  # an MFU above 100%: the peak it divides by was measured low
 
 
 def judge(value: float, per_round: list[float], null: float) -> dict[str, Any]:
@@ -600,7 +601,8 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             f"| {row['pos']} {row['impl']} dropout {row['dropout']:g} | {row['params']:,} | "
             f"{row['train_tokens_per_sec']:,.0f} | {ratio(row, 'train_vs_hf')} | {ratio(row, 'train_vs_rope')} | "
-            f"{row['mfu']:.0%} | {row['eval_tokens_per_sec']:,.0f} | {ratio(row, 'eval_vs_hf')} | {memory} |"
+            f"{row['mfu']:.0%}{MFU_MARK if row['mfu'] > 1 else ''} | {row['eval_tokens_per_sec']:,.0f} | "
+            f"{ratio(row, 'eval_vs_hf')} | {memory} |"
         )
     if results["dropout_cost"]:
         spreads = results["dropout_cost_spread"]
@@ -650,6 +652,11 @@ def _legend(results: dict[str, Any]) -> list[str]:
         "unmeasured": f"{MARKS['unmeasured']}: unverified: one round measures no spread; use --rounds 3 or more",
     }
     lines = [line for verdict, line in legend.items() if verdict in shown]
+    if any(row["mfu"] > 1 for row in results["rows"]):
+        lines.append(
+            f"{MFU_MARK}: above the matmul peak measured in this run, which other load on the machine lowered while "
+            "it was measured: no MFU of this run holds; rerun on a quiet machine"
+        )
     return ["", *lines] if lines else []
 
 

@@ -1,4 +1,6 @@
-"""The `llama-pe` command: tools around the pipeline's artefacts."""
+"""The `llama-pe` command: tools around the pipeline's artefacts: compare the experiments (show), run a study on
+DVC's queue and report it with statistics (study, report), talk to a model (generate), export it (export-hf), time
+it (bench)."""
 
 from __future__ import annotations
 
@@ -41,7 +43,13 @@ PRIMARY_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llama-pe", description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="llama-pe",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+        epilog="example:\n  llama-pe show\n  llama-pe study --pos rope,alibi --seeds 0,1,2 --out reports/mine\n"
+        "  llama-pe report --ledger reports/ledger.csv --out reports/again",
+    )
     commands = parser.add_subparsers(dest="command", required=True, help="llama-pe COMMAND --help: its options")
     export = add_command(
         commands,
@@ -64,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         "aggregate the experiments' seeds: means, intervals, paired differences",
         "Group the experiments (DVC's, or a ledger's rows) by everything but train.seed, give each group's mean and "
-        "95%% interval per metric, and compare every group with the baseline seed by seed: a paired t-test, "
+        "95% interval per metric, and compare every group with the baseline seed by seed: a paired t-test, "
         "Holm-corrected within each metric. Writes runs.csv, summary.csv, comparison.md and figures to --out.",
         "llama-pe report --out reports/mine\n"
         "  llama-pe report --ledger reports/ledger.csv --select train.lr,train.pos_lr_scale "

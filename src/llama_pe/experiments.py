@@ -547,7 +547,8 @@ def ambiguous_baseline(frame: pd.DataFrame, keys: list[str], baseline: dict[str,
         message += f"; report each group at its best value of the sweep: `--select {','.join(apart)}`; or"
     else:
         message += (
-            f"; {', '.join(apart)} is not swept in every group ({group_label(unswept.iloc[0], others)} has "
+            f"; {', '.join(apart)} {'is' if len(apart) == 1 else 'are'} not swept in every group "
+            f"({group_label(unswept.iloc[0], others)} has "
             f"{_shown(apart, unswept.iloc[0])} only), so --select cannot choose it;"
         )
     combos = [{k: group[k].iloc[0] for k in apart} for _, group in iter_groups(base, apart)]
