@@ -29,7 +29,7 @@ EXPENSIVE = (
 )
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_bench_measures_every_variant_and_writes_its_record(tmp_path):
     out = tmp_path / "bench.json"
     variants = ["--size", "tiny", "--pos", "rope", "--dropout", "0,0.1"]

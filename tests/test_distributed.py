@@ -18,7 +18,7 @@ import yaml
 
 from tests.conftest import REPO_ROOT, base_params
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def write_params(root: Path, nproc: int, **train) -> Path:

@@ -19,7 +19,7 @@ import yaml
 from llama_pe.encodings import ENCODINGS
 from tests.conftest import base_params, generate_corpus, make_dvc_project, run, tiny_pipeline_params
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

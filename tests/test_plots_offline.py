@@ -149,7 +149,7 @@ def test_inlined_code_can_neither_end_its_tag_nor_be_filled_in():
         build.check_versions(scripts='<script src="https://cdn.jsdelivr.net/npm/vega-lite@9.9.9"></script>')
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_offline_page_names_no_url_to_load(rendered):
     offline = rendered["offline"]["full"].read_text(encoding="utf-8")
     default = rendered["default"]["full"].read_text(encoding="utf-8")
@@ -158,7 +158,7 @@ def test_offline_page_names_no_url_to_load(rendered):
     assert not loads.search(offline) and "cdn" not in offline.lower()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @needs_chromium
 def test_offline_page_draws_every_chart_with_no_network(browsed):
     drawn = len(MARKS.findall(browsed["offline"]["dom"]))
@@ -167,7 +167,7 @@ def test_offline_page_draws_every_chart_with_no_network(browsed):
     assert ink > 0.01 and coloured > 0.001 and bins >= 8, f"the charts look blank: {ink=:.4f} {coloured=:.4f} {bins=}"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @needs_chromium
 def test_default_template_draws_nothing_with_no_network(browsed):
     """What the template fixes, and proof that the checks above can fail."""

@@ -75,7 +75,7 @@ def _param(command: str):
     return pytest.param(command, marks=pytest.mark.skipif(needs_gpus, reason=f"needs {gpus} CUDA GPU(s)"))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("command", [_param(c) for c in documented_commands()])
 def test_documented_command_runs(project, command):
     root, env = project

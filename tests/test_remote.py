@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import generate_corpus, make_dvc_project, run, tiny_pipeline_params
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 BUCKET = "llama-pe"
 OUTPUTS = ("data/raw/tinyshakespeare.txt", "data/tokenizer", "data/encoded", "models/best.pt")  # DVC-cached

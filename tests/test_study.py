@@ -437,7 +437,7 @@ def experiment_names(root: Path, env: dict[str, str]) -> set[str]:
     return set(run(["dvc", "exp", "list", "--all-commits", "--name-only"], root, env).split())
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_study_runs_the_grid_on_dvcs_queue_then_reports_every_group_over_its_seeds(project):
     root, env = project
     # Two queue workers: each experiment runs in its own copy of the repo, so parallel runs share no file.
@@ -488,7 +488,7 @@ def test_study_runs_the_grid_on_dvcs_queue_then_reports_every_group_over_its_see
     assert len(experiment_names(root, env)) == 4  # nothing trained again
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_an_experiment_made_by_other_code_is_not_reused(project):
     root, env = project
     model_file = root / "src/llama_pe/model/transformer.py"
@@ -502,7 +502,7 @@ def test_an_experiment_made_by_other_code_is_not_reused(project):
         model_file.write_text(original)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_failed_experiment_is_named_with_the_end_of_its_log(project):
     root, env = project
     # Valid params, but a window longer than the generated corpus' val split: the train stage refuses it before
@@ -514,7 +514,7 @@ def test_a_failed_experiment_is_named_with_the_end_of_its_log(project):
     assert "1 of 1 experiments failed (nope native seed 0)" in failed.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_sweep_is_kept_in_the_ledger_and_a_clone_without_the_experiments_goes_on_from_it(project, tmp_path):
     from llama_pe.code_version import code_version
     from llama_pe.device import cpu_model

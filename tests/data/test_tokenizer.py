@@ -185,6 +185,7 @@ def test_missing_tokenizer_names_the_stage(tmp_path):
     assert not (tmp_path / MODEL_FILE).exists()
 
 
+@pytest.mark.integration  # trains a tokenizer on the real corpus
 @pytest.mark.skipif(not os.environ.get(MIRROR_ENV), reason=f"{MIRROR_ENV} not set: no real corpus here")
 def test_default_tokenizer_is_lossless_on_the_whole_real_corpus():
     text = (Path(os.environ[MIRROR_ENV]) / "tinyshakespeare.txt").read_text(encoding="utf-8")

@@ -141,6 +141,7 @@ def test_export_of_a_word_tokenizer_is_refused(corpus):
         hf_tokenizer(model.getvalue())
 
 
+@pytest.mark.integration  # trains a tokenizer on the real corpus
 @pytest.mark.skipif(not os.environ.get(MIRROR_ENV), reason=f"{MIRROR_ENV} not set: no real corpus here")
 @pytest.mark.parametrize("kind", KINDS)
 def test_exported_tokenizer_gives_sentencepiece_ids_on_the_real_corpus(kind, tmp_path, monkeypatch):
