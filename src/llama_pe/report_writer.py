@@ -36,6 +36,7 @@ from llama_pe.io import atomic_path, write_text
 from llama_pe.local_window import HURT, LOCAL_WINDOW, NO_GAIN, USES_CONTEXT, local_window_verdicts
 from llama_pe.metrics import DEFAULT_PRIMARY, Role, has_role
 from llama_pe.statistics import ALPHA, POWER
+from llama_pe.verdict_table import verdict_markdown
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,9 @@ def draft_report(
     context = mark_untrained(local_window_verdicts(frame, keys), frame, keys, untrained)
     markdown = comparison_markdown(trained, summary, diffs, keys, baseline, primary, context, selection)
     write_text(paths["comparison.md"], markdown)
+    if not diffs.empty:
+        paths["verdicts.md"] = out_dir / "verdicts.md"
+        write_text(paths["verdicts.md"], verdict_markdown(frame, keys, diffs, baseline))
     paths["extrapolation.png"] = report_figures.extrapolation(frame, keys, out_dir / "extrapolation.png")
     paths["bpc.png"] = report_figures.bits_per_character(trained, group_keys(trained), out_dir / "bpc.png")
     if report_figures.has_context_use(trained):
@@ -138,6 +142,7 @@ REPORT_FILES = (
     "summary.csv",
     "paired_differences.csv",
     "comparison.md",
+    "verdicts.md",
     "val_curves.csv",
     "extrapolation.png",
     "bpc.png",
