@@ -180,8 +180,15 @@ def test_one_failing_rank_stops_the_whole_run_instead_of_hanging(tmp_path, data_
 
 def test_ctrl_c_in_training_is_one_line_that_says_dvc_repro_resumes(tmp_path, data_dirs):
     write_params(tmp_path, 1, max_steps=100000, eval_interval=2)
+    # As in a terminal: SIGINT handled. A shell runs background jobs with SIGINT ignored, and a child inherits that
+    # (then Python installs no KeyboardInterrupt handler), so a test run from such a job must undo it.
     process = subprocess.Popen(
-        train_command(tmp_path, data_dirs), cwd=tmp_path, env=environment(), stderr=subprocess.PIPE, text=True
+        train_command(tmp_path, data_dirs),
+        cwd=tmp_path,
+        env=environment(),
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not (tmp_path / "models/last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
