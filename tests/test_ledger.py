@@ -361,7 +361,7 @@ def test_runs_of_two_code_versions_are_grouped_apart_never_pooled(tmp_path):
 
 
 def test_runs_of_two_machine_identities_are_other_groups_and_older_rows_read_without_the_new_columns(tmp_path):
-    from llama_pe.experiments import MACHINE, group_keys, iter_groups
+    from llama_pe.experiments import MACHINE, group_keys, iter_groups, machine_label
 
     older = written(tmp_path / "ledger.csv", ROWS)  # rows of older code: the CPU's model name alone
     assert "cpu_signature" not in older.columns
@@ -382,3 +382,7 @@ def test_runs_of_two_machine_identities_are_other_groups_and_older_rows_read_wit
     groups = [(group["model.pos"].iloc[0], len(group)) for _, group in iter_groups(frame, keys)]
     assert sorted(groups) == [("alibi", 3), ("alibi", 3), ("rope", 3), ("rope", 3)]
     assert MACHINE not in group_keys(frame[frame[MACHINE] == "AMD EPYC 7B13, cpu"])  # one machine: no such key
+    # Rows read back from one ledger and added to another keep their identity, to the letter.
+    copy = written(tmp_path / "copy.csv", ledger.rows)
+    assert [machine_label(r) for r in copy.rows] == [machine_label(r) for r in ledger.rows]
+    assert copy.rows[-1]["cpu_threads"] == "2"

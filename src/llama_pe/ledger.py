@@ -220,7 +220,13 @@ class Ledger:
 
 
 def _cells(row: dict[str, Any], columns: list[str]) -> list[str]:
-    return [render(row[column]) if column in row else "" for column in columns]
+    return [_cell(column, row[column]) if column in row else "" for column in columns]
+
+
+def _cell(column: str, value: Any) -> str:
+    if column in PROVENANCE:  # read back as the text it is (_checked_cell): quoting "2" would keep the quotes
+        return "" if value is None else str(value)
+    return render(value)
 
 
 def _where(path: Path, line: int) -> str:
