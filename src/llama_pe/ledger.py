@@ -225,7 +225,7 @@ def _cells(row: dict[str, Any], columns: list[str]) -> list[str]:
 
 def _cell(column: str, value: Any) -> str:
     if column in PROVENANCE:  # read back as the text it is (_checked_cell): quoting "2" would keep the quotes
-        return "" if value is None else str(value)
+        return NULL if value is None else str(value)
     return render(value)
 
 
