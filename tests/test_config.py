@@ -233,3 +233,18 @@ def test_model_settings_are_checked_when_params_are_loaded(model, message):
 def test_t5_and_rope_scaling_settings_are_checked(section, values, message):
     with pytest.raises(ConfigError, match=message):
         make_config(**{section: values})
+
+
+def test_docs_parameters_names_every_key_of_params_yaml_and_no_key_that_is_gone():
+    import re
+
+    from llama_pe.config import flat_params
+    from llama_pe.yaml12 import load_yaml
+    from tests.conftest import REPO_ROOT
+
+    params = load_yaml(committed_text("params.yaml"))
+    keys = set(flat_params(params))
+    text = (REPO_ROOT / "docs/parameters.md").read_text(encoding="utf-8")
+    named = {key for key in re.findall(r"`([a-z_]+\.[a-z0-9_]+)`", text) if key.split(".")[0] in params}
+    assert keys - named == set(), f"docs/parameters.md does not name {sorted(keys - named)}: add a row for each"
+    assert named - keys == set(), f"docs/parameters.md names {sorted(named - keys)}, which params.yaml no longer has"
