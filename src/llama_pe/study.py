@@ -345,15 +345,30 @@ def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
 
 
+QUEUE_START_TIMEOUT_S = 120.0
+
+
 def start_workers(repo: Path, jobs: int) -> None:
-    """`dvc queue start -j N`: DVC starts the workers that are not running yet and leaves the others be."""
-    subprocess.Popen(  # it lingers while its workers start up; they outlive it and this process
-        ["dvc", "queue", "start", "-j", str(jobs)],
-        cwd=repo,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """`dvc queue start -j N`: DVC starts the workers that are not running yet and leaves the others be.
+
+    Run to its end between two reads of the queue, not beside them, and a failure is said: started in the
+    background it could fail unseen (its output discarded) on every revival while a queued point waited with no
+    worker. The workers it starts are processes of their own, which outlive it and this one.
+    """
+    try:
+        done = subprocess.run(
+            ["dvc", "queue", "start", "-j", str(jobs)],
+            cwd=repo,
+            start_new_session=True,
+            capture_output=True,
+            text=True,
+            timeout=QUEUE_START_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        log.warning("dvc queue start gave no answer in %.0f s; asked again at a later poll", QUEUE_START_TIMEOUT_S)
+        return
+    if done.returncode != 0:
+        log.warning("dvc queue start failed; asked again at a later poll:\n%s", _tail(done.stdout + done.stderr))
 
 
 def failure_log(repo: Path, name: str) -> str:
