@@ -259,13 +259,15 @@ def test_a_read_of_the_queue_that_fails_once_is_read_again_and_three_failures_st
         code, text = next(outputs)
         return subprocess.CompletedProcess(command, code, stdout=text, stderr="")
 
-    monkeypatch.setattr(study_module.subprocess, "run", run)
-    monkeypatch.setattr(study_module, "READ_RETRY_DELAY_S", 0.0)
+    from llama_pe import dvc_queue
+
+    monkeypatch.setattr(dvc_queue.subprocess, "run", run)
+    monkeypatch.setattr(dvc_queue, "READ_RETRY_DELAY_S", 0.0)
     experiments = study_module.Experiments.__new__(study_module.Experiments)
     experiments.repo = Path(".")
     assert "valid-slew" in experiments._dvc("queue", "status")
 
-    outputs = iter([(255, "ERROR: unexpected error\n")] * study_module.READ_ATTEMPTS)
+    outputs = iter([(255, "ERROR: unexpected error\n")] * dvc_queue.READ_ATTEMPTS)
     with pytest.raises(StudyError, match=r"dvc queue status failed 3 times:\n.*unexpected error"):
         experiments._dvc("queue", "status")
 
