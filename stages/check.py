@@ -7,11 +7,11 @@ for every valid params.yaml, so a valid change reruns only the stages that read 
 
 import argparse
 
-from llama_pe.config import load_config
 from llama_pe.errors import ConfigError
 from llama_pe.io import write_text
-from llama_pe.refused_params import restore_hint
-from llama_pe.stage import run_stage
+from llama_pe.settings.config import load_config
+from llama_pe.settings.refused_params import restore_hint
+from llama_pe.settings.stage import run_stage
 
 VALID = "params.yaml holds valid settings for every stage\n"
 

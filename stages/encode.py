@@ -2,9 +2,9 @@
 
 import argparse
 
-from llama_pe.config import load_config
-from llama_pe.data.encode import encode_corpus
-from llama_pe.stage import run_stage
+from llama_pe.core.data.encode import encode_corpus
+from llama_pe.settings.config import load_config
+from llama_pe.settings.stage import run_stage
 
 
 def main() -> None:

@@ -3,9 +3,9 @@
 import argparse
 from pathlib import Path
 
-from llama_pe.config import load_config
-from llama_pe.evaluate import evaluate_checkpoint
-from llama_pe.stage import run_stage
+from llama_pe.core.evaluate import evaluate_checkpoint
+from llama_pe.settings.config import load_config
+from llama_pe.settings.stage import run_stage
 
 
 def main() -> None:

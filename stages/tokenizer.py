@@ -3,11 +3,11 @@
 import argparse
 from pathlib import Path
 
-from llama_pe.config import load_config
-from llama_pe.data.split import tokenizer_training_text
-from llama_pe.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_stats, train_tokenizer
+from llama_pe.core.data.split import tokenizer_training_text
+from llama_pe.core.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_stats, train_tokenizer
 from llama_pe.io import write_json
-from llama_pe.stage import run_stage
+from llama_pe.settings.config import load_config
+from llama_pe.settings.stage import run_stage
 
 
 def main() -> None:

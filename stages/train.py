@@ -4,10 +4,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from llama_pe import distributed
-from llama_pe.config import load_config
-from llama_pe.stage import run_stage
-from llama_pe.train import Paths, train
+from llama_pe.core import distributed
+from llama_pe.core.train import Paths, train
+from llama_pe.settings.config import load_config
+from llama_pe.settings.stage import run_stage
 
 
 def main() -> None:

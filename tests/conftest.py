@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from llama_pe.config import Config, config_from_dict
+from llama_pe.settings.config import Config, config_from_dict
 
 # Under pytest-xdist (pyproject.toml's `-n auto`) the workers share the cores: each one, and the DVC, stage and
 # torchrun processes it starts, computes on one thread, so that no worker's OpenMP threads wait on another's.
@@ -120,8 +120,8 @@ def tiny_pipeline_params(sample_tokens: int = 4, **train: Any) -> dict[str, Any]
 
 
 def make_data_dirs(corpus: str, root: Path, cfg: Config) -> Path:
-    from llama_pe.data.encode import encode_corpus
-    from llama_pe.data.tokenizer import save_tokenizer, train_tokenizer
+    from llama_pe.core.data.encode import encode_corpus
+    from llama_pe.core.data.tokenizer import save_tokenizer, train_tokenizer
 
     (root / "corpus.txt").write_text(corpus, encoding="utf-8")
     save_tokenizer(train_tokenizer(corpus, cfg.tokenizer), root / "tokenizer")

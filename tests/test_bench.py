@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from llama_pe import bench
-from llama_pe.cli import main
-from llama_pe.config import SIZES
-from llama_pe.encodings import ENCODINGS
+from llama_pe.commands import bench
+from llama_pe.commands.cli import main
+from llama_pe.positions.catalogue import ENCODINGS
+from llama_pe.settings.config import SIZES
 from tests.conftest import REPO_ROOT, committed_path
 
 # What measures or builds: none of it may run before every option is checked.
@@ -34,7 +34,7 @@ def test_bench_measures_every_variant_and_writes_its_record(tmp_path):
     out = tmp_path / "bench.json"
     variants = ["--size", "tiny", "--pos", "rope", "--dropout", "0,0.1"]
     budget = ["--rounds", "1", "--steps", "1", "--warmup", "0", "--generate-tokens", "8"]
-    command = [sys.executable, "-m", "llama_pe.cli", "bench", *variants, *budget, "--out", str(out)]
+    command = [sys.executable, "-m", "llama_pe.commands.cli", "bench", *variants, *budget, "--out", str(out)]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text())

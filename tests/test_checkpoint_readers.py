@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from llama_pe.checkpoint import save_checkpoint
-from llama_pe.cli import main as cli_main
-from llama_pe.data.tokenizer import MODEL_FILE
-from llama_pe.evaluate import evaluate_checkpoint
-from llama_pe.model import build_model
-from llama_pe.stage import run_stage
-from llama_pe.train import Paths, train
+from llama_pe.commands.cli import main as cli_main
+from llama_pe.core.checkpoint import save_checkpoint
+from llama_pe.core.data.tokenizer import MODEL_FILE
+from llama_pe.core.evaluate import evaluate_checkpoint
+from llama_pe.core.model import build_model
+from llama_pe.core.train import Paths, train
+from llama_pe.settings.stage import run_stage
 from tests.conftest import make_config
 from tests.model.conftest import tiny_args
 

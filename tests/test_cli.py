@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from llama_pe.cli import build_parser
+from llama_pe.commands.cli import build_parser
 
 
 def parsers() -> dict[str, argparse.ArgumentParser]:

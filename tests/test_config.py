@@ -3,9 +3,9 @@ import re
 
 import pytest
 
-from llama_pe.config import MAX_VOCAB_SIZE, ConfigError, config_from_dict, load_config
-from llama_pe.encodings import ENCODINGS
-from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
+from llama_pe.positions.catalogue import ENCODINGS
+from llama_pe.positions.rope_scaling import ROPE_SCALING_METHODS
+from llama_pe.settings.config import MAX_VOCAB_SIZE, ConfigError, config_from_dict, load_config
 from tests.conftest import base_params, committed_path, committed_text, make_config
 
 
@@ -238,8 +238,8 @@ def test_t5_and_rope_scaling_settings_are_checked(section, values, message):
 def test_docs_parameters_names_every_key_of_params_yaml_and_no_key_that_is_gone():
     import re
 
-    from llama_pe.config import flat_params
-    from llama_pe.yaml12 import load_yaml
+    from llama_pe.settings.config import flat_params
+    from llama_pe.settings.yaml12 import load_yaml
     from tests.conftest import REPO_ROOT
 
     params = load_yaml(committed_text("params.yaml"))

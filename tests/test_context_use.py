@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from llama_pe.context_use import PROBE_DISTANCES, context_use
+from llama_pe.core.context_use import PROBE_DISTANCES, context_use
 from tests.conftest import make_config
 from tests.model.conftest import tiny_model
 

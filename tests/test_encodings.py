@@ -10,23 +10,22 @@ import pytest
 import torch
 import yaml
 
-from llama_pe.encodings import ENCODINGS, Encoding, hf_encoding, settings_of_every_encoding
+from llama_pe.core.model import ModelArgs
 from llama_pe.errors import ConfigError
-from llama_pe.model import ModelArgs
-from llama_pe.model import position as position_module
-from llama_pe.model.position import POSITION_ENCODINGS, PositionEncoding, Rotary
+from llama_pe.positions.base import PositionEncoding, checked_class, position_class
+from llama_pe.positions.catalogue import ENCODINGS, Encoding, hf_encoding, settings_of_every_encoding
+from llama_pe.positions.rope import Rotary
 from tests.conftest import committed_text, make_config
 
 
 def test_params_are_checked_without_torch():
-    code = "import sys, llama_pe.config, llama_pe.encodings; sys.exit('torch' in sys.modules)"
+    code = "import sys, llama_pe.settings.config, llama_pe.positions.catalogue; sys.exit('torch' in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_every_entry_has_its_class_and_the_class_is_what_the_entry_says():
-    assert list(POSITION_ENCODINGS) == list(ENCODINGS)
-    for name, cls in POSITION_ENCODINGS.items():
-        entry = ENCODINGS[name]
+    for name, entry in ENCODINGS.items():
+        cls = position_class(name)
         assert cls.name == name and cls.spec is entry
         assert issubclass(cls, Rotary) == entry.rotary
         overrides_bias = cls.score_mod is not PositionEncoding.score_mod
@@ -47,14 +46,47 @@ def test_params_yaml_has_every_encodings_settings_at_their_defaults_and_names_ev
 
 
 @pytest.fixture
-def register(monkeypatch):
-    """Registers a made-up class under a made-up entry, as the import of model/position.py registers each entry."""
+def register():
+    """Checks a made-up class against a made-up entry, as the first build of each encoding's class does."""
 
     def _register(cls: type, **capabilities) -> None:
-        monkeypatch.setattr(position_module, cls.__name__, cls, raising=False)
-        position_module._registered("made_up", Encoding("a test's", cls.__name__, **capabilities))
+        checked_class("made_up", Encoding("a test's", cls.__name__, **capabilities), cls)
 
     return _register
+
+
+NEW_ENCODING = """
+from llama_pe.positions.catalogue import Encoding, Setting, torch_part
+
+ENCODING = Encoding("a test's", "Doubled", rank=50, settings={"doubling": Setting(1.0, "a test's key")})
+
+
+def _make():
+    from llama_pe.positions.base import PositionEncoding
+
+    class Doubled(PositionEncoding):
+        def embed(self, x, start):
+            return 2 * x
+
+    return {"Doubled": Doubled}
+
+
+__getattr__ = torch_part(__name__, ENCODING, _make, ("Doubled",))
+"""
+
+
+def test_a_new_file_in_the_package_is_an_encoding_in_its_place_without_a_line_elsewhere(tmp_path):
+    (tmp_path / "doubled.py").write_text(NEW_ENCODING)
+    code = (
+        "import sys, llama_pe.positions as p; p.__path__.append(sys.argv[1]);"
+        "from llama_pe.positions.catalogue import ENCODINGS, settings_of_every_encoding;"
+        "print(list(ENCODINGS)); print('doubling' in settings_of_every_encoding()); print('torch' in sys.modules);"
+        "from llama_pe.positions.base import position_class; print(position_class('doubled').name)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    names, owns_key, torch_loaded, built = done.stdout.splitlines()
+    assert names == str([*ENCODINGS, "doubled"])  # by rank: 50 is after every encoding of the project
+    assert (owns_key, torch_loaded, built) == ("True", "False", "doubled")
 
 
 def test_a_biased_entry_whose_class_forgets_score_mod_fails_at_registration_on_a_cpu(register):
@@ -72,9 +104,9 @@ def test_rotary_is_a_capability_that_the_class_must_have(register):
     class RotarySubclass(Rotary):
         pass
 
-    with pytest.raises(TypeError, match=r"\.rotary is False, but RotarySubclass is a Rotary"):
+    with pytest.raises(TypeError, match=r"\.rotary is False, but RotarySubclass has rotary frequencies"):
         register(RotarySubclass)
-    with pytest.raises(TypeError, match=r"\.rotary is True, but NoRotation is not a Rotary"):
+    with pytest.raises(TypeError, match=r"\.rotary is True, but NoRotation has no rotary frequencies"):
         register(type("NoRotation", (PositionEncoding,), {}), rotary=True)
     register(RotarySubclass, rotary=True)
 

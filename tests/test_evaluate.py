@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llama_pe.config import ConfigError
-from llama_pe.data.batches import BatchSampler, eval_windows
-from llama_pe.data.tokens import load_splits
+from llama_pe.core.data.batches import BatchSampler, eval_windows
+from llama_pe.core.data.tokens import load_splits
+from llama_pe.core.evaluate import Score, evaluate_checkpoint, metric_suffix, split_plan, total_loss, window_plan
+from llama_pe.core.plotting import extrapolation_figure, training_figure
+from llama_pe.core.train import train
 from llama_pe.errors import DataError, MissingInputError
-from llama_pe.evaluate import Score, evaluate_checkpoint, metric_suffix, split_plan, total_loss, window_plan
 from llama_pe.figures import plain_log_y
-from llama_pe.plotting import extrapolation_figure, training_figure
-from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
-from llama_pe.train import train
+from llama_pe.positions.rope_scaling import ROPE_SCALING_METHODS
+from llama_pe.settings.config import ConfigError
 from tests.conftest import make_config, make_data_dirs
 from tests.model.conftest import tiny_model
 from tests.test_train import TINY_MODEL, TINY_TRAIN, paths_in, tiny_config

@@ -8,12 +8,12 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from llama_pe.checkpoint import CheckpointError, save_checkpoint
-from llama_pe.data.tokenizer import MODEL_FILE
+from llama_pe.commands.generate_command import generate_text
+from llama_pe.core.checkpoint import CheckpointError, save_checkpoint
+from llama_pe.core.data.tokenizer import MODEL_FILE
+from llama_pe.core.generate import generate
+from llama_pe.core.model import build_model
 from llama_pe.errors import ConfigError
-from llama_pe.generate import generate
-from llama_pe.generate_command import generate_text
-from llama_pe.model import build_model
 from tests.model.conftest import tiny_args
 
 
@@ -99,7 +99,7 @@ def test_a_prompt_of_bytes_that_are_not_utf8_is_a_clear_error_from_stdin_too(che
     import sys
 
     path, _, _ = checkpoint
-    command = [sys.executable, "-m", "llama_pe.cli", "generate", "--checkpoint", str(path), "--prompt", "-"]
+    command = [sys.executable, "-m", "llama_pe.commands.cli", "generate", "--checkpoint", str(path), "--prompt", "-"]
     done = subprocess.run(command, input=b"\xff\xfe", capture_output=True, timeout=120)
     assert done.returncode != 0 and b"Traceback" not in done.stderr
     assert b"--prompt: not UTF-8 text" in done.stderr
@@ -112,7 +112,7 @@ def test_a_reader_that_stops_early_ends_the_stream_quietly(checkpoint):
     path, _, _ = checkpoint
     # --tokens 50000: more than a pipe holds, so the writer must meet the closed end
     options = ["--checkpoint", str(path), "--prompt", "ROMEO", "--tokens", "50000"]
-    command = [sys.executable, "-m", "llama_pe.cli", "generate", *options]
+    command = [sys.executable, "-m", "llama_pe.commands.cli", "generate", *options]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
         assert process.stdout.read(5) == "ROMEO"
         process.stdout.close()  # as `| head -c 5` does

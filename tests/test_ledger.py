@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from llama_pe.code_version import code_version
-from llama_pe.ledger import Ledger, LedgerError, experiment_row, flat_params, read_cell, render
+from llama_pe.analysis.ledger import Ledger, LedgerError, experiment_row, flat_params, read_cell, render
+from llama_pe.tracking.code_version import code_version
 
 DATE = "2025-01-02T03:04:05+00:00"
 
@@ -325,7 +325,7 @@ def test_an_experiment_without_a_recorded_machine_is_refused(tmp_path):
 
 
 def test_report_from_a_ledger_reads_no_dvc_experiment(tmp_path, monkeypatch):
-    from llama_pe import report as report_module
+    from llama_pe.analysis import report as report_module
 
     def no_dvc(*args):
         raise AssertionError("a report from a ledger read DVC")
@@ -350,7 +350,7 @@ def test_runs_of_two_code_versions_are_grouped_apart_never_pooled(tmp_path):
         for r in ROWS
     ]
     ledger = written(tmp_path / "ledger.csv", [*ROWS, *newer])
-    from llama_pe.experiments import group_keys, summarize
+    from llama_pe.analysis.experiments import group_keys, summarize
 
     frame = ledger.frame()
     assert group_keys(frame) == ["model.pos", "code"]
@@ -361,7 +361,7 @@ def test_runs_of_two_code_versions_are_grouped_apart_never_pooled(tmp_path):
 
 
 def test_runs_of_two_machine_identities_are_other_groups_and_older_rows_read_without_the_new_columns(tmp_path):
-    from llama_pe.experiments import MACHINE, group_keys, iter_groups, machine_label
+    from llama_pe.analysis.experiments import MACHINE, group_keys, iter_groups, machine_label
 
     older = written(tmp_path / "ledger.csv", ROWS)  # rows of older code: the CPU's model name alone
     assert "cpu_signature" not in older.columns

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llama_pe.encodings import ENCODINGS
+from llama_pe.positions.catalogue import ENCODINGS
 from tests.conftest import base_params, generate_corpus, make_dvc_project, run, tiny_pipeline_params
 
 pytestmark = pytest.mark.integration
@@ -80,7 +80,7 @@ def test_exp_run_with_another_encoding_writes_its_metrics(project):
     header = table.splitlines()[0].split(",")
     assert {"best_val_loss", "best_val_bpc", "test_bpc", "ppl_at_4x", "model.pos", "train.seed"} <= set(header)
     # The documented comparison, in a terminal of 120 columns: every default column, each experiment named.
-    command = [sys.executable, "-m", "llama_pe.cli", "show"]
+    command = [sys.executable, "-m", "llama_pe.commands.cli", "show"]
     done = subprocess.run(command, cwd=root, env={**env, "COLUMNS": "120"}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     shown = done.stdout.splitlines()
@@ -103,7 +103,7 @@ def test_exp_run_with_another_encoding_writes_its_metrics(project):
 def _generate(root: Path, env: dict[str, str], *source: str) -> subprocess.CompletedProcess:
     """`llama-pe generate` in root; with no source, from models/best.pt."""
     options = ["--prompt", "First", "--tokens", "12", "--temperature", "0"]
-    command = [sys.executable, "-m", "llama_pe.cli", "generate", *source, *options]
+    command = [sys.executable, "-m", "llama_pe.commands.cli", "generate", *source, *options]
     return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
 
 
@@ -433,11 +433,11 @@ def test_editing_the_model_code_trains_again_under_dvc_repro(project):
     root, env = project
     run(["dvc", "repro"], root, env)
     before = (root / "models/best.pt").read_bytes()
-    args = root / "src/llama_pe/model/args.py"
+    args = root / "src/llama_pe/core/model/args.py"
     args.write_text(args.read_text().replace("init_std: float = 0.02", "init_std: float = 0.03"))
     out = run(["dvc", "repro"], root, env)
     assert "Running stage 'train'" in out
-    assert "was made by other code (changed since: llama_pe/model/args.py): training from scratch" in out
+    assert "was made by other code (changed since: llama_pe/core/model/args.py): training from scratch" in out
     assert "resuming" not in out
     assert (root / "models/best.pt").read_bytes() != before
     assert json.loads((root / "metrics/train.json").read_text())["trained_steps"] == 150

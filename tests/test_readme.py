@@ -3,8 +3,8 @@ the repository's own files, which no experiment rewrites)."""
 
 from __future__ import annotations
 
-from llama_pe.report import report
-from llama_pe.verdict_table import END, START, readme_block
+from llama_pe.analysis.report import report
+from llama_pe.analysis.verdict_table import END, START, readme_block
 from tests.conftest import REPO_ROOT
 
 MAX_README_LINES = 200  # what, why, the answer, one figure, the quickstart, the commands, the map of docs/

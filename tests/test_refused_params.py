@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_pe.refused_params import restore_hint
+from llama_pe.settings.refused_params import restore_hint
 
 PARAMS = "model:\n  pos: rope\n  dim: 32\ntrain:\n  lr: 0.002\n  patience: null\n"
 

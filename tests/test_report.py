@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from llama_pe.experiments import (
+from llama_pe.analysis.experiments import (
     NOISE,
     ReportError,
     experiments_frame,
@@ -19,7 +19,7 @@ from llama_pe.experiments import (
     select,
     summarize,
 )
-from llama_pe.report_writer import write_report
+from llama_pe.analysis.report_writer import write_report
 
 T_975 = {2: 4.302652729749462, 1: 12.706204736174707}  # Student's t 0.975 quantiles by degrees of freedom
 
@@ -153,9 +153,9 @@ def test_written_report_holds_the_raw_runs_and_the_tables(tmp_path):
 
 def test_runs_of_other_code_are_other_groups_and_a_repeat_of_the_same_code_counts_once():
     # exp_show lists each stage dependency's hash; experiments of two versions of the model code must not mix.
-    old = [{**r, "src/llama_pe/model": "aaa.dir"} for r in ROPE]
+    old = [{**r, "src/llama_pe/core/model": "aaa.dir"} for r in ROPE]
     new = [
-        {**r, "src/llama_pe/model": "bbb.dir", "Experiment": r["Experiment"] + "-new", "best_val_loss": 4.0}
+        {**r, "src/llama_pe/core/model": "bbb.dir", "Experiment": r["Experiment"] + "-new", "best_val_loss": 4.0}
         for r in ROPE
     ]
     repeat = {**old[0], "Experiment": "rope0-again", "tokens_per_sec": 999.0}  # only the timing differs
@@ -209,7 +209,7 @@ def test_a_dvc_exp_show_that_hangs_is_given_up_with_a_reason(monkeypatch):
 
     import dvc.api
 
-    from llama_pe.experiments import exp_show
+    from llama_pe.analysis.experiments import exp_show
 
     release = threading.Event()
     monkeypatch.setattr(dvc.api, "exp_show", lambda **kwargs: release.wait(5))
@@ -258,7 +258,7 @@ def test_a_baseline_that_matches_two_groups_is_refused():
 
 
 def suggested_options(message: str) -> list[dict]:
-    """The options an error message suggests (each between backticks), as keywords of llama_pe.report.report."""
+    """The options an error message suggests (each between backticks), as keywords of analysis.report.report."""
     suggestions = []
     for suggestion in re.findall(r"`([^`]+)`", message):
         tokens = shlex.split(suggestion)
@@ -317,7 +317,7 @@ def lr_sweep() -> list[dict]:
 )
 def test_an_ambiguous_baseline_suggests_options_that_work(tmp_path, monkeypatch, runs, expected):
     # The documented re-report after a study: `llama-pe report --out reports/mine` reads HEAD's committed run too.
-    from llama_pe import report as report_module
+    from llama_pe.analysis import report as report_module
 
     monkeypatch.setattr(report_module, "read_experiments", lambda repo, all_commits: experiments_frame(runs()))
     monkeypatch.setattr(report_module, "read_val_curves", lambda repo, frame: None)
@@ -332,7 +332,7 @@ def test_an_ambiguous_baseline_suggests_options_that_work(tmp_path, monkeypatch,
 
 
 def test_rope_scaled_evaluations_become_groups_of_their_own_against_the_rope_baseline(tmp_path):
-    from llama_pe.experiments import SCALING, with_rope_scaling_rows
+    from llama_pe.analysis.experiments import SCALING, with_rope_scaling_rows
 
     rope = [
         {**r, "ppl_at_8x": 400.0 + s, "ppl_at_8x_yarn": 300.0 + 2 * s, "ppl_at_8x_linear": 500.0}
@@ -365,8 +365,8 @@ def test_rope_scaled_evaluations_become_groups_of_their_own_against_the_rope_bas
 
 
 def test_a_scaled_evaluation_is_drawn_in_its_runs_colour_and_a_line_style_of_its_own():
-    from llama_pe.experiments import with_rope_scaling_rows
-    from llama_pe.report_figures import group_styles
+    from llama_pe.analysis.experiments import with_rope_scaling_rows
+    from llama_pe.analysis.report_figures import group_styles
 
     scaled = {"ppl_at_8x_yarn": 300.0, "ppl_at_8x_dynamic": 310.0}
     rope = [{**r, **scaled, "model.impl": "native"} for r in ROPE]
@@ -391,7 +391,7 @@ def test_a_scaled_evaluation_is_drawn_in_its_runs_colour_and_a_line_style_of_its
 
 def test_one_rope_run_reports_its_scaled_evaluations_against_itself(tmp_path):
     # A fresh clone has no experiment, only the commit's own run: its groups are the scaling methods alone.
-    from llama_pe.experiments import SCALING, baseline_conditions, with_rope_scaling_rows
+    from llama_pe.analysis.experiments import SCALING, baseline_conditions, with_rope_scaling_rows
 
     run = experiments_frame([{**ROPE[0], "ppl_at_8x": 400.0, "ppl_at_8x_yarn": 350.0}])
     assert baseline_conditions(run, []) == {}  # nothing that the default baseline names varies
@@ -406,7 +406,7 @@ def test_one_rope_run_reports_its_scaled_evaluations_against_itself(tmp_path):
 
 
 def test_a_repo_with_commits_runs_only_is_told_how_to_fetch_experiments(tmp_path, monkeypatch, caplog):
-    from llama_pe import report as report_module
+    from llama_pe.analysis import report as report_module
 
     commit_run = {**ROPE[0], "Experiment": None, "rev": "bf31847"}  # a commit's own run, as a fresh clone has it
     monkeypatch.setattr(report_module, "read_experiments", lambda repo, all_commits: experiments_frame([commit_run]))
@@ -472,7 +472,7 @@ def test_a_committed_report_is_changed_only_with_force(tmp_path):
 
 
 def test_the_report_command_refuses_before_writing_and_passes_force_on(tmp_path, monkeypatch):
-    from llama_pe import report as report_module
+    from llama_pe.analysis import report as report_module
 
     repo = git_repo(tmp_path)
     (repo / "reports").mkdir()
@@ -493,7 +493,7 @@ def test_the_report_command_refuses_before_writing_and_passes_force_on(tmp_path,
 
 
 def test_outside_a_git_repository_nothing_is_committed(tmp_path):
-    from llama_pe.report_writer import committed
+    from llama_pe.analysis.report_writer import committed
 
     (tmp_path / "comparison.md").write_text("x")
     assert committed(tmp_path, ["comparison.md"]) == []
@@ -501,7 +501,7 @@ def test_outside_a_git_repository_nothing_is_committed(tmp_path):
 
 
 def test_the_report_and_study_help_show_their_defaults_and_force(capsys):
-    from llama_pe.cli import main
+    from llama_pe.commands.cli import main
 
     for command in ("report", "study"):
         with pytest.raises(SystemExit):
@@ -522,12 +522,12 @@ def trained_record(name: str, pos: str, seed: int, loss: float, bpc: float = 2.1
         "trained_tokens": 819200.0,
         "best_val_bpc": bpc,
         "unigram_val_bpc": unigram,
-        "src/llama_pe/model": "aaa.dir",
+        "src/llama_pe/core/model": "aaa.dir",
     }
 
 
 def test_comparison_opens_with_the_setting_of_its_runs(tmp_path):
-    from llama_pe.experiments import code_hash
+    from llama_pe.analysis.experiments import code_hash
 
     runs = [
         trained_record(f"{pos}{s}", pos, s, 5.0 + s / 10, ppl_8x=300.0) for pos in ("rope", "alibi") for s in range(3)
@@ -676,7 +676,7 @@ def test_a_metric_of_a_layer_the_model_lacks_says_so(tmp_path):
 
 
 def test_timings_get_no_verdict_and_stay_out_of_the_headline(tmp_path):
-    from llama_pe.experiments import verdict
+    from llama_pe.analysis.experiments import verdict
     from llama_pe.metrics import METRICS, Role
 
     timings = ["tokens_per_sec"]
@@ -705,7 +705,7 @@ def with_diagnostics(records: list[dict], copy_at_7x: float) -> list[dict]:
 
 
 def test_the_context_use_figure_draws_each_group_in_every_panel_and_only_with_diagnostics(tmp_path, monkeypatch):
-    from llama_pe import report_figures
+    from llama_pe.analysis import report_figures
 
     drawn = {}
 
@@ -741,7 +741,7 @@ def test_the_context_use_figure_draws_each_group_in_every_panel_and_only_with_di
 
 
 def test_a_figure_of_single_runs_draws_no_interval_and_says_n(tmp_path, monkeypatch):
-    from llama_pe import report_figures
+    from llama_pe.analysis import report_figures
 
     titles = {}
 
@@ -771,7 +771,7 @@ def test_a_runs_own_figures_name_its_encoding(tmp_path, monkeypatch, pos, impl, 
 
     import yaml
 
-    from llama_pe import plotting
+    from llama_pe.core import plotting
     from tests.conftest import REPO_ROOT
 
     titles = {}
@@ -807,7 +807,7 @@ def test_every_metric_the_stages_record_is_one_row_of_the_metrics_table():
 
 
 def test_the_headline_and_the_verdict_direction_come_from_the_metrics_table(tmp_path):
-    from llama_pe.experiments import verdict
+    from llama_pe.analysis.experiments import verdict
     from llama_pe.metrics import DEFAULT_PRIMARY, is_judged
 
     write_report(experiments_frame(ROPE + ALIBI), tmp_path, {"model.pos": "rope"})
@@ -883,7 +883,7 @@ def test_next_to_seed_noise_the_smallest_detectable_difference(tmp_path):
 
 
 def test_an_evaluation_that_repeats_anothers_values_is_no_new_member_of_the_family():
-    from llama_pe.experiments import IDENTICAL, with_rope_scaling_rows
+    from llama_pe.analysis.experiments import IDENTICAL, with_rope_scaling_rows
 
     rope = [
         {**r, "ppl_at_8x": 400.0 + s, "ppl_at_8x_yarn": 300.0 + 2 * s, "sliding_ppl_at_1x": 150.0 + s}
@@ -958,8 +958,8 @@ def test_the_headline_shows_the_primary_endpoints_and_null_new_metrics_say_why(t
     "primary", [["holdout_ppx"], ["tokens_per_sec"], ["params"], ["ppl_at_8x_yarn"], ["attn_entropy_l0_at_8x"], [""]]
 )
 def test_a_primary_endpoint_that_gets_no_verdict_is_refused_before_anything_is_read(primary, monkeypatch, tmp_path):
-    from llama_pe import report as report_module
-    from llama_pe.study import study
+    from llama_pe.analysis import report as report_module
+    from llama_pe.commands.study import study
 
     def no_reading(*args):
         raise AssertionError("read the experiments before checking --primary")
@@ -976,7 +976,8 @@ def test_a_primary_endpoint_that_gets_no_verdict_is_refused_before_anything_is_r
 
 
 def test_primary_is_a_comma_separated_option_of_report_and_study(monkeypatch, capsys):
-    from llama_pe import cli, report, study
+    from llama_pe.analysis import report
+    from llama_pe.commands import cli, study
 
     calls = {}
     monkeypatch.setattr(report, "report", lambda *args, **keywords: calls.update(report=keywords["primary"]))
@@ -998,7 +999,7 @@ def test_primary_is_a_comma_separated_option_of_report_and_study(monkeypatch, ca
 
 
 def test_longer_context_counts_as_used_only_beyond_the_groups_own_local_window(tmp_path):
-    from llama_pe.local_window import HURT, NO_GAIN, USES_CONTEXT, local_window_verdicts
+    from llama_pe.analysis.local_window import HURT, NO_GAIN, USES_CONTEXT, local_window_verdicts
 
     def runs(pos: str, local: list[float], longest: list[float | None], **more) -> list[dict]:
         return [
@@ -1057,7 +1058,7 @@ def disagreeing_sweep() -> list[dict]:
 
 
 def test_select_picks_by_validation_loss_never_by_test_metrics(tmp_path):
-    from llama_pe.experiments import select_by_validation
+    from llama_pe.analysis.experiments import select_by_validation
 
     frame = experiments_frame(disagreeing_sweep())
     chosen, table = select_by_validation(frame, "train.lr")
@@ -1094,7 +1095,7 @@ def close_sweep(second_seed: dict[float, float] | None, later: dict[float, float
 
 
 def test_within_the_margin_the_first_two_seeds_decide_and_later_seeds_never_do():
-    from llama_pe.experiments import select_by_validation
+    from llama_pe.analysis.experiments import select_by_validation
 
     frame = close_sweep({0.001: 5.10, 0.002: 5.02})  # on seeds 0-1: 5.05 against 5.015
     chosen, table = select_by_validation(frame, "train.lr")
@@ -1108,7 +1109,7 @@ def test_within_the_margin_the_first_two_seeds_decide_and_later_seeds_never_do()
 
 
 def test_a_close_call_without_the_second_seed_is_flagged_not_hidden():
-    from llama_pe.experiments import select_by_validation
+    from llama_pe.analysis.experiments import select_by_validation
 
     _, table = select_by_validation(close_sweep({0.001: 5.0}), "train.lr")  # 0.002 lacks seed 1
     assert table["chosen"].tolist() == [0.001]
@@ -1116,7 +1117,7 @@ def test_a_close_call_without_the_second_seed_is_flagged_not_hidden():
 
 
 def test_two_swept_keys_are_chosen_together_and_each_value_needs_the_first_seed():
-    from llama_pe.experiments import select_by_validation
+    from llama_pe.analysis.experiments import select_by_validation
 
     runs = [
         swept("t5", lr, seed, val, 300.0) | {"train.pos_lr_scale": scale}
@@ -1134,7 +1135,7 @@ def test_two_swept_keys_are_chosen_together_and_each_value_needs_the_first_seed(
 
 
 def test_select_of_a_key_that_is_not_swept_is_named():
-    from llama_pe.experiments import select_by_validation
+    from llama_pe.analysis.experiments import select_by_validation
 
     frame = experiments_frame(ROPE + ALIBI)
     with pytest.raises(
@@ -1150,7 +1151,7 @@ def test_select_of_a_key_that_is_not_swept_is_named():
 
 
 def test_a_reports_runs_csv_reports_again_without_any_experiment(tmp_path):
-    from llama_pe.report import report
+    from llama_pe.analysis.report import report
 
     write_report(experiments_frame(ROPE + ALIBI), tmp_path / "first", {"model.pos": "rope"})
     report(".", tmp_path / "again", False, [], ["model.pos=rope"], runs=tmp_path / "first" / "runs.csv")

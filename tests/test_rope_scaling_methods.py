@@ -10,8 +10,8 @@ import sys
 import pytest
 import yaml
 
-from llama_pe.config import ConfigError
-from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS, RopeScaling
+from llama_pe.positions.rope_scaling import ROPE_SCALING_METHODS, RopeScaling
+from llama_pe.settings.config import ConfigError
 from tests.conftest import REPO_ROOT, make_config
 
 
@@ -24,7 +24,7 @@ def test_config_takes_every_registered_method_and_names_them_all_when_refusing()
 
 
 def test_hf_parameters_carry_the_training_length_where_the_method_reads_it_and_ntk_is_a_raised_base():
-    from llama_pe.model.hf import hf_rope_parameters
+    from llama_pe.core.model.hf import hf_rope_parameters
 
     for method in ("linear", "dynamic", "yarn"):  # the methods Hugging Face implements under the same name
         parameters = hf_rope_parameters(10000.0, 32, RopeScaling(method, 4.0, 64))
@@ -47,7 +47,7 @@ def test_the_dvc_plot_of_scaled_rope_draws_every_registered_method():
 
 
 def test_the_registry_and_config_load_without_torch():
-    code = "import sys, llama_pe.config, llama_pe.rope_scaling_methods; print('torch' in sys.modules)"
+    code = "import sys, llama_pe.settings.config, llama_pe.positions.rope_scaling; print('torch' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llama_pe.show import DEFAULT_COLUMNS, ShowError, table
+from llama_pe.commands.show import DEFAULT_COLUMNS, ShowError, table
 
 
 def record(rev: str, name: str | None, pos: str, seed: int, loss: float, **more) -> dict:

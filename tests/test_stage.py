@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llama_pe.stage import run_stage, stage_param_keys
+from llama_pe.settings.stage import run_stage, stage_param_keys
 
 DVC_YAML = {
     "stages": {

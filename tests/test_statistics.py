@@ -11,7 +11,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from llama_pe.statistics import ALPHA, POWER, detectable_difference, holm, paired_t_p_value, t_interval
+from llama_pe.analysis.statistics import ALPHA, POWER, detectable_difference, holm, paired_t_p_value, t_interval
 
 P_VALUES = [
     [0.01, 0.04, 0.03, 0.2],

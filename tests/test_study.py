@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from llama_pe.encodings import ENCODINGS
-from llama_pe.ledger import Ledger, LedgerError, flat_params
-from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
-from llama_pe.study import StudyError, branch_kept, parse_grid, split_values
+from llama_pe.analysis.ledger import Ledger, LedgerError, flat_params
+from llama_pe.commands.study import StudyError, branch_kept, parse_grid, split_values
+from llama_pe.positions.catalogue import ENCODINGS
+from llama_pe.positions.rope_scaling import ROPE_SCALING_METHODS
 from tests.conftest import committed_path, committed_text, generate_corpus, make_dvc_project, run, tiny_pipeline_params
 
 PARAMS = committed_path("params.yaml")
@@ -183,8 +183,8 @@ class NoExperiments:
 
 
 def test_a_committed_report_is_refused_before_anything_is_queued(tmp_path, monkeypatch, caplog):
-    from llama_pe import study as study_module
-    from llama_pe.experiments import ReportError
+    from llama_pe.analysis.experiments import ReportError
+    from llama_pe.commands import study as study_module
 
     repo = git_repo_with_two_commits(tmp_path)
     (repo / "params.yaml").write_text(PARAMS.read_text())
@@ -226,7 +226,7 @@ def test_a_committed_report_is_refused_before_anything_is_queued(tmp_path, monke
 
 def test_an_experiment_that_finishes_between_the_two_reads_of_a_poll_is_not_taken_for_gone():
     """CI saw it with two workers: the last experiment was neither listed nor in the queue, and the study stopped."""
-    from llama_pe import study as study_module
+    from llama_pe.commands import study as study_module
 
     reads: list[str] = []
 
@@ -246,7 +246,7 @@ def test_an_experiment_that_finishes_between_the_two_reads_of_a_poll_is_not_take
 
 def test_a_read_of_the_queue_that_fails_once_is_read_again_and_three_failures_stop_the_study(monkeypatch):
     """`dvc queue status` failed once on a result file a worker was writing; the study stopped after an hour's runs."""
-    from llama_pe import study as study_module
+    from llama_pe.commands import study as study_module
 
     outputs = iter(
         [
@@ -259,7 +259,7 @@ def test_a_read_of_the_queue_that_fails_once_is_read_again_and_three_failures_st
         code, text = next(outputs)
         return subprocess.CompletedProcess(command, code, stdout=text, stderr="")
 
-    from llama_pe import dvc_queue
+    from llama_pe.tracking import dvc_queue
 
     monkeypatch.setattr(dvc_queue.subprocess, "run", run)
     monkeypatch.setattr(dvc_queue, "READ_RETRY_DELAY_S", 0.0)
@@ -314,7 +314,7 @@ def test_a_queued_point_shown_nowhere_for_a_moment_is_waited_for_and_one_never_s
 ):
     """CI saw it under load: as the first of two experiments finished, the second was in neither the queue nor the
     list for one poll, then ran; the study had stopped, calling it gone."""
-    from llama_pe import study as study_module
+    from llama_pe.commands import study as study_module
 
     repo = committed_repo(tmp_path)
     monkeypatch.setattr(ShownAfter, "unseen", unseen)
@@ -339,7 +339,7 @@ def committed_repo(root: Path) -> Path:
 
 
 def test_a_point_the_ledger_holds_is_not_queued_and_is_reported_from_the_ledger(tmp_path, monkeypatch, caplog):
-    from llama_pe import study as study_module
+    from llama_pe.commands import study as study_module
 
     caplog.set_level(logging.INFO, logger="llama_pe")
     repo = committed_repo(tmp_path)
@@ -372,7 +372,7 @@ def test_a_point_the_ledger_holds_is_not_queued_and_is_reported_from_the_ledger(
 
 
 def test_a_damaged_ledger_or_a_select_of_no_sweep_stops_the_study_before_any_work(tmp_path, monkeypatch):
-    from llama_pe import study as study_module
+    from llama_pe.commands import study as study_module
 
     repo = committed_repo(tmp_path)
     monkeypatch.chdir(repo)
@@ -431,7 +431,7 @@ def project(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 def study(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "llama_pe.cli", "study", "--poll", "2", *args]
+    command = [sys.executable, "-m", "llama_pe.commands.cli", "study", "--poll", "2", *args]
     return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -493,7 +493,7 @@ def test_study_runs_the_grid_on_dvcs_queue_then_reports_every_group_over_its_see
 @pytest.mark.integration
 def test_an_experiment_made_by_other_code_is_not_reused(project):
     root, env = project
-    model_file = root / "src/llama_pe/model/transformer.py"
+    model_file = root / "src/llama_pe/core/model/transformer.py"
     original = model_file.read_text()
     try:
         model_file.write_text(original + "\n# changed\n")
@@ -518,8 +518,8 @@ def test_a_failed_experiment_is_named_with_the_end_of_its_log(project):
 
 @pytest.mark.integration
 def test_a_sweep_is_kept_in_the_ledger_and_a_clone_without_the_experiments_goes_on_from_it(project, tmp_path):
-    from llama_pe.code_version import code_version
-    from llama_pe.device import cpu_model
+    from llama_pe.core.device import cpu_model
+    from llama_pe.tracking.code_version import code_version
 
     root, env = project
     grid = ("--pos", "rope", "--seeds", "0", "--sweep", "train.lr=0.001,0.004", "--ledger", "reports/sweep.csv")
@@ -547,13 +547,13 @@ def test_a_sweep_is_kept_in_the_ledger_and_a_clone_without_the_experiments_goes_
     assert planned.returncode == 0, planned.stderr
     assert "2 already have an experiment, 0 to queue" in planned.stderr and "in the ledger" in planned.stderr
     options = ["--ledger", "reports/sweep.csv", "--select", "train.lr", "--out", "again"]
-    report = [sys.executable, "-m", "llama_pe.cli", "report", *options]
+    report = [sys.executable, "-m", "llama_pe.commands.cli", "report", *options]
     run(report, clone, env)
     assert pd.read_csv(clone / "again/selection.csv")["chosen"].tolist() == [best]
 
 
 def test_a_study_writes_a_tracked_ledger_only_when_named(tmp_path, monkeypatch, caplog):
-    from llama_pe import study as study_module
+    from llama_pe.commands import study as study_module
 
     repo = committed_repo(tmp_path)
     (repo / "reports").mkdir()

@@ -11,15 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-import llama_pe.train as train_module
-from llama_pe.checkpoint import load_checkpoint
-from llama_pe.config import ConfigError
-from llama_pe.data.batches import BatchSampler, eval_windows
-from llama_pe.device import cpu_model, resolve_device
-from llama_pe.encodings import ENCODINGS, hf_encoding
-from llama_pe.errors import DataError
-from llama_pe.model import build_model
-from llama_pe.train import (
+import llama_pe.core.train as train_module
+from llama_pe.core.checkpoint import load_checkpoint
+from llama_pe.core.data.batches import BatchSampler, eval_windows
+from llama_pe.core.device import cpu_model, resolve_device
+from llama_pe.core.model import build_model
+from llama_pe.core.train import (
     Paths,
     TrainingError,
     lr_at,
@@ -27,6 +24,9 @@ from llama_pe.train import (
     train,
     unigram_loss,
 )
+from llama_pe.errors import DataError
+from llama_pe.positions.catalogue import ENCODINGS, hf_encoding
+from llama_pe.settings.config import ConfigError
 from tests.conftest import make_config
 from tests.model.conftest import learnable, tiny_args
 
@@ -193,7 +193,7 @@ def test_checkpoint_holds_everything_to_resume(data_dirs, tmp_path):
     assert {"model_args", "model", "tokenizer_model", "optimizer", "scaler", "state", "rng", "provenance"} <= set(
         checkpoint
     )
-    assert "llama_pe/model/transformer.py" in checkpoint["provenance"]["code"]
+    assert "llama_pe/core/model/transformer.py" in checkpoint["provenance"]["code"]
     assert checkpoint["model_args"]["dim"] == 32
     assert checkpoint["optimizer"]["state"], "optimizer moments are saved"
     assert {"torch", "sampler"} <= set(checkpoint["rng"])
@@ -216,12 +216,12 @@ def test_checkpoint_of_other_params_is_not_resumed(data_dirs, tmp_path, caplog):
 def test_checkpoint_of_other_code_is_not_resumed(data_dirs, tmp_path, caplog, monkeypatch):
     paths = paths_in(tmp_path, data_dirs)
     assert train(tiny_config(), paths, stop_after=30) is None  # a checkpoint at step 20
-    real = train_module.code_fingerprint("llama_pe.train")
-    edited = {**real, "llama_pe/model/layers.py": "0" * 64}
+    real = train_module.code_fingerprint("llama_pe.core.train")
+    edited = {**real, "llama_pe/core/model/layers.py": "0" * 64}
     monkeypatch.setattr(train_module, "code_fingerprint", lambda module: edited)
     with caplog.at_level(logging.INFO, logger="llama_pe"):
         metrics = train(tiny_config(), paths)
-    assert "was made by other code (changed since: llama_pe/model/layers.py): training from scratch" in caplog.text
+    assert "was made by other code (changed since: llama_pe/core/model/layers.py): training from scratch" in caplog.text
     assert "resuming" not in caplog.text
     assert without_timing(metrics) == without_timing(train(tiny_config(), paths_in(tmp_path / "fresh", data_dirs)))
 
@@ -340,7 +340,7 @@ def test_meta_that_disagrees_with_the_token_files_names_the_stage_to_rerun(damag
 
 
 def test_a_tokenizer_other_than_the_encoded_datas_is_refused(damaged_copy, corpus, tmp_path):
-    from llama_pe.data.tokenizer import save_tokenizer, train_tokenizer
+    from llama_pe.core.data.tokenizer import save_tokenizer, train_tokenizer
 
     save_tokenizer(
         train_tokenizer(corpus, make_config(tokenizer={"vocab_size": 390}).tokenizer), damaged_copy / "tokenizer"

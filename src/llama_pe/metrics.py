@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
+from llama_pe.positions.rope_scaling import ROPE_SCALING_METHODS
 
 
 class Role(Enum):
@@ -76,7 +76,7 @@ METRICS = (
     Metric(r"trained_steps|trained_tokens|unigram_val_bpc", Role.SETTING),
     # The train stage's record of its run: where the best checkpoint was, how it ended, on what, how long.
     Metric(r"best_step|best_tokens|stopped_early|device|precision|accelerator", Role.UNREPORTED),
-    Metric(r"cpu|cpu_signature|cpu_isa|cpu_threads", Role.UNREPORTED),  # the machine's identity (llama_pe.device)
+    Metric(r"cpu|cpu_signature|cpu_isa|cpu_threads", Role.UNREPORTED),  # the machine's identity (llama_pe.core.device)
     Metric(r"wall_time_s|val_time_s", Role.UNREPORTED),  # timings of the whole run: tokens_per_sec speaks for them
     # The tokenizer stage's: the same for every run of the same data and tokenizer params.
     Metric(r"vocab_size|pieces_used|tokens|chars|chars_per_token|unk_tokens|lossless", Role.UNREPORTED),

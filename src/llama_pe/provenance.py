@@ -31,7 +31,7 @@ def _imported_modules(path: Path) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-            # `from llama_pe.data import split` imports the module llama_pe.data.split.
+            # `from llama_pe.core.data import split` imports the module llama_pe.core.data.split.
             found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return {name for name in found if name == PACKAGE or name.startswith(PACKAGE + ".")}
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from llama_pe.data.download import MIRROR_ENV, ChecksumError, DownloadError, fetch_corpus
+from llama_pe.core.data.download import MIRROR_ENV, ChecksumError, DownloadError, fetch_corpus
 from tests.conftest import REPO_ROOT, committed_text
 
 URL = "https://example.invalid/char-rnn/input.txt"

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from llama_pe.data.encode import META_FILE, encode_splits, read_tokens, write_encoded
-from llama_pe.data.split import SPLITS, split_text, tokenizer_training_text
-from llama_pe.data.tokenizer import train_tokenizer
+from llama_pe.core.data.encode import META_FILE, encode_splits, read_tokens, write_encoded
+from llama_pe.core.data.split import SPLITS, split_text, tokenizer_training_text
+from llama_pe.core.data.tokenizer import train_tokenizer
 from llama_pe.errors import DataError
 from tests.conftest import make_config
 

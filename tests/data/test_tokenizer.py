@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-from llama_pe.data.download import MIRROR_ENV
-from llama_pe.data.tokenizer import (
+from llama_pe.core.data.download import MIRROR_ENV
+from llama_pe.core.data.tokenizer import (
     BYTE_PIECES,
     CONTROL_PIECES,
     MODEL_FILE,

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llama_pe.encodings import ENCODINGS, settings_of_every_encoding
-from llama_pe.model import ModelArgs, build_model
+from llama_pe.core.model import ModelArgs, build_model
+from llama_pe.positions.catalogue import ENCODINGS, settings_of_every_encoding
 
 VOCAB = 256
 # Subsets of the catalogue by capability, for the property tests that hold for some encodings only.

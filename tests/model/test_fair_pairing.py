@@ -2,9 +2,9 @@
 
 import torch
 
-from llama_pe.encodings import ENCODINGS, hf_encoding
-from llama_pe.model import build_model
-from llama_pe.model.hf import hf_to_native
+from llama_pe.core.model import build_model
+from llama_pe.core.model.hf import hf_to_native
+from llama_pe.positions.catalogue import ENCODINGS, hf_encoding
 from tests.model.conftest import tiny_args
 
 

@@ -7,7 +7,7 @@ the score_mod's math against the bias tensor that SDPA adds.
 import pytest
 import torch
 
-from llama_pe.model import flex
+from llama_pe.core.model import flex
 from tests.model.conftest import BIASED, VOCAB, learnable, tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention.*:UserWarning")
@@ -31,7 +31,9 @@ def test_flex_path_gives_the_logits_of_the_sdpa_path(pos, last, monkeypatch):
         monkeypatch.setattr(flex, "FLEX_DEVICES", ("cuda", "cpu"))
         calls = []
         original = flex.biased_causal_attention
-        monkeypatch.setattr("llama_pe.model.layers.biased_causal_attention", lambda *a: calls.append(1) or original(*a))
+        monkeypatch.setattr(
+            "llama_pe.core.model.layers.biased_causal_attention", lambda *a: calls.append(1) or original(*a)
+        )
         fused, _ = model(tokens, last=last)
     assert len(calls) == model.args.n_layers  # every layer took the flex path
     torch.testing.assert_close(fused, sdpa, rtol=1e-5, atol=1e-5)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from llama_pe.generate import generate
-from llama_pe.model.layers import KVCache
+from llama_pe.core.generate import generate
+from llama_pe.core.model.layers import KVCache
 from tests.model.conftest import VOCAB, tiny_model
 
 

@@ -9,15 +9,15 @@ import sentencepiece as spm
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from llama_pe.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from llama_pe.cli import main as cli_main
-from llama_pe.data.download import MIRROR_ENV
-from llama_pe.data.tokenizer import BYTE_PIECES, CONTROL_PIECES, train_tokenizer, training_sentences
-from llama_pe.encodings import ENCODINGS, hf_encoding
+from llama_pe.commands.cli import main as cli_main
+from llama_pe.commands.export import hf_tokenizer
+from llama_pe.core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from llama_pe.core.data.download import MIRROR_ENV
+from llama_pe.core.data.tokenizer import BYTE_PIECES, CONTROL_PIECES, train_tokenizer, training_sentences
+from llama_pe.core.model import Transformer, build_model
+from llama_pe.core.model.hf import HFLlama, hf_to_native, llama_config, native_to_hf
 from llama_pe.errors import ConfigError
-from llama_pe.export import hf_tokenizer
-from llama_pe.model import Transformer, build_model
-from llama_pe.model.hf import HFLlama, hf_to_native, llama_config, native_to_hf
+from llama_pe.positions.catalogue import ENCODINGS, hf_encoding
 from tests.conftest import make_config
 from tests.data.test_tokenizer import TRICKY, typed
 from tests.model.conftest import tiny_args
@@ -164,7 +164,7 @@ def test_exported_tokenizer_gives_sentencepiece_ids_on_the_real_corpus(kind, tmp
 
 @pytest.mark.parametrize("pos", [name for name, entry in ENCODINGS.items() if not entry.hf_exportable])
 def test_export_of_another_encoding_is_a_clear_error(pos, tokenizer_model, tmp_path):
-    from llama_pe.export import export_hf
+    from llama_pe.commands.export import export_hf
 
     save_checkpoint(tmp_path / "other.pt", build_model(tiny_args(pos=pos, vocab_size=400)), tokenizer_model)
     message = rf"export-hf: model\.pos={pos} \(.*\) has no Hugging Face equivalent: LlamaForCausalLM computes "

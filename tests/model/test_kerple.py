@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from llama_pe.model.position import KerpleLog
+from llama_pe.positions.kerple import KerpleLog
 from tests.model.conftest import tiny_args, tiny_model
 
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from llama_pe.model.layers import Attention, FeedForward, RMSNorm
-from llama_pe.model.position import NoPositions
+from llama_pe.core.model.layers import Attention, FeedForward, RMSNorm
+from llama_pe.positions.nope import NoPositions
 from tests.model.conftest import tiny_args
 
 

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from llama_pe.model.position import FIRE, T5Bias, t5_buckets
+from llama_pe.positions.fire import FIRE
+from llama_pe.positions.t5 import T5Bias, t5_buckets
 from tests.model.conftest import tiny_args, tiny_model
 
 
@@ -62,7 +63,7 @@ def test_fire_bias_at_known_inputs():
 
 
 def test_learned_relative_parameters_are_not_weight_decayed():
-    from llama_pe.train import make_optimizer
+    from llama_pe.core.train import make_optimizer
     from tests.conftest import make_config
 
     cfg = make_config().train

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llama_pe.model import loss as loss_module
-from llama_pe.model.loss import linear_cross_entropy
+from llama_pe.core.model import loss as loss_module
+from llama_pe.core.model.loss import linear_cross_entropy
 
 
 def _inputs(n_tokens: int, dim: int = 16, vocab: int = 50):

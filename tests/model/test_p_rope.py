@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from llama_pe.model.position import PartialRotary, Rotary
-from llama_pe.model.rope_scaling import RopeScaling
-from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
+from llama_pe.core.model.rope_scaling import RopeScaling
+from llama_pe.positions.p_rope import PartialRotary
+from llama_pe.positions.rope import Rotary
+from llama_pe.positions.rope_scaling import ROPE_SCALING_METHODS
 from tests.model.conftest import tiny_args, tiny_model
 
 HEAD_DIM = 32  # 16 pairs

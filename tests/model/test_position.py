@@ -3,8 +3,11 @@ import math
 import pytest
 import torch
 
-from llama_pe.encodings import ENCODINGS
-from llama_pe.model.position import Rotary, alibi_slopes, build_position_encoding, sinusoids
+from llama_pe.positions.abs import sinusoids
+from llama_pe.positions.alibi import alibi_slopes
+from llama_pe.positions.base import build_position_encoding
+from llama_pe.positions.catalogue import ENCODINGS
+from llama_pe.positions.rope import Rotary
 from tests.model.conftest import tiny_args
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from llama_pe.core.model.hf import hf_rope_parameters, hf_to_native, llama_config
+from llama_pe.core.model.rope_scaling import RopeScaling, base_frequencies, scaled_frequencies
+from llama_pe.core.model.transformer import Transformer
 from llama_pe.errors import ConfigError
-from llama_pe.model.hf import hf_rope_parameters, hf_to_native, llama_config
-from llama_pe.model.rope_scaling import RopeScaling, base_frequencies, scaled_frequencies
-from llama_pe.model.transformer import Transformer
-from llama_pe.rope_scaling_methods import ROPE_SCALING_METHODS
+from llama_pe.positions.rope_scaling import ROPE_SCALING_METHODS
 from tests.model.conftest import VOCAB, tiny_args, tiny_model
 
 TRAIN = 16  # the tiny models' training context

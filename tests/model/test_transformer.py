@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from llama_pe.config import ConfigError
-from llama_pe.encodings import ENCODINGS
+from llama_pe.core.model import SIZES, build_model, model_args_from_config
 from llama_pe.errors import ContextLengthError
-from llama_pe.model import SIZES, build_model, model_args_from_config
+from llama_pe.positions.catalogue import ENCODINGS
+from llama_pe.settings.config import ConfigError
 from tests.conftest import make_config
 from tests.model.conftest import UNBOUNDED, VOCAB, learnable, tiny_args, tiny_model
 

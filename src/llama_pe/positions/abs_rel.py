@@ -1,0 +1,48 @@
+"""abs_rel: sinusoidal absolute positions plus the ALiBi bias, the original study's "absolute + relative"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llama_pe.positions.alibi import ALIBI_LEARNABLE
+from llama_pe.positions.catalogue import Encoding, torch_part
+
+ENCODING = Encoding(
+    "sinusoidal absolute positions plus the ALiBi bias (the original study's absolute + relative)",
+    "AbsoluteRelative",
+    rank=4,
+    biased=True,
+    settings={"alibi_learnable": ALIBI_LEARNABLE},
+)
+
+
+def _make() -> dict[str, Any]:
+    import torch
+
+    from llama_pe.core.model.args import ModelArgs
+    from llama_pe.core.model.flex import ScoreMod
+    from llama_pe.positions.abs import Sinusoidal
+    from llama_pe.positions.alibi import ALiBi
+    from llama_pe.positions.base import PositionEncoding
+
+    class AbsoluteRelative(PositionEncoding):
+        """abs's embedding and alibi's bias, each computed by its own class."""
+
+        def __init__(self, args: ModelArgs) -> None:
+            super().__init__(args)
+            self.absolute = Sinusoidal(args)
+            self.relative = ALiBi(args)
+
+        def embed(self, x: torch.Tensor, start: int) -> torch.Tensor:
+            return self.absolute.embed(x, start)
+
+        def attn_bias(self, q_len: int, k_len: int, start: int) -> torch.Tensor:
+            return self.relative.attn_bias(q_len, k_len, start)
+
+        def score_mod(self, q_len: int, k_len: int) -> ScoreMod:
+            return self.relative.score_mod(q_len, k_len)
+
+    return {"AbsoluteRelative": AbsoluteRelative}
+
+
+__getattr__ = torch_part(__name__, ENCODING, _make, ("AbsoluteRelative",))

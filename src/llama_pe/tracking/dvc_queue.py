@@ -1,0 +1,203 @@
+"""The one place the study talks to DVC's queue and git: what experiments exist and in what state, queueing a
+point, starting the workers, the log of a failed one, and keeping HEAD on its branch while DVC queues.
+
+`dvc exp list` and `dvc queue status` are read (llama_pe.commands.study decides what to queue and waits); every read is
+tried again before it counts as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from llama_pe.errors import LlamaPeError
+from llama_pe.settings.yaml12 import load_yaml
+from llama_pe.tracking.code_version import code_version, source_files, stage_definitions
+
+log = logging.getLogger(__name__)
+
+# How far each state is from done; a point shows the most advanced of its experiments.
+STATES = ("done", "running", "queued", "failed")
+# `dvc exp list --all-commits`: "\t28418b9 [aloof-mice]" under each baseline.
+FINISHED = re.compile(r"^\s+([0-9a-f]{7,40}) \[([^\]]+)\]$", re.MULTILINE)
+# `dvc queue status`: "ab6aa50  valid-slew  02:13 AM   Running".
+QUEUE_ENTRY = re.compile(r"^([0-9a-f]{7,40})\s+(\S+)\s.*?\b(Queued|Running|Failed|Success)\s*$", re.MULTILINE)
+
+
+class StudyError(LlamaPeError, ValueError):
+    """The grid cannot be run as asked, or some of its experiments failed."""
+
+
+# ---------------------------------------------------------------------------------------------- what exists
+
+
+READ_ATTEMPTS = 3  # how often a read of DVC's experiments is tried before the study stops on it
+READ_RETRY_DELAY_S = 2.0
+
+
+class Experiments:
+    """The repo's experiments as DVC lists them, each matched to grid points by params and source files."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = repo
+        self.code_paths = source_files(repo)
+        self.pipeline = stage_definitions((repo / "dvc.yaml").read_text(encoding="utf-8"))
+        self.code = code_version(repo)  # the workspace's, which every queued experiment runs
+        self._params: dict[str, Any] = {}  # rev -> its params.yaml (a revision never changes)
+        self._same_code: dict[str, bool] = {}
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every experiment: the finished ones of every commit (`dvc exp list`), the queue's (`dvc queue status`).
+
+        Not `dvc exp show`: while an experiment finishes it reads the experiment's temporary repo as DVC deletes
+        it, and can wait forever (seen with DVC 3.67); these two read only refs and the queue.
+
+        The queue is read first. DVC fetches an experiment's ref before its task ends, so one that finishes between
+        the two reads is running in the first and listed in the second; read the other way round, it would be in
+        neither (not yet listed, then a success, which is left to the list) and the study would call it gone.
+        """
+        queue = self._dvc("queue", "status")
+        # Every commit's: a point made at an earlier commit with today's code is still that point.
+        listed = self._dvc("exp", "list", "--all-commits")
+        records = [{"Experiment": name, "rev": rev, "state": "done"} for rev, name in FINISHED.findall(listed)]
+        for rev, name, state in QUEUE_ENTRY.findall(queue):
+            if state != "Success":  # a success is a finished experiment, listed above
+                records.append({"Experiment": name, "rev": rev, "state": state.lower()})
+        return records
+
+    def matches(self, point: Any, record: dict[str, Any]) -> bool:
+        rev = record["rev"]
+        if rev not in self._params:
+            shown = self._git("show", f"{rev}:params.yaml")
+            if shown.returncode != 0:  # not readable yet (a commit DVC has not fetched): asked again next poll
+                return False
+            self._params[rev] = load_yaml(shown.stdout)
+        if self._params[rev] != point.params:
+            return False
+        if rev not in self._same_code:
+            shown = self._git("show", f"{rev}:dvc.yaml")
+            same_stages = shown.returncode == 0 and stage_definitions(shown.stdout) == self.pipeline
+            same_files = self._git("diff", "--quiet", rev, "--", *self.code_paths).returncode == 0
+            self._same_code[rev] = same_stages and same_files
+        return self._same_code[rev]
+
+    def status(self, points: list[Any]) -> dict[Any, tuple[str, dict[str, Any] | None]]:
+        """Each point's most advanced experiment and its state; ("missing", None) when it has none."""
+        records = self.records()
+        result: dict[Any, tuple[str, dict[str, Any] | None]] = {}
+        for point in points:
+            found = [(STATES.index(r["state"]), r) for r in records if self.matches(point, r)]
+            rank, record = min(found, key=lambda item: item[0]) if found else (None, None)
+            result[point] = (STATES[rank], record) if record is not None else ("missing", None)
+        return result
+
+    def _git(self, *args: str) -> subprocess.CompletedProcess:
+        return _git(self.repo, *args)
+
+    def _dvc(self, *args: str) -> str:
+        """A read (`queue status`, `exp list`), tried again before it counts as failed: `dvc queue status` can fail
+        once on a task's result file that a worker is still writing ("unexpected error - Expecting value: line 1
+        column 1", seen with DVC 3.67 and two workers; treeverse/dvc#8014 is the same kind), and one failed read
+        must not stop a study of hours."""
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            done = subprocess.run(["dvc", *args], cwd=self.repo, capture_output=True, text=True)
+            if done.returncode == 0:
+                return done.stdout
+            if attempt < READ_ATTEMPTS:
+                log.warning("dvc %s failed (attempt %d of %d), reading again", " ".join(args), attempt, READ_ATTEMPTS)
+                time.sleep(READ_RETRY_DELAY_S)
+        raise StudyError(f"dvc {' '.join(args)} failed {READ_ATTEMPTS} times:\n{_tail(done.stdout + done.stderr)}")
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def queue_point(repo: Path, point: Any) -> str:
+    """`dvc exp run --queue` with the point's overrides; the experiment's name."""
+    args = ["dvc", "exp", "run", "--queue", *(a for o in point.overrides for a in ("-S", o))]
+    done = subprocess.run(args, cwd=repo, capture_output=True, text=True)
+    name = re.search(r"Queued experiment '([^']+)'", done.stdout + done.stderr)
+    if done.returncode != 0 or not name:
+        raise StudyError(f"{point.label}: {' '.join(args)} failed:\n{_tail(done.stdout + done.stderr)}")
+    return name.group(1)
+
+
+@contextmanager
+def branch_kept(repo: Path) -> Iterator[None]:
+    """Leave HEAD on the branch it was on. `dvc exp run --queue` checks the baseline commit out detached and goes
+    back to the branch when it is done; stopped in between (Ctrl-C while a grid is being queued) it leaves HEAD
+    detached, and the user's next commits land on no branch. HEAD is put back only where it still is the branch's
+    commit, so the work tree is not touched; elsewhere the user is told what happened."""
+    branch = _current_branch(repo)
+    try:
+        yield
+    finally:
+        if branch is not None and _current_branch(repo) is None:
+            head, tip = (_git_rev(repo, rev) for rev in ("HEAD", f"refs/heads/{branch}"))
+            if head == tip:
+                _git(repo, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
+                log.warning("DVC left HEAD detached while queueing; it is back on branch %s", branch)
+            else:
+                log.error(
+                    "DVC left HEAD detached at %s while queueing, not at %s's commit %s: check `git status` before "
+                    "committing (`git checkout %s` goes back)",
+                    head[:7],
+                    branch,
+                    tip[:7],
+                    branch,
+                )
+
+
+def _current_branch(repo: Path) -> str | None:
+    """The branch HEAD is on; None when HEAD is detached."""
+    ref = _git(repo, "symbolic-ref", "-q", "--short", "HEAD")
+    return ref.stdout.strip() if ref.returncode == 0 else None
+
+
+def _git_rev(repo: Path, rev: str) -> str:
+    return _git(repo, "rev-parse", rev).stdout.strip()
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+
+
+QUEUE_START_TIMEOUT_S = 120.0
+
+
+def start_workers(repo: Path, jobs: int) -> None:
+    """`dvc queue start -j N`: DVC starts the workers that are not running yet and leaves the others be.
+
+    Run to its end between two reads of the queue, not beside them, and a failure is said: started in the
+    background it could fail unseen (its output discarded) on every revival while a queued point waited with no
+    worker. The workers it starts are processes of their own, which outlive it and this one.
+    """
+    try:
+        done = subprocess.run(
+            ["dvc", "queue", "start", "-j", str(jobs)],
+            cwd=repo,
+            start_new_session=True,
+            capture_output=True,
+            text=True,
+            timeout=QUEUE_START_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        log.warning("dvc queue start gave no answer in %.0f s; asked again at a later poll", QUEUE_START_TIMEOUT_S)
+        return
+    if done.returncode != 0:
+        log.warning("dvc queue start failed; asked again at a later poll:\n%s", _tail(done.stdout + done.stderr))
+
+
+def failure_log(repo: Path, name: str) -> str:
+    logs = subprocess.run(["dvc", "queue", "logs", name], cwd=repo, capture_output=True, text=True)
+    return _tail(logs.stdout + logs.stderr)
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join("    " + line for line in text.strip().splitlines()[-lines:])
