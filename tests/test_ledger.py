@@ -242,9 +242,10 @@ def project(root: Path) -> Path:
     git(root, "init", "-q")
     files = {
         "dvc.yaml": DVC_YAML,
-        "stages/train.py": "train\n",
-        "stages/evaluate.py": "evaluate\n",
-        "src/lib/model.py": "model\n",
+        "stages/train.py": "import llama_pe.model\n\nllama_pe.model.train()\n",
+        "stages/evaluate.py": "evaluate = 1\n",
+        "src/llama_pe/__init__.py": "",
+        "src/llama_pe/model.py": "def train():\n    return 1\n",
         "params.yaml": "train:\n  seed: 0\n  lr: 0.002\n",
         "README.md": "read me\n",
     }
@@ -256,18 +257,16 @@ def project(root: Path) -> Path:
     return root
 
 
-def test_the_code_version_changes_with_the_stages_and_their_source_files_only(tmp_path):
+def test_the_code_version_changes_with_the_stages_and_the_code_they_run_only(tmp_path):
     repo = project(tmp_path)
     committed = code_version(repo, "HEAD")
     assert code_version(repo) == committed and len(committed) == 12
     for name, text in (("README.md", "other\n"), ("params.yaml", "train:\n  seed: 1\n  lr: 0.1\n")):
         (repo / name).write_text(text)
-    (repo / "src/lib/new.py").write_text("untracked: a queued experiment does not get it\n")
-    assert code_version(repo) == committed
-    git(repo, "add", "src/lib/new.py")  # staged: DVC copies it into the experiment
-    assert code_version(repo) != committed
-    git(repo, "rm", "-q", "--cached", "src/lib/new.py")
-    (repo / "src/lib/model.py").write_text("model, changed\n")
+    (repo / "src/llama_pe/helper.py").write_text("def train():\n    return 2\n")
+    assert code_version(repo) == committed  # no stage runs helper.py
+    (repo / "src/llama_pe/model.py").write_text("from llama_pe.helper import train\n")
+    git(repo, "add", "src/llama_pe/helper.py")  # staged: DVC copies it into the experiment
     changed = code_version(repo)
     assert changed != committed
     git(repo, "commit", "-qam", "changed")

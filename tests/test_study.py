@@ -173,10 +173,13 @@ def test_a_head_detached_before_queueing_stays_detached(tmp_path):
 class NoExperiments:
     """Experiments as a repo without any has them: every point is missing."""
 
-    code = "c0dec0dec0de"  # the workspace's code version
+    code = "c0dec0dec0de"  # the workspace's code version, for every point
 
     def __init__(self, repo: Path) -> None:
         pass
+
+    def code_of(self, point) -> str:
+        return self.code
 
     def status(self, points):
         return {point: ("missing", None) for point in points}

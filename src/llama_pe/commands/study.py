@@ -222,7 +222,7 @@ def grid_status(
     experiment's (the record `dvc exp list` or `dvc queue status` gives), else ("missing", None)."""
     status: dict[Point, tuple[str, dict[str, Any] | None]] = {}
     for point in points:
-        row = ledger.holds(flat_params(point.params), experiments.code)
+        row = ledger.holds(flat_params(point.params), experiments.code_of(point))
         if row is not None:
             status[point] = ("done", {"Experiment": row["experiment"], "rev": row["rev"], "ledger": True})
     rest = [point for point in points if point not in status]

@@ -1,17 +1,33 @@
-"""Which code made an experiment: dvc.yaml's stages and every source file they run, as one short hash.
+"""Which computation made a run: its code version, a short hash that a pure refactor keeps and an edit of what the
+run computes changes.
 
-The same hash for a revision (an experiment's commit, read from git) and for the workspace (what a queued
-experiment will run: DVC copies the files git tracks, staged ones included), so a result recorded on one machine is
-recognised on another (analysis.ledger). A stage's results are made by its command, dependencies and params (not by
-how its outputs are stored); its source files are the dependencies that git tracks and no stage makes, each hashed
-as git stores it (its blob id), so neither a checkout's line endings nor its file times change the hash.
+What is hashed is what the run executes, read at a revision (an experiment's commit) or in the workspace (what a
+queued experiment will run: DVC copies the files git tracks, staged ones included):
+- each stage's command and params, as dvc.yaml gives them (not its deps: where a file sits is no computation);
+- the Python the stage scripts run: each script and the llama_pe modules it imports, transitively, lazy imports
+  included; of the encodings (llama_pe/positions, one file each), only the file of the run's own model.pos and what
+  that file imports, so an encoding added beside rope leaves rope's version as it was;
+- each of those files as its statements, not its text: docstrings, comments, layout, annotations and the module
+  path of a llama_pe import are left out, and the statements are pooled across files and sorted (an import of a
+  name counted once), so moving a function to another module, splitting a module or renaming one keeps the
+  version. Any change to a statement
+  (a formula, a default, a constant) changes it.
+
+A refactor that this cannot see through (a renamed function, say) gets a new version; once reruns show that it
+computes the same results to the last digit, reports/same_computation.csv records the new version as the same
+computation as the old, and the new version is reported as the old one (`canonical`), so the ledger's earlier
+runs stay pairable. The file says what its evidence is.
 """
 
 from __future__ import annotations
 
+import ast
+import csv
 import hashlib
 import json
+import re
 import subprocess
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +35,12 @@ from llama_pe.errors import LlamaPeError
 from llama_pe.settings.yaml12 import load_yaml
 
 CODE_DIGITS = 12  # of the sha256: short enough to read in a table, far from colliding among a project's versions
+PACKAGE = "llama_pe"
+SOURCE_ROOT = "src"  # the folder of the llama_pe package in the repository (dvc.yaml's PYTHONPATH=src)
+ENCODINGS_DIR = f"{SOURCE_ROOT}/{PACKAGE}/positions"
+NOT_ENCODINGS = frozenset({"__init__", "base", "catalogue", "rope_scaling"})  # as llama_pe.positions.catalogue
+STAGE_SCRIPT = re.compile(r"\bpython\s+(?:-\S+\s+)*(stages/\S+\.py)")
+EQUIVALENCES = "reports/same_computation.csv"
 
 
 class CodeVersionError(LlamaPeError, ValueError):
@@ -26,58 +48,189 @@ class CodeVersionError(LlamaPeError, ValueError):
 
 
 def stage_definitions(dvc_yaml: str) -> dict[str, Any]:
-    """What makes each stage's results: its command, dependencies and params."""
+    """What makes each stage's results besides its code: its command and params."""
     stages = (load_yaml(dvc_yaml) or {}).get("stages", {})
-    return {name: {key: stage.get(key) for key in ("cmd", "deps", "params")} for name, stage in stages.items()}
+    return {name: {key: stage.get(key) for key in ("cmd", "params")} for name, stage in stages.items()}
 
 
-def source_dependencies(dvc_yaml: str) -> list[str]:
-    """The stages' dependencies that no stage makes (files and folders): the code and inputs under version control."""
-    stages = (load_yaml(dvc_yaml) or {}).get("stages", {})
-    made = {
-        _path(out) for stage in stages.values() for kind in ("outs", "metrics", "plots") for out in stage.get(kind, [])
-    }
-    deps = {dep for stage in stages.values() for dep in stage.get("deps", [])}
-    return sorted(d for d in deps if not any(d == m or d.startswith(f"{m}/") for m in made))
+def code_version(repo: Path, rev: str | None = None, params: dict[str, Any] | None = None) -> str:
+    """The code version of a run at `rev` (the workspace when None) with `params` (params.yaml's there when None),
+    as reports/same_computation.csv names it (`canonical`)."""
+    return canonical(repo, raw_code_version(repo, rev, params))
 
 
-def _path(entry: str | dict[str, Any]) -> str:
-    return entry if isinstance(entry, str) else next(iter(entry))  # "- metrics/train.json: {cache: false}"
-
-
-def source_files(repo: Path, dvc_yaml: str | None = None) -> list[str]:
-    """The files of the workspace's source dependencies that git tracks (staged new files included)."""
-    dvc_yaml = (repo / "dvc.yaml").read_text(encoding="utf-8") if dvc_yaml is None else dvc_yaml
-    deps = source_dependencies(dvc_yaml)
-    if not deps:
-        return []
-    listed = _git(repo, "ls-files", "-z", "--", *deps)
-    return sorted({path for path in listed.split("\0") if path and (repo / path).is_file()})
-
-
-def code_version(repo: Path, rev: str | None = None) -> str:
-    """A short hash of the stages and their source files at `rev`, or in the workspace when rev is None."""
-    if rev is None:
-        try:
-            dvc_yaml = (repo / "dvc.yaml").read_text(encoding="utf-8")
-        except OSError as err:
-            raise CodeVersionError(f"{repo}: no dvc.yaml to tell the code by ({err.strerror})") from None
-        files = source_files(repo, dvc_yaml)
-        blobs = _git(repo, "hash-object", "--", *files).split() if files else []
-        listing = dict(zip(files, blobs, strict=True))
-    else:
-        dvc_yaml = _git(repo, "show", f"{rev}:dvc.yaml")
-        deps = source_dependencies(dvc_yaml)
-        tree = _git(repo, "ls-tree", "-r", "-z", rev, "--", *deps) if deps else ""
-        listing = {}
-        for entry in filter(None, tree.split("\0")):
-            meta, path = entry.split("\t", 1)  # "100644 blob <sha>\t<path>"
-            if meta.split()[1] == "blob":
-                listing[path] = meta.split()[2]
-    text = json.dumps(stage_definitions(dvc_yaml), sort_keys=True) + "".join(
-        f"\n{path} {blob}" for path, blob in sorted(listing.items())
-    )
+def raw_code_version(repo: Path, rev: str | None = None, params: dict[str, Any] | None = None) -> str:
+    """The hash itself, before any recorded equivalence."""
+    tree = _Tree(Path(repo), rev)
+    dvc_yaml = tree.read("dvc.yaml")
+    if dvc_yaml is None:
+        raise CodeVersionError(f"{repo}: no dvc.yaml {tree.where} to tell the code by")
+    if params is None:
+        params = load_yaml(tree.read("params.yaml") or "") or {}
+    stages = stage_definitions(dvc_yaml)
+    entries = [m.group(1) for stage in stages.values() if (m := STAGE_SCRIPT.search(str(stage["cmd"])))]
+    pos = (params.get("model") or {}).get("pos")
+    if isinstance(pos, str) and tree.read(f"{ENCODINGS_DIR}/{pos}.py") is not None:
+        entries.append(f"{ENCODINGS_DIR}/{pos}.py")
+    statements: list[str] = []
+    imports: set[str] = set()  # another module's import of the same name is the same name: counted once
+    for path in run_files(tree, entries):
+        for statement in _statements(tree.read(path) or "", path):
+            (imports.add if statement.startswith(("Import(", "ImportFrom(")) else statements.append)(statement)
+    statements = sorted(imports) + sorted(statements)
+    text = json.dumps(stages, sort_keys=True) + "".join(f"\n{s}" for s in statements)
     return hashlib.sha256(text.encode()).hexdigest()[:CODE_DIGITS]
+
+
+def run_files(tree: _Tree, entries: list[str]) -> list[str]:
+    """The entries and the llama_pe files they import, transitively (a package's __init__.py with its modules);
+    an encoding's file only when it is one of the entries."""
+    seen: set[str] = set()
+    pending = [path for path in entries if tree.read(path) is not None]
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for module in _imported_modules(tree.read(path) or "", path):
+            parts = module.split(".")
+            for depth in range(1, len(parts) + 1):
+                found = _module_file(tree, parts[:depth])
+                if found and found not in seen and not _other_encoding(found, entries):
+                    pending.append(found)
+    return sorted(seen)
+
+
+def _other_encoding(path: str, entries: list[str]) -> bool:
+    folder, _, name = path.rpartition("/")
+    return folder == ENCODINGS_DIR and name.removesuffix(".py") not in NOT_ENCODINGS and path not in entries
+
+
+def _module_file(tree: _Tree, parts: list[str]) -> str | None:
+    base = "/".join([SOURCE_ROOT, *parts])
+    for candidate in (f"{base}.py", f"{base}/__init__.py"):
+        if tree.read(candidate) is not None:
+            return candidate
+    return None
+
+
+def _imported_modules(text: str, path: str) -> set[str]:
+    found = set()
+    for node in ast.walk(_parse(text, path)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)  # from a.b import c: maybe a.b.c
+    return {name for name in found if name == PACKAGE or name.startswith(PACKAGE + ".")}
+
+
+@cache
+def _parse(text: str, path: str) -> ast.Module:
+    try:
+        return ast.parse(text, path)
+    except SyntaxError as err:
+        raise CodeVersionError(f"{path}: not Python the code version can read ({err.msg}, line {err.lineno})") from None
+
+
+@cache
+def _statements(text: str, path: str) -> tuple[str, ...]:
+    """The file's top-level statements as the computation sees them (see the module's docstring)."""
+    _parse(text, path)  # a clear error for a file that is not Python
+    tree = _Normalised().visit(ast.parse(text, path))  # its own tree: the walk of imports reads the cached one
+    kept = []
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom) and _is_own(node):
+            continue  # which module a llama_pe name comes from is layout; the name itself stays (inside defs)
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["__all__"]:
+            continue
+        kept.append(ast.dump(node))
+    return tuple(kept)
+
+
+def _is_own(node: ast.Import | ast.ImportFrom) -> bool:
+    names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [alias.name for alias in node.names]
+    return all(name == "__future__" or name == PACKAGE or name.startswith(PACKAGE + ".") for name in names)
+
+
+class _Normalised(ast.NodeTransformer):
+    """Leaves out what no run computes: docstrings, annotations, and the module path of a llama_pe import."""
+
+    def _body(self, node: Any) -> Any:
+        self.generic_visit(node)
+        body = node.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+            if isinstance(body[0].value.value, str):
+                body = body[1:] or [ast.Pass()]
+        node.body = body
+        return node
+
+    visit_Module = visit_ClassDef = _body
+
+    def visit_FunctionDef(self, node: Any) -> Any:
+        node.returns = None
+        return self._body(node)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_arg(self, node: ast.arg) -> ast.arg:
+        node.annotation = None
+        return node
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AnnAssign:
+        node.annotation = ast.Constant(None)  # a dataclass field is still a field; its type text is no computation
+        return node
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> ast.ImportFrom:
+        if node.module and (node.module == PACKAGE or node.module.startswith(PACKAGE + ".")):
+            node.module = PACKAGE
+        return node
+
+
+class _Tree:
+    """The repository's files as a run gets them: at a revision, or the workspace's files that git tracks."""
+
+    def __init__(self, repo: Path, rev: str | None) -> None:
+        self.repo, self.rev = repo, rev
+        self.where = "in the workspace" if rev is None else f"at {rev}"
+        self._texts: dict[str, str | None] = {}
+        if rev is None:
+            listed = _git(repo, "ls-files", "-z")
+            self._tracked = {path for path in listed.split("\0") if path}
+        else:
+            listed = _git(repo, "ls-tree", "-r", "-z", "--name-only", rev)
+            self._tracked = {path for path in listed.split("\0") if path}
+
+    def read(self, path: str) -> str | None:
+        if path not in self._texts:
+            self._texts[path] = self._read(path) if path in self._tracked else None
+        return self._texts[path]
+
+    def _read(self, path: str) -> str | None:
+        if self.rev is None:
+            try:
+                return (self.repo / path).read_text(encoding="utf-8")
+            except OSError:
+                return None  # tracked but deleted in the workspace
+        return _git(self.repo, "show", f"{self.rev}:{path}")
+
+
+def equivalences(repo: Path) -> dict[str, str]:
+    """{code version: the earlier version it computes the same as}, from reports/same_computation.csv."""
+    path = Path(repo) / EQUIVALENCES
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        return {row["code"]: row["same_as"] for row in csv.DictReader(handle)}
+
+
+def canonical(repo: Path, code: str) -> str:
+    """The earliest version recorded as the same computation as `code` (`code` itself when none is)."""
+    same_as, seen = equivalences(repo), {code}
+    while code in same_as and same_as[code] not in seen:
+        code = same_as[code]
+        seen.add(code)
+    return code
 
 
 def _git(repo: Path, *args: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from typing import Any
 
 from llama_pe.errors import LlamaPeError
 from llama_pe.settings.yaml12 import load_yaml
-from llama_pe.tracking.code_version import code_version, source_files, stage_definitions
+from llama_pe.tracking.code_version import code_version
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,16 @@ class Experiments:
 
     def __init__(self, repo: Path) -> None:
         self.repo = repo
-        self.code_paths = source_files(repo)
-        self.pipeline = stage_definitions((repo / "dvc.yaml").read_text(encoding="utf-8"))
-        self.code = code_version(repo)  # the workspace's, which every queued experiment runs
         self._params: dict[str, Any] = {}  # rev -> its params.yaml (a revision never changes)
-        self._same_code: dict[str, bool] = {}
+        self._codes: dict[str, str] = {}  # rev -> its code version
+        self._workspace_codes: dict[str, str] = {}  # a point's params -> the workspace's code version for them
+
+    def code_of(self, point: Any) -> str:
+        """The code version the workspace runs `point` with, which every queued experiment of it runs."""
+        key = json.dumps(point.params, sort_keys=True)
+        if key not in self._workspace_codes:
+            self._workspace_codes[key] = code_version(self.repo, params=point.params)
+        return self._workspace_codes[key]
 
     def records(self) -> list[dict[str, Any]]:
         """Every experiment: the finished ones of every commit (`dvc exp list`), the queue's (`dvc queue status`).
@@ -80,12 +86,9 @@ class Experiments:
             self._params[rev] = load_yaml(shown.stdout)
         if self._params[rev] != point.params:
             return False
-        if rev not in self._same_code:
-            shown = self._git("show", f"{rev}:dvc.yaml")
-            same_stages = shown.returncode == 0 and stage_definitions(shown.stdout) == self.pipeline
-            same_files = self._git("diff", "--quiet", rev, "--", *self.code_paths).returncode == 0
-            self._same_code[rev] = same_stages and same_files
-        return self._same_code[rev]
+        if rev not in self._codes:
+            self._codes[rev] = code_version(self.repo, rev)
+        return self._codes[rev] == self.code_of(point)
 
     def status(self, points: list[Any]) -> dict[Any, tuple[str, dict[str, Any] | None]]:
         """Each point's most advanced experiment and its state; ("missing", None) when it has none."""
