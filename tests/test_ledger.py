@@ -349,7 +349,7 @@ def test_runs_of_two_code_versions_are_grouped_apart_never_pooled(tmp_path):
         for r in ROWS
     ]
     ledger = written(tmp_path / "ledger.csv", [*ROWS, *newer])
-    from llama_pe.analysis.experiments import group_keys, summarize
+    from llama_pe.analysis.grouping import group_keys, summarize
 
     frame = ledger.frame()
     assert group_keys(frame) == ["model.pos", "code"]
@@ -360,7 +360,8 @@ def test_runs_of_two_code_versions_are_grouped_apart_never_pooled(tmp_path):
 
 
 def test_runs_of_two_machine_identities_are_other_groups_and_older_rows_read_without_the_new_columns(tmp_path):
-    from llama_pe.analysis.experiments import MACHINE, group_keys, iter_groups, machine_label
+    from llama_pe.analysis.experiments import MACHINE, machine_label
+    from llama_pe.analysis.grouping import group_keys, iter_groups
 
     older = written(tmp_path / "ledger.csv", ROWS)  # rows of older code: the CPU's model name alone
     assert "cpu_signature" not in older.columns

@@ -10,15 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from llama_pe.analysis.experiments import (
-    NOISE,
-    ReportError,
-    experiments_frame,
-    group_keys,
-    paired_differences,
-    select,
-    summarize,
-)
+from llama_pe.analysis.experiments import ReportError, experiments_frame, select
+from llama_pe.analysis.grouping import group_keys, summarize
+from llama_pe.analysis.pairing import NOISE, paired_differences
 from llama_pe.analysis.report_writer import write_report
 
 T_975 = {2: 4.302652729749462, 1: 12.706204736174707}  # Student's t 0.975 quantiles by degrees of freedom
@@ -391,7 +385,8 @@ def test_a_scaled_evaluation_is_drawn_in_its_runs_colour_and_a_line_style_of_its
 
 def test_one_rope_run_reports_its_scaled_evaluations_against_itself(tmp_path):
     # A fresh clone has no experiment, only the commit's own run: its groups are the scaling methods alone.
-    from llama_pe.analysis.experiments import SCALING, baseline_conditions, with_rope_scaling_rows
+    from llama_pe.analysis.experiments import SCALING, with_rope_scaling_rows
+    from llama_pe.analysis.pairing import baseline_conditions
 
     run = experiments_frame([{**ROPE[0], "ppl_at_8x": 400.0, "ppl_at_8x_yarn": 350.0}])
     assert baseline_conditions(run, []) == {}  # nothing that the default baseline names varies
@@ -676,7 +671,7 @@ def test_a_metric_of_a_layer_the_model_lacks_says_so(tmp_path):
 
 
 def test_timings_get_no_verdict_and_stay_out_of_the_headline(tmp_path):
-    from llama_pe.analysis.experiments import verdict
+    from llama_pe.analysis.pairing import verdict
     from llama_pe.metrics import METRICS, Role
 
     timings = ["tokens_per_sec"]
@@ -807,7 +802,7 @@ def test_every_metric_the_stages_record_is_one_row_of_the_metrics_table():
 
 
 def test_the_headline_and_the_verdict_direction_come_from_the_metrics_table(tmp_path):
-    from llama_pe.analysis.experiments import verdict
+    from llama_pe.analysis.pairing import verdict
     from llama_pe.metrics import DEFAULT_PRIMARY, is_judged
 
     write_report(experiments_frame(ROPE + ALIBI), tmp_path, {"model.pos": "rope"})
@@ -883,7 +878,8 @@ def test_next_to_seed_noise_the_smallest_detectable_difference(tmp_path):
 
 
 def test_an_evaluation_that_repeats_anothers_values_is_no_new_member_of_the_family():
-    from llama_pe.analysis.experiments import IDENTICAL, with_rope_scaling_rows
+    from llama_pe.analysis.experiments import with_rope_scaling_rows
+    from llama_pe.analysis.pairing import IDENTICAL
 
     rope = [
         {**r, "ppl_at_8x": 400.0 + s, "ppl_at_8x_yarn": 300.0 + 2 * s, "sliding_ppl_at_1x": 150.0 + s}
@@ -1058,7 +1054,7 @@ def disagreeing_sweep() -> list[dict]:
 
 
 def test_select_picks_by_validation_loss_never_by_test_metrics(tmp_path):
-    from llama_pe.analysis.experiments import select_by_validation
+    from llama_pe.analysis.selection import select_by_validation
 
     frame = experiments_frame(disagreeing_sweep())
     chosen, table = select_by_validation(frame, "train.lr")
@@ -1095,7 +1091,7 @@ def close_sweep(second_seed: dict[float, float] | None, later: dict[float, float
 
 
 def test_within_the_margin_the_first_two_seeds_decide_and_later_seeds_never_do():
-    from llama_pe.analysis.experiments import select_by_validation
+    from llama_pe.analysis.selection import select_by_validation
 
     frame = close_sweep({0.001: 5.10, 0.002: 5.02})  # on seeds 0-1: 5.05 against 5.015
     chosen, table = select_by_validation(frame, "train.lr")
@@ -1109,7 +1105,7 @@ def test_within_the_margin_the_first_two_seeds_decide_and_later_seeds_never_do()
 
 
 def test_a_close_call_without_the_second_seed_is_flagged_not_hidden():
-    from llama_pe.analysis.experiments import select_by_validation
+    from llama_pe.analysis.selection import select_by_validation
 
     _, table = select_by_validation(close_sweep({0.001: 5.0}), "train.lr")  # 0.002 lacks seed 1
     assert table["chosen"].tolist() == [0.001]
@@ -1117,7 +1113,7 @@ def test_a_close_call_without_the_second_seed_is_flagged_not_hidden():
 
 
 def test_two_swept_keys_are_chosen_together_and_each_value_needs_the_first_seed():
-    from llama_pe.analysis.experiments import select_by_validation
+    from llama_pe.analysis.selection import select_by_validation
 
     runs = [
         swept("t5", lr, seed, val, 300.0) | {"train.pos_lr_scale": scale}
@@ -1135,7 +1131,7 @@ def test_two_swept_keys_are_chosen_together_and_each_value_needs_the_first_seed(
 
 
 def test_select_of_a_key_that_is_not_swept_is_named():
-    from llama_pe.analysis.experiments import select_by_validation
+    from llama_pe.analysis.selection import select_by_validation
 
     frame = experiments_frame(ROPE + ALIBI)
     with pytest.raises(

@@ -30,15 +30,8 @@ from typing import Any
 
 import pandas as pd
 
-from llama_pe.analysis.experiments import (
-    CODE,
-    MACHINE,
-    MACHINE_IDENTITY,
-    PARAM_SECTIONS,
-    SEED,
-    SELECTION_METRIC,
-    machine_label,
-)
+from llama_pe.analysis.experiments import CODE, MACHINE, MACHINE_IDENTITY, PARAM_SECTIONS, SEED, machine_label
+from llama_pe.analysis.selection import SELECTION_METRIC
 from llama_pe.errors import LlamaPeError
 from llama_pe.io import atomic_path
 from llama_pe.metrics import Role, has_role

@@ -8,7 +8,9 @@ import math
 
 import pandas as pd
 
-from llama_pe.analysis.experiments import CONTEXT_METRIC, ONE_PAIR, context_multiple, iter_groups, null_reason
+from llama_pe.analysis.experiments import CONTEXT_METRIC, context_multiple
+from llama_pe.analysis.grouping import iter_groups, null_reason
+from llama_pe.analysis.pairing import ONE_PAIR
 from llama_pe.analysis.statistics import t_interval
 
 # Each token scored with the train.context tokens before it at most: what the model does with a local window alone.

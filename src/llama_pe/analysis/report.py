@@ -12,19 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from llama_pe.analysis.experiments import (
-    CODE,
-    ReportError,
-    baseline_conditions,
-    experiments_frame,
-    primary_endpoints,
-    read_experiments,
-    read_val_curves,
-    select,
-    select_by_validation,
-)
+from llama_pe.analysis.experiments import CODE, ReportError, experiments_frame, read_experiments, select
 from llama_pe.analysis.ledger import Ledger
+from llama_pe.analysis.pairing import baseline_conditions, primary_endpoints, read_val_curves
 from llama_pe.analysis.report_writer import write_report
+from llama_pe.analysis.selection import select_by_validation
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from llama_pe.analysis.experiments import CONTEXT_METRIC, SCALING, context_multiple, iter_groups, short_label
+from llama_pe.analysis.experiments import CONTEXT_METRIC, SCALING, context_multiple
+from llama_pe.analysis.grouping import iter_groups, short_label
 from llama_pe.analysis.statistics import t_interval
 from llama_pe.figures import plain_log_y, save_figure
 from llama_pe.positions.rope_scaling import ROPE_SCALING_METHODS

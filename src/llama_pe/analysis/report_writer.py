@@ -19,20 +19,16 @@ import pandas as pd
 from llama_pe.analysis.experiments import (
     CODE,
     CONTEXT_METRIC,
-    NOISE,
     SCALING,
     SEED,
-    SELECTION_MARGIN,
     ReportError,
-    check_one_run_per_seed,
-    group_keys,
-    iter_groups,
     matching,
-    paired_differences,
-    summarize,
     with_rope_scaling_rows,
 )
+from llama_pe.analysis.grouping import check_one_run_per_seed, group_keys, iter_groups, summarize
 from llama_pe.analysis.local_window import HURT, LOCAL_WINDOW, NO_GAIN, USES_CONTEXT, local_window_verdicts
+from llama_pe.analysis.pairing import NOISE, paired_differences
+from llama_pe.analysis.selection import SELECTION_MARGIN
 from llama_pe.analysis.statistics import ALPHA, POWER
 from llama_pe.analysis.verdict_table import verdict_markdown
 from llama_pe.io import atomic_path, write_text

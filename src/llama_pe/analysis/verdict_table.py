@@ -10,7 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from llama_pe.analysis.experiments import SCALING, iter_groups, matching
+from llama_pe.analysis.experiments import SCALING, matching
+from llama_pe.analysis.grouping import iter_groups
 
 AT_L = "best_val_loss"  # the selection metric, on validation: at the training length
 AT_LONGEST = "ppl_at_8x"  # test perplexity at 8 × train.context: how an encoding extrapolates

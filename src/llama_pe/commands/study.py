@@ -87,7 +87,8 @@ def check_baseline_in_grid(points: list[Point], baseline: list[str]) -> None:
     hours and then stop at its report."""
     import pandas as pd
 
-    from llama_pe.analysis.experiments import SCALING, baseline_conditions, matching
+    from llama_pe.analysis.experiments import SCALING, matching
+    from llama_pe.analysis.pairing import baseline_conditions
 
     frame = pd.DataFrame([flat_params(point.params) for point in points])
     trained = [condition for condition in baseline if condition.partition("=")[0] != SCALING]  # scaling: a report view
@@ -365,21 +366,17 @@ def study(
     A report of new runs changes a committed report in out_dir: without `force` that is refused before anything is
     queued, not after the training; with nothing to queue, the report is written if it changes no committed file.
     select_key: report each group at the best value of these swept keys (comma-separated) by validation loss
-        (llama_pe.analysis.experiments.select_by_validation).
+        (llama_pe.analysis.selection.select_by_validation).
     primary: the report's headline metrics, as for `llama-pe report --primary`, checked before anything is queued.
     ledger_path: where finished runs are kept; by default out_dir's own ledger (LEDGER_NAME). A file git tracks is
         written only when named here: a trial study must not add rows to a committed study's record.
     """
     from tqdm import tqdm
 
-    from llama_pe.analysis.experiments import (
-        ReportError,
-        baseline_conditions,
-        primary_endpoints,
-        read_val_curves,
-        select_by_validation,
-    )
+    from llama_pe.analysis.experiments import ReportError
+    from llama_pe.analysis.pairing import baseline_conditions, primary_endpoints, read_val_curves
     from llama_pe.analysis.report_writer import refuse_committed_folder, write_report
+    from llama_pe.analysis.selection import select_by_validation
 
     if jobs < 1:
         raise StudyError(f"--jobs: expected a number of queue workers >= 1, got {jobs}")

@@ -7,9 +7,9 @@ tried again before it counts as failed.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-import json
 import subprocess
 import time
 from collections.abc import Iterator
