@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from llama_pe.commands import bench
+from llama_pe.commands import bench, bench_measure, bench_results
 from llama_pe.commands.cli import main
 from llama_pe.positions.catalogue import ENCODINGS
 from llama_pe.settings.config import SIZES
@@ -171,28 +171,28 @@ JUDGED = {
 def test_a_figure_is_noise_where_its_spread_across_rounds_exceeds_its_distance_from_its_null(
     value, per_round, null, verdict
 ):
-    judged = bench.judge(value, per_round, null)
+    judged = bench_results.judge(value, per_round, null)
     assert judged["verdict"] == verdict
     assert judged["spread"] == pytest.approx(max(per_round) - min(per_round))
     assert judged["per_round"] == per_round
 
 
 def test_one_round_measures_no_spread_so_its_figure_is_unverified():
-    assert bench.judge(-5.599, [-5.599], null=0.0) == {"per_round": [-5.599], "spread": None, "verdict": "unmeasured"}
+    assert bench_results.judge(-5.599, [-5.599], null=0.0) == {"per_round": [-5.599], "spread": None, "verdict": "unmeasured"}
 
 
 def test_drift_that_a_round_shares_cancels_in_its_ratio():
     """Each variant's own speed moves by half across the rounds; their ratio, taken round by round, does not."""
-    ratio, judged = bench.versus([110.0, 165.0, 220.0], [100.0, 150.0, 200.0])
+    ratio, judged = bench_results.versus([110.0, 165.0, 220.0], [100.0, 150.0, 200.0])
     assert ratio == pytest.approx(1.1) and judged["spread"] == pytest.approx(0.0) and judged["verdict"] == "holds"
-    ratio, judged = bench.versus([110.0, 150.0, 200.0], [100.0, 150.0, 220.0])  # 1.1, 1.0, 0.91: noise
+    ratio, judged = bench_results.versus([110.0, 150.0, 200.0], [100.0, 150.0, 220.0])  # 1.1, 1.0, 0.91: noise
     assert ratio == pytest.approx(1.0) and judged["verdict"] == "noise"
 
 
 def test_a_row_against_itself_is_one_by_definition_even_in_one_round():
     speeds = [123.0]
-    assert bench.versus(speeds, speeds) == (1.0, {"per_round": [1.0], "spread": 0.0, "verdict": "itself"})
-    assert bench.versus(speeds, [123.0])[1]["verdict"] == "unmeasured"  # another variant at the same speed
+    assert bench_results.versus(speeds, speeds) == (1.0, {"per_round": [1.0], "spread": 0.0, "verdict": "itself"})
+    assert bench_results.versus(speeds, [123.0])[1]["verdict"] == "unmeasured"  # another variant at the same speed
 
 
 def synthetic_results(train: dict[str, list[float]]) -> dict:
@@ -200,11 +200,11 @@ def synthetic_results(train: dict[str, list[float]]) -> dict:
     figures = {}
     for name, speeds in train.items():
         pos, dropout = name.split()
-        figures[bench.Variant("native", pos, float(dropout))] = bench.Figures(
+        figures[bench_measure.Variant("native", pos, float(dropout))] = bench_measure.Figures(
             train_tokens_per_sec=speeds, eval_tokens_per_sec=speeds, peak_memory_mb=100.0, flops_per_token=1e6, params=1
         )
     settings = {"rounds": len(next(iter(train.values())))}
-    return bench._results(list(figures), figures, 1e12, torch.device("cpu"), "fp32", {}, settings)
+    return bench_results._results(list(figures), figures, 1e12, torch.device("cpu"), "fp32", {}, settings)
 
 
 def cells(text: str, variant: str) -> list[str]:
@@ -225,7 +225,7 @@ def test_the_table_marks_each_figure_within_its_spread_and_explains_the_mark():
             "nope 0.1": [88.0, 104.0, 120.0],  # costs 1.0% of nope 0, rounds 0% to 2.2%: noise
         }
     )
-    text = bench.table(results)
+    text = bench_results.table(results)
     assert cells(text, "rope native dropout 0")[VS_ROPE] == "1.00×"
     assert cells(text, "alibi native dropout 0")[VS_ROPE] == "1.21×"
     assert cells(text, "nope native dropout 0")[VS_ROPE] == "1.05×~"
@@ -243,7 +243,7 @@ def test_the_table_marks_each_figure_within_its_spread_and_explains_the_mark():
 def test_one_round_marks_every_measured_figure_unverified_as_its_warning_says():
     """The issue's run: one round, dropout 0.1 timed 6.6 times faster than dropout 0."""
     results = synthetic_results({"rope 0": [100.0], "alibi 0": [107.0], "rope 0.1": [660.0]})
-    text = bench.table(results)
+    text = bench_results.table(results)
     assert cells(text, "rope native dropout 0")[VS_ROPE] == "1.00×"  # itself: nothing to verify
     assert cells(text, "alibi native dropout 0")[VS_ROPE] == "1.07×?"
     assert "rope native dropout 0.1: -560.0%?" in text

@@ -308,7 +308,8 @@ def main(argv: list[str] | None = None) -> None:
             )
 
     def bench_command() -> None:
-        from llama_pe.commands.bench import bench, parse_dropouts, table
+        from llama_pe.commands.bench import bench, parse_dropouts
+        from llama_pe.commands.bench_results import table
 
         results = bench(
             Path(args.out),
