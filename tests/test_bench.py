@@ -178,7 +178,11 @@ def test_a_figure_is_noise_where_its_spread_across_rounds_exceeds_its_distance_f
 
 
 def test_one_round_measures_no_spread_so_its_figure_is_unverified():
-    assert bench_results.judge(-5.599, [-5.599], null=0.0) == {"per_round": [-5.599], "spread": None, "verdict": "unmeasured"}
+    assert bench_results.judge(-5.599, [-5.599], null=0.0) == {
+        "per_round": [-5.599],
+        "spread": None,
+        "verdict": "unmeasured",
+    }
 
 
 def test_drift_that_a_round_shares_cancels_in_its_ratio():

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from llama_pe.analysis.ledger import Ledger, LedgerError, flat_params
-from llama_pe.commands.study import StudyError, branch_kept, parse_grid, split_values
+from llama_pe.commands.study import StudyError, branch_kept
+from llama_pe.commands.study_grid import parse_grid, split_values
 from llama_pe.positions.catalogue import ENCODINGS
 from llama_pe.positions.rope_scaling import ROPE_SCALING_METHODS
 from tests.conftest import committed_path, committed_text, generate_corpus, make_dvc_project, run, tiny_pipeline_params
