@@ -13,7 +13,7 @@ import torch
 from llama_pe.commands import bench, bench_measure, bench_results
 from llama_pe.commands.cli import main
 from llama_pe.positions.catalogue import ENCODINGS
-from llama_pe.settings.config import SIZES
+from llama_pe.settings.architecture import SIZES
 from tests.conftest import REPO_ROOT, committed_path
 
 # What measures or builds: none of it may run before every option is checked.

@@ -20,7 +20,7 @@ from llama_pe.analysis.experiments import (
     param_columns,
 )
 from llama_pe.analysis.statistics import t_interval
-from llama_pe.settings.config import SIZES
+from llama_pe.settings.architecture import SIZES
 
 # ---------------------------------------------------------------------------------------------- aggregation
 

@@ -47,7 +47,8 @@ from llama_pe.core.generate import generate, stream_tokens
 from llama_pe.errors import ConfigError
 from llama_pe.io import write_json
 from llama_pe.positions.catalogue import encoding, hf_encoding
-from llama_pe.settings.config import SIZES, TrainConfig
+from llama_pe.settings.architecture import SIZES
+from llama_pe.settings.config import TrainConfig
 from llama_pe.settings.yaml12 import load_yaml
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from llama_pe.metrics import DEFAULT_PRIMARY
 from llama_pe.positions.catalogue import ENCODINGS
-from llama_pe.settings.config import SIZES, TrainConfig
+from llama_pe.settings.architecture import SIZES
+from llama_pe.settings.config import TrainConfig
 from llama_pe.settings.stage import run_stage
 
 

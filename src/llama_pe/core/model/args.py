@@ -9,7 +9,8 @@ from typing import Any
 
 from llama_pe.errors import ConfigError
 from llama_pe.positions.catalogue import complete_settings, settings_of_every_encoding, validate_encoding
-from llama_pe.settings.config import SIZES, Architecture, ModelConfig
+from llama_pe.settings.architecture import SIZES, Architecture
+from llama_pe.settings.config import ModelConfig
 
 __all__ = ["SIZES", "ModelArgs", "model_args_from_config"]
 
