@@ -14,6 +14,7 @@ from tests.conftest import REPO_ROOT
 from tests.test_encodings import NEW_ENCODING
 
 ROPE, ALIBI = {"model": {"pos": "rope"}}, {"model": {"pos": "alibi"}}
+OPTIMIZER = "src/llama_pe/core/optimizer.py"  # the learning-rate schedule, which every run computes
 
 
 def git(repo: Path, *args: str) -> str:
@@ -78,23 +79,23 @@ def test_a_pure_refactor_keeps_the_code_version(project):
     )
     edit(
         project,
-        "src/llama_pe/core/train.py",
+        OPTIMIZER,
         "def lr_at(step: int, cfg: TrainConfig) -> float:",
         "def lr_at(step,  cfg):  # moved nowhere",
     )
     assert code_version(project, params=ROPE) == before
     # A function moved to a module of its own, imported from there: the same statements, elsewhere.
-    train = project / "src/llama_pe/core/train.py"
-    text = train.read_text()
+    optimizer = project / OPTIMIZER
+    text = optimizer.read_text()
     start = text.index("def lr_at(")
     end = text.index("\n\n\n", start)
     (project / "src/llama_pe/core/schedule.py").write_text(
         "import math\n\nfrom llama_pe.settings.config import TrainConfig\n\n\n" + text[start:end] + "\n"
     )
     header = text[:start].replace(
-        "from llama_pe.io import", "from llama_pe.core.schedule import lr_at\nfrom llama_pe.io import"
+        "from llama_pe.settings", "from llama_pe.core.schedule import lr_at\nfrom llama_pe.settings"
     )
-    train.write_text(header + text[end + 3 :])
+    optimizer.write_text(header + text[end + 3 :])
     git(project, "add", "-A")
     assert code_version(project, params=ROPE) == before
     # ... but a change of a statement is a change of the computation.
@@ -104,7 +105,7 @@ def test_a_pure_refactor_keeps_the_code_version(project):
 
 def test_a_recorded_equivalence_names_the_new_version_as_the_old(project):
     old = code_version(project, params=ROPE)
-    edit(project, "src/llama_pe/core/train.py", "def lr_at(", "def learning_rate_at(")  # a rename: a new version
+    edit(project, OPTIMIZER, "def lr_at(", "def learning_rate_at(")  # a rename: a new version
     new = raw_code_version(project, params=ROPE)
     assert new != old and code_version(project, params=ROPE) == new
     (project / "reports").mkdir()

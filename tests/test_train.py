@@ -16,14 +16,8 @@ from llama_pe.core.checkpoint import load_checkpoint
 from llama_pe.core.data.batches import BatchSampler, eval_windows
 from llama_pe.core.device import cpu_model, resolve_device
 from llama_pe.core.model import build_model
-from llama_pe.core.train import (
-    Paths,
-    TrainingError,
-    lr_at,
-    make_optimizer,
-    train,
-    unigram_loss,
-)
+from llama_pe.core.optimizer import lr_at, make_optimizer
+from llama_pe.core.train import Paths, TrainingError, train, unigram_loss
 from llama_pe.errors import DataError
 from llama_pe.positions.catalogue import ENCODINGS, hf_encoding
 from llama_pe.settings.config import ConfigError

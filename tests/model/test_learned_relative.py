@@ -63,7 +63,7 @@ def test_fire_bias_at_known_inputs():
 
 
 def test_learned_relative_parameters_are_not_weight_decayed():
-    from llama_pe.core.train import make_optimizer
+    from llama_pe.core.optimizer import make_optimizer
     from tests.conftest import make_config
 
     cfg = make_config().train

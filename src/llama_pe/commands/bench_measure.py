@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from llama_pe.core.model import build_model, model_args_from_config
-from llama_pe.core.train import make_optimizer, train_step
+from llama_pe.core.optimizer import make_optimizer
+from llama_pe.core.train import train_step
 from llama_pe.settings.config import Config, TrainConfig, config_from_dict
 
 VOCAB = 8192  # the default tokenizer's
