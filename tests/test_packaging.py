@@ -117,3 +117,23 @@ def test_the_cycle_check_sees_a_loop_through_a_lazy_import(tmp_path):
     (package / "low.py").write_text("def f():\n    from llama_pe import high\n")
     (package / "high.py").write_text("from llama_pe.low import f\n")
     assert import_cycles(tmp_path) == [["llama_pe/high.py", "llama_pe/low.py"]]
+
+
+MAX_MODULE_LINES = 400  # a module longer than this holds two concerns: split it by what it holds
+
+
+def test_every_module_of_the_library_and_stages_is_at_most_400_lines():
+    files = [*(SOURCE_ROOT / "llama_pe").rglob("*.py"), *(REPO_ROOT / "stages").glob("*.py")]
+    long = {
+        str(f.relative_to(REPO_ROOT)): n for f in files if (n := len(f.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert len(files) > 40 and not long, f"over {MAX_MODULE_LINES} lines: {long}"
+
+
+def test_the_library_is_its_wings_and_the_few_modules_they_share():
+    package = SOURCE_ROOT / "llama_pe"
+    wings = sorted(p.name for p in package.iterdir() if (p / "__init__.py").is_file())
+    shared = sorted(p.name for p in package.glob("*.py") if p.name != "__init__.py")
+    assert wings == ["analysis", "commands", "core", "positions", "settings", "tracking"]
+    # What every wing imports: errors, atomic writes, the figures' basics, the metrics' names, the import walk.
+    assert shared == ["errors.py", "figures.py", "io.py", "metrics.py", "provenance.py"]
