@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import subprocess
 import sys
@@ -228,52 +229,89 @@ def test_a_committed_report_is_refused_before_anything_is_queued(tmp_path, monke
     assert queued == ["rope native seed 0"] * 2
 
 
-def test_an_experiment_that_finishes_between_the_two_reads_of_a_poll_is_not_taken_for_gone():
-    """CI saw it with two workers: the last experiment was neither listed nor in the queue, and the study stopped."""
+def shown(*experiments: tuple[str, str, str | None]) -> str:
+    """`dvc exp show --json` of one baseline with these (name, rev, executor state) experiments, as DVC 3 gives it."""
+    entries = [
+        {
+            "name": name,
+            "executor": None if state is None else {"state": state, "name": "dvc-task", "local": {}},
+            "revs": [{"rev": rev, "name": name, "data": {}, "error": None, "experiments": None}],
+        }
+        for name, rev, state in experiments
+    ]
+    return json.dumps([{"rev": "workspace"}, {"rev": "b" * 40, "name": "main", "experiments": entries}])
+
+
+def test_an_experiment_that_finishes_between_two_polls_is_running_then_done_never_missing():
+    """CI saw it when the state came from two reads (the queue's, then the list's): the last experiment was in
+    neither, and the study stopped. One structured read gives each experiment once, with its executor's state."""
     from llama_pe.commands import study as study_module
 
-    reads: list[str] = []
+    polls = iter(
+        [
+            shown(("valid-slew", "5" * 40, "running"), ("next-one", "6" * 40, "queued")),
+            shown(("valid-slew", "a" * 40, "success"), ("next-one", "6" * 40, "running")),
+            shown(("valid-slew", "a" * 40, None), ("next-one", "7" * 40, "failed")),  # its task record cleaned up
+        ]
+    )
+    asked = []
 
-    def dvc(*args: str) -> str:  # the experiment finishes right after the poll's first read
-        finished = len(reads) >= 1
-        reads.append(args[0])
-        if args[0] == "queue":
-            state = "Success" if finished else "Running"
-            return f"ab6aa50  valid-slew  02:13 AM   {state}\n\nWorker status: 1 active, 0 idle\n"
-        return "master:\n\tab6aa50 [valid-slew]\n" if finished else ""
+    def dvc(*args: str) -> str:
+        asked.append(args)
+        return next(polls)
 
     experiments = study_module.Experiments.__new__(study_module.Experiments)  # no repository needed to read
     experiments._dvc = dvc
-    states = {r["state"] for r in experiments.records() if r["Experiment"] == "valid-slew"}
-    assert states & {"running", "done"}, f"valid-slew is {states or 'in neither read'}"
+    experiments._baselines = lambda: ["HEAD", "c" * 40]
+    states = [{r["Experiment"]: (r["state"], r["rev"][0]) for r in experiments.records()} for _ in range(3)]
+    assert states == [
+        {"valid-slew": ("running", "5"), "next-one": ("queued", "6")},
+        {"valid-slew": ("done", "a"), "next-one": ("running", "6")},
+        {"valid-slew": ("done", "a"), "next-one": ("failed", "7")},
+    ]
+    assert asked[0] == ("exp", "show", "--json", "--no-fetch", "--rev", "HEAD", "--rev", "c" * 40)
 
 
-def test_a_read_of_the_queue_that_fails_once_is_read_again_and_three_failures_stop_the_study(monkeypatch):
-    """`dvc queue status` failed once on a result file a worker was writing; the study stopped after an hour's runs."""
+def test_a_read_that_fails_or_hangs_is_read_again_and_three_failures_stop_the_study(monkeypatch):
+    """A read failed once on a result file a worker was writing; the study stopped after an hour's runs."""
     from llama_pe.commands import study as study_module
+    from llama_pe.tracking import dvc_queue
 
     outputs = iter(
         [
             (255, "ERROR: unexpected error - Expecting value: line 1 column 1 (char 0)\n"),
-            (0, "ab6aa50  valid-slew  02:13 AM   Running\n\nWorker status: 1 active, 0 idle\n"),
+            (None, ""),  # no answer: cut after READ_TIMEOUT_S
+            (0, shown(("valid-slew", "a" * 40, "running"))),
         ]
     )
 
     def run(command, **kwargs):
+        assert kwargs["timeout"] == dvc_queue.READ_TIMEOUT_S
         code, text = next(outputs)
+        if code is None:
+            raise subprocess.TimeoutExpired(command, kwargs["timeout"])
         return subprocess.CompletedProcess(command, code, stdout=text, stderr="")
-
-    from llama_pe.tracking import dvc_queue
 
     monkeypatch.setattr(dvc_queue.subprocess, "run", run)
     monkeypatch.setattr(dvc_queue, "READ_RETRY_DELAY_S", 0.0)
     experiments = study_module.Experiments.__new__(study_module.Experiments)
     experiments.repo = Path(".")
-    assert "valid-slew" in experiments._dvc("queue", "status")
+    experiments._baselines = lambda: ["HEAD"]
+    assert [r["Experiment"] for r in experiments.records()] == ["valid-slew"]
 
     outputs = iter([(255, "ERROR: unexpected error\n")] * dvc_queue.READ_ATTEMPTS)
-    with pytest.raises(StudyError, match=r"dvc queue status failed 3 times:\n.*unexpected error"):
-        experiments._dvc("queue", "status")
+    with pytest.raises(StudyError, match=r"dvc exp show failed 3 times:\n.*unexpected error"):
+        experiments.records()
+
+
+def test_the_baselines_are_head_and_every_commit_an_experiment_hangs_from(tmp_path):
+    from llama_pe.tracking.dvc_queue import Experiments
+
+    repo = git_repo_with_two_commits(tmp_path)
+    first, second = (git(repo, "rev-parse", rev).strip() for rev in ("HEAD~1", "HEAD"))
+    for commit, name in ((first, "old-exp"), (second, "new-exp")):
+        git(repo, "update-ref", f"refs/exps/{commit[:2]}/{commit[2:]}/{name}", commit)
+    assert Experiments(repo)._baselines() == ["HEAD", *sorted({first, second})]
 
 
 def ledger_row(point, code: str, loss: float) -> dict:

@@ -1,15 +1,14 @@
 """`llama-pe study`: a grid of experiments run on DVC's own queue, waited for, kept in the ledger, then reported.
 
 A grid point is a set of `-S KEY=VALUE` overrides: the encodings × seeds × every `--sweep` value. DVC does the
-work: `dvc exp run --queue` queues a point, `dvc queue start` runs the queue, `dvc exp list` and `dvc queue status`
-tell each experiment's state and `dvc queue logs` why one failed. This module only decides what to queue, waits,
+work: `dvc exp run --queue` queues a point, `dvc queue start` runs the queue, `dvc exp show --json` tells each
+experiment's state and `dvc queue logs` why one failed. This module only decides what to queue, waits,
 and writes each finished experiment into the ledger (llama_pe.analysis.ledger) as soon as it sees it finished.
 
 A point is not queued again when the ledger holds it (the same params and code version, from any machine), or when
 an experiment for it already exists (finished, queued or running): one whose params.yaml is what the overrides make
-of the workspace's, whose stages run the same commands on the same dependencies and params (dvc.yaml), and whose
-source files (every git-tracked dependency of those stages) are the workspace's. An experiment made by other code
-is not the same experiment, even with the same params.
+of the workspace's and whose code version (llama_pe.tracking.code_version) is what the workspace runs for it. An
+experiment made by other code is not the same experiment, even with the same params.
 """
 
 from __future__ import annotations
@@ -36,6 +35,8 @@ from llama_pe.tracking.dvc_queue import (
 
 log = logging.getLogger(__name__)
 
+# A grid point that DVC shows nowhere while nothing is queued or running is taken for gone only after this long:
+# between its queueing and its worker's start a task can be in no state DVC shows (seen in CI under load, DVC 3.67).
 GONE_AFTER_S = 60.0
 
 
@@ -50,7 +51,7 @@ def grid_status(
     experiments: Experiments, ledger: Ledger, points: list[Point]
 ) -> dict[Point, tuple[str, dict[str, Any] | None]]:
     """Each point's state: done when the ledger holds it (its row, with "ledger": True), else its most advanced
-    experiment's (the record `dvc exp list` or `dvc queue status` gives), else ("missing", None)."""
+    experiment's (as `dvc exp show --json` gives it), else ("missing", None)."""
     status: dict[Point, tuple[str, dict[str, Any] | None]] = {}
     for point in points:
         row = ledger.holds(flat_params(point.params), experiments.code_of(point))

@@ -179,8 +179,3 @@ def _apply(params_file: Path, overrides: tuple[str, ...], label: str) -> dict[st
     except LlamaPeError as err:
         raise StudyError(f"{label}: {err}") from None
     return params
-
-
-# A grid point that DVC shows nowhere while nothing is queued or running is taken for gone only
-# after this long: as one task ends and the next starts, `dvc queue status` can show the next in neither state
-# (seen in CI under load, DVC 3.67: the second of two experiments vanished for a poll as the first finished).

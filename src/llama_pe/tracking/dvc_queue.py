@@ -1,8 +1,9 @@
 """The one place the study talks to DVC's queue and git: what experiments exist and in what state, queueing a
 point, starting the workers, the log of a failed one, and keeping HEAD on its branch while DVC queues.
 
-`dvc exp list` and `dvc queue status` are read (llama_pe.commands.study decides what to queue and waits); every read is
-tried again before it counts as failed.
+Experiments and the queue are read through DVC's structured interface, `dvc exp show --json`, which gives each
+experiment and queued task with its executor's state in one read (llama_pe.commands.study decides what to queue and
+waits); every read has a time limit and is tried again before it counts as failed.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ log = logging.getLogger(__name__)
 
 # How far each state is from done; a point shows the most advanced of its experiments.
 STATES = ("done", "running", "queued", "failed")
-# `dvc exp list --all-commits`: "\t28418b9 [aloof-mice]" under each baseline.
-FINISHED = re.compile(r"^\s+([0-9a-f]{7,40}) \[([^\]]+)\]$", re.MULTILINE)
-# `dvc queue status`: "ab6aa50  valid-slew  02:13 AM   Running".
-QUEUE_ENTRY = re.compile(r"^([0-9a-f]{7,40})\s+(\S+)\s.*?\b(Queued|Running|Failed|Success)\s*$", re.MULTILINE)
+# `dvc exp show --json`'s executor states, as the study's; an experiment without an executor is a finished one
+# whose ref DVC holds (its task's record gone: cleaned up, or fetched from another machine).
+EXECUTOR_STATES = {"success": "done", "running": "running", "queued": "queued", "failed": "failed", None: "done"}
+READ_TIMEOUT_S = 300.0  # a read of the experiments; one that hangs (a worker deleting its repo as it is read) is cut
 
 
 class StudyError(LlamaPeError, ValueError):
@@ -59,23 +60,27 @@ class Experiments:
         return self._workspace_codes[key]
 
     def records(self) -> list[dict[str, Any]]:
-        """Every experiment: the finished ones of every commit (`dvc exp list`), the queue's (`dvc queue status`).
-
-        Not `dvc exp show`: while an experiment finishes it reads the experiment's temporary repo as DVC deletes
-        it, and can wait forever (seen with DVC 3.67); these two read only refs and the queue.
-
-        The queue is read first. DVC fetches an experiment's ref before its task ends, so one that finishes between
-        the two reads is running in the first and listed in the second; read the other way round, it would be in
-        neither (not yet listed, then a success, which is left to the list) and the study would call it gone.
-        """
-        queue = self._dvc("queue", "status")
-        # Every commit's: a point made at an earlier commit with today's code is still that point.
-        listed = self._dvc("exp", "list", "--all-commits")
-        records = [{"Experiment": name, "rev": rev, "state": "done"} for rev, name in FINISHED.findall(listed)]
-        for rev, name, state in QUEUE_ENTRY.findall(queue):
-            if state != "Success":  # a success is a finished experiment, listed above
-                records.append({"Experiment": name, "rev": rev, "state": state.lower()})
+        """Every experiment of HEAD and of every commit that experiments hang from, and every queued task, each
+        with its state: one `dvc exp show --json` read, so a point that finishes between two reads is running in
+        the first and done in the second, never in neither."""
+        shown = json.loads(
+            self._dvc("exp", "show", "--json", "--no-fetch", *(a for b in self._baselines() for a in ("--rev", b)))
+        )
+        records = []
+        for baseline in shown if isinstance(shown, list) else []:
+            for experiment in baseline.get("experiments") or []:
+                state = EXECUTOR_STATES.get((experiment.get("executor") or {}).get("state"), "failed")
+                for rev in experiment.get("revs") or []:
+                    records.append(
+                        {"Experiment": rev.get("name") or experiment.get("name"), "rev": rev["rev"], "state": state}
+                    )
         return records
+
+    def _baselines(self) -> list[str]:
+        """HEAD (where the study queues) and every commit an experiment's ref names (refs/exps/ab/cdef.../name)."""
+        refs = self._git("for-each-ref", "--format=%(refname)", "refs/exps").stdout.split()
+        found = {f"{parts[2]}{parts[3]}" for ref in refs if len(parts := ref.split("/")) == 5 and len(parts[2]) == 2}
+        return ["HEAD", *sorted(found)]
 
     def matches(self, point: Any, record: dict[str, Any]) -> bool:
         rev = record["rev"]
@@ -104,18 +109,26 @@ class Experiments:
         return _git(self.repo, *args)
 
     def _dvc(self, *args: str) -> str:
-        """A read (`queue status`, `exp list`), tried again before it counts as failed: `dvc queue status` can fail
-        once on a task's result file that a worker is still writing ("unexpected error - Expecting value: line 1
-        column 1", seen with DVC 3.67 and two workers; treeverse/dvc#8014 is the same kind), and one failed read
-        must not stop a study of hours."""
+        """A read, cut after READ_TIMEOUT_S and tried again before it counts as failed: a read can fail once on a
+        task's result file that a worker is still writing ("unexpected error - Expecting value: line 1 column 1",
+        seen with DVC 3.67 and two workers; treeverse/dvc#8014 is the same kind), or wait on an experiment's
+        temporary repo that DVC deletes as it finishes, and one failed read must not stop a study of hours."""
         for attempt in range(1, READ_ATTEMPTS + 1):
-            done = subprocess.run(["dvc", *args], cwd=self.repo, capture_output=True, text=True)
-            if done.returncode == 0:
+            try:
+                done = subprocess.run(
+                    ["dvc", *args], cwd=self.repo, capture_output=True, text=True, timeout=READ_TIMEOUT_S
+                )
+                output, ok = done.stdout + done.stderr, done.returncode == 0
+            except subprocess.TimeoutExpired:
+                output, ok = f"no answer in {READ_TIMEOUT_S:g} s", False
+            if ok:
                 return done.stdout
             if attempt < READ_ATTEMPTS:
-                log.warning("dvc %s failed (attempt %d of %d), reading again", " ".join(args), attempt, READ_ATTEMPTS)
+                log.warning(
+                    "dvc %s failed (attempt %d of %d), reading again", " ".join(args[:2]), attempt, READ_ATTEMPTS
+                )
                 time.sleep(READ_RETRY_DELAY_S)
-        raise StudyError(f"dvc {' '.join(args)} failed {READ_ATTEMPTS} times:\n{_tail(done.stdout + done.stderr)}")
+        raise StudyError(f"dvc {' '.join(args[:2])} failed {READ_ATTEMPTS} times:\n{_tail(output)}")
 
 
 # ---------------------------------------------------------------------------------------------- running
