@@ -109,7 +109,7 @@ def test_a_recorded_equivalence_names_the_new_version_as_the_old(project):
     new = raw_code_version(project, params=ROPE)
     assert new != old and code_version(project, params=ROPE) == new
     (project / "reports").mkdir()
-    (project / "reports/same_computation.csv").write_text(f"code,same_as,evidence\n{new},{old},a test's reruns\n")
+    (project / "reports/same_computation.csv").write_text(f"kind,value,same_as,evidence\ncode,{new},{old},reruns\n")
     assert code_version(project, params=ROPE) == old
 
 

@@ -36,12 +36,13 @@ from llama_pe.metrics import (
     has_role,
 )
 from llama_pe.settings.yaml12 import load_yaml
+from llama_pe.tracking.code_version import code_version
 
 log = logging.getLogger(__name__)
 
 SEED = "train.seed"
-CODE = "code"  # a short hash of the source files the experiment's stages ran, from the dep hashes DVC records
-CODE_PREFIXES = ("stages/", "src/")
+CODE = "code"  # the code version of the run (llama_pe.tracking.code_version)
+CODE_PREFIXES = ("stages/", "src/")  # the deps DVC records of a run's code: one run listed twice has the same
 # What the train stage records of its machine (llama_pe.core.device.cpu_identity): CPUs of one model name but another
 # generation, vector ISA or thread count round floats differently, and moved the default run by 8 test perplexity.
 MACHINE_IDENTITY = ("cpu", "cpu_signature", "cpu_isa", "cpu_threads", "device", "accelerator")
@@ -60,8 +61,12 @@ class ReportError(LlamaPeError, ValueError):
 
 
 def read_experiments(repo: str | Path = ".", all_commits: bool = False) -> pd.DataFrame:
-    """One row per finished experiment of the repo (and each commit's own run), as `dvc exp show` lists them."""
-    return experiments_frame(exp_show(repo, num=-1 if all_commits else 1))
+    """One row per finished experiment of the repo (and each commit's own run), as `dvc exp show` lists them, each
+    with the code version of its commit (llama_pe.tracking.code_version), as the ledger records it."""
+    frame = experiments_frame(exp_show(repo, num=-1 if all_commits else 1))
+    if not frame.empty:
+        frame[CODE] = [code_version(Path(repo), str(rev)) for rev in frame["rev"]]
+    return frame
 
 
 def exp_show(repo: str | Path, num: int, timeout: float = 300.0) -> list[dict[str, Any]]:

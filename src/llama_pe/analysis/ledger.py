@@ -37,7 +37,7 @@ from llama_pe.io import atomic_path
 from llama_pe.metrics import Role, has_role
 from llama_pe.settings.config import flat_params
 from llama_pe.settings.yaml12 import load_yaml
-from llama_pe.tracking.code_version import code_version
+from llama_pe.tracking.code_version import canonical, code_version
 
 # Where each result came from; "code" is the column the report groups by (llama_pe.analysis.experiments.CODE).
 # The machine's identity is what metrics/train.json records of it (llama_pe.core.device.cpu_identity).
@@ -121,8 +121,14 @@ class Ledger:
     rows: list[dict[str, Any]] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
     # (point, machine) -> index of its first row: one result per point and machine identity, since another CPU
-    # generation rounds differently (a rerun on the same one repeats the row, counted once)
+    # generation rounds differently (a rerun on the same one repeats the row, counted once). Code and machine are
+    # as reports/same_computation.csv names them, so a rerun by code or on a CPU recorded as computing the same
+    # must equal its point's row, and is counted once.
     _identities: dict[tuple[str, str | None], int] = field(default_factory=dict, repr=False)
+
+    def same_as(self, value: str | None, kind: str = "code") -> str | None:
+        """`value` (a code version, or a machine's label), as reports/same_computation.csv names it."""
+        return None if value is None else canonical(project_root(self.path), str(value), kind)
 
     @classmethod
     def read(cls, path: str | Path, must_exist: bool = False) -> Ledger:
@@ -150,7 +156,10 @@ class Ledger:
         return ledger
 
     def _add(self, row: dict[str, Any], line: int) -> None:
-        identity = (point_identity(self._params(row), row[CODE]), machine_label(row))
+        identity = (
+            point_identity(self._params(row), self.same_as(row[CODE])),
+            self.same_as(machine_label(row), "machine"),
+        )
         first = self._identities.setdefault(identity, len(self.rows))
         if first != len(self.rows):
             _check_same_results(self, first, row, line)
@@ -163,7 +172,7 @@ class Ledger:
 
     def holds(self, params: dict[str, Any], code: str) -> dict[str, Any] | None:
         """The row of the point these flat params and this code make; None when the ledger has none."""
-        point = point_identity(params, code)
+        point = point_identity(params, self.same_as(code))
         index = min((i for (p, _), i in self._identities.items() if p == point), default=None)  # from any machine
         return None if index is None else self.rows[index]
 
@@ -206,10 +215,21 @@ class Ledger:
         params = [c for c in self.columns if _is_param(c)]
         order = ["experiment", "rev", *metrics, *params, *(c for c in PROVENANCE if c not in ("experiment", "rev"))]
         frame = pd.DataFrame(rows, columns=order).rename(columns={"experiment": "name"})
-        frame[MACHINE] = [machine_label(row) for row in rows]  # the report never pairs runs of two machines
+        # As reports/same_computation.csv names them: a code version or a machine that reruns showed to compute the
+        # same as an earlier one is that one, so their runs pair with the earlier runs.
+        frame[CODE] = [self.same_as(code) for code in frame[CODE]]
+        frame[MACHINE] = [self.same_as(machine_label(row), "machine") for row in rows]  # never paired across machines
         for metric in metrics:
             frame[metric] = pd.to_numeric(frame[metric], errors="coerce")  # null stays NaN
         return frame
+
+
+def project_root(path: Path) -> Path:
+    """The repository a ledger belongs to: the nearest folder above it with a dvc.yaml (else the working folder)."""
+    for folder in Path(path).resolve().parents:
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    return Path.cwd()
 
 
 def _cells(row: dict[str, Any], columns: list[str]) -> list[str]:

@@ -16,7 +16,8 @@ queued experiment will run: DVC copies the files git tracks, staged ones include
 A refactor that this cannot see through (a renamed function, say) gets a new version; once reruns show that it
 computes the same results to the last digit, reports/same_computation.csv records the new version as the same
 computation as the old, and the new version is reported as the old one (`canonical`), so the ledger's earlier
-runs stay pairable. The file says what its evidence is.
+runs stay pairable. The file says what its evidence is. It records machines the same way: a CPU identity whose
+runs equal another's to the last digit is reported as that one.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ ENCODINGS_DIR = f"{SOURCE_ROOT}/{PACKAGE}/positions"
 NOT_ENCODINGS = frozenset({"__init__", "base", "catalogue", "rope_scaling"})  # as llama_pe.positions.catalogue
 STAGE_SCRIPT = re.compile(r"\bpython\s+(?:-\S+\s+)*(stages/\S+\.py)")
 EQUIVALENCES = "reports/same_computation.csv"
+# kind: code (a code version) or machine (a machine identity as the report labels it, analysis.experiments);
+# evidence: the reruns that gave every metric to the last digit.
+EQUIVALENCE_COLUMNS = ("kind", "value", "same_as", "evidence")
 
 
 class CodeVersionError(LlamaPeError, ValueError):
@@ -196,41 +200,51 @@ class _Tree:
         self._texts: dict[str, str | None] = {}
         if rev is None:
             listed = _git(repo, "ls-files", "-z")
-            self._tracked = {path for path in listed.split("\0") if path}
+            self._blobs = {path: None for path in listed.split("\0") if path}
         else:
-            listed = _git(repo, "ls-tree", "-r", "-z", "--name-only", rev)
-            self._tracked = {path for path in listed.split("\0") if path}
+            listed = _git(repo, "ls-tree", "-r", "-z", rev)
+            entries = (entry.split("\t", 1) for entry in listed.split("\0") if entry)  # "100644 blob <sha>\t<path>"
+            self._blobs = {path: meta.split()[2] for meta, path in entries if meta.split()[1] == "blob"}
 
     def read(self, path: str) -> str | None:
+        if path not in self._blobs:
+            return None
+        blob = self._blobs[path]
+        if blob is not None:
+            return _blob_text(str(self.repo), blob)  # the experiments of a study share most of their files
         if path not in self._texts:
-            self._texts[path] = self._read(path) if path in self._tracked else None
+            try:
+                self._texts[path] = (self.repo / path).read_text(encoding="utf-8")
+            except OSError:
+                self._texts[path] = None  # tracked but deleted in the workspace
         return self._texts[path]
 
-    def _read(self, path: str) -> str | None:
-        if self.rev is None:
-            try:
-                return (self.repo / path).read_text(encoding="utf-8")
-            except OSError:
-                return None  # tracked but deleted in the workspace
-        return _git(self.repo, "show", f"{self.rev}:{path}")
+
+@cache
+def _blob_text(repo: str, blob: str) -> str:
+    return _git(Path(repo), "cat-file", "blob", blob)
 
 
-def equivalences(repo: Path) -> dict[str, str]:
-    """{code version: the earlier version it computes the same as}, from reports/same_computation.csv."""
+def equivalences(repo: Path, kind: str = "code") -> dict[str, str]:
+    """{value: the earlier value it computes the same as}, of one kind ("code" or "machine"), from
+    reports/same_computation.csv; empty where the repository has none."""
     path = Path(repo) / EQUIVALENCES
     if not path.is_file():
         return {}
     with path.open(newline="", encoding="utf-8") as handle:
-        return {row["code"]: row["same_as"] for row in csv.DictReader(handle)}
+        rows = list(csv.DictReader(handle))
+    if rows and set(EQUIVALENCE_COLUMNS) - set(rows[0]):
+        raise CodeVersionError(f"{path}: expected the columns {', '.join(EQUIVALENCE_COLUMNS)}")
+    return {row["value"]: row["same_as"] for row in rows if row["kind"] == kind}
 
 
-def canonical(repo: Path, code: str) -> str:
-    """The earliest version recorded as the same computation as `code` (`code` itself when none is)."""
-    same_as, seen = equivalences(repo), {code}
-    while code in same_as and same_as[code] not in seen:
-        code = same_as[code]
-        seen.add(code)
-    return code
+def canonical(repo: Path, value: str, kind: str = "code") -> str:
+    """The earliest value recorded as the same computation as `value` (`value` itself when none is)."""
+    same_as, seen = equivalences(repo, kind), {value}
+    while value in same_as and same_as[value] not in seen:
+        value = same_as[value]
+        seen.add(value)
+    return value
 
 
 def _git(repo: Path, *args: str) -> str:
