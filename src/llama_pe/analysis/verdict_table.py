@@ -32,7 +32,7 @@ def verdict_markdown(frame: pd.DataFrame, keys: list[str], diffs: pd.DataFrame, 
         row = group.iloc[0]
         if row.get(SCALING, "none") != "none" or matching(group, baseline).all():
             continue
-        cells = [_cell(by_group, label, metric) for metric in (AT_L, AT_LONGEST)]
+        cells = [paired_cell(by_group, label, metric) for metric in (AT_L, AT_LONGEST)]
         lines.append(f"| {_encoding(row)} | {_settings(row, keys)} | {cells[0]} | {cells[1]} |")
     note = (
         "Mean paired difference over seeds [raw 95% t interval], Holm-corrected p of the two-sided paired t-test "
@@ -57,7 +57,7 @@ def _settings(row: pd.Series, keys: list[str]) -> str:
     return ", ".join(shown) or "-"
 
 
-def _cell(by_group: pd.DataFrame | None, label: str, metric: str) -> str:
+def paired_cell(by_group: pd.DataFrame | None, label: str, metric: str) -> str:
     if by_group is None or (label, metric) not in by_group.index:
         return "n/a"
     diff = by_group.loc[(label, metric)]
