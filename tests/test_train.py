@@ -135,7 +135,9 @@ def test_a_tiny_run_lowers_the_loss_and_writes_its_outputs(data_dirs, tmp_path):
     assert metrics["best_val_loss"] < math.log(400) - 1.0
     assert metrics["best_val_bpc"] < metrics["unigram_val_bpc"]
     assert metrics["trained_steps"] == 80 and metrics["trained_tokens"] == 80 * 128
-    assert metrics["device"] == "cpu" and metrics["precision"] == "fp32" and metrics["params"] > 0
+    assert metrics["device"] == "cpu" and metrics["precision"] == "fp32"
+    kept = load_checkpoint(paths.best)["model"]  # every weight saved, counted once: the tied head is the embedding
+    assert metrics["params"] == sum(t.numel() for name, t in kept.items() if name != "output.weight")
     assert metrics["cpu"] == cpu_model() and metrics["accelerator"] is None  # the machine of the result
     assert paths.best.is_file() and paths.last.is_file() and paths.metrics.is_file()
     tsvs = curves(paths)
@@ -367,7 +369,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 def test_bf16_on_cpu_trains(data_dirs, tmp_path):
     metrics = train(tiny_config(precision="bf16", max_steps=10), paths_in(tmp_path, data_dirs))
-    assert metrics["precision"] == "bf16" and math.isfinite(metrics["best_val_loss"])
+    # Ten steps lower the loss from the uniform guess, ln(vocab size), as fp32's do.
+    assert metrics["precision"] == "bf16" and metrics["best_val_loss"] < math.log(400) - 0.2
 
 
 # ---------------------------------------------------------------------------------------------- train.pos_lr_scale
