@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from llama_pe.positions.alibi import ALIBI_LEARNABLE
-from llama_pe.positions.catalogue import Encoding, torch_part
+from llama_pe.positions import alibi
+from llama_pe.positions.catalogue import torch_part
 
-ENCODING = Encoding(
-    "sinusoidal absolute positions plus the ALiBi bias (the original study's absolute + relative)",
-    "AbsoluteRelative",
+# alibi's entry (its bias, its key model.alibi_learnable), as another encoding.
+ENCODING = dataclasses.replace(
+    alibi.ENCODING,
+    summary="sinusoidal absolute positions plus the ALiBi bias (the original study's absolute + relative)",
+    implementation="AbsoluteRelative",
     rank=4,
-    biased=True,
-    settings={"alibi_learnable": ALIBI_LEARNABLE},
 )
 
 
