@@ -1,5 +1,5 @@
 """Whether a model uses the context beyond its training length: each group's perplexity at the longest context
-set against its own local-window perplexity, run by run (issue 20: a perplexity at 8× alone cannot tell a model
+set against its own local-window perplexity, run by run (a perplexity at 8× alone cannot tell a model
 that uses the longer context from one that never looks past train.context tokens)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The tables of docs/results.md, made from a committed report's files (summary.csv, paired_differences.csv,
-selection.csv), so no number there is typed by hand. docs/results.md holds each between its markers; a test fails
-when a block differs from what the report's files give, and `python -m llama_pe.analysis.results_tables` writes
+selection.csv, runs.csv), so no number there is typed by hand. docs/results.md holds each between its markers; a
+test fails when a block differs from what the report's files give, and `python -m llama_pe.analysis.results_tables` writes
 them again after `llama-pe report` has rebuilt reports/.
 """
 
@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from llama_pe.analysis.grouping import iter_groups
+from llama_pe.analysis.local_window import local_window_verdicts
+from llama_pe.analysis.report import runs_frame
 from llama_pe.analysis.verdict_table import paired_cell
 from llama_pe.io import atomic_path
 
@@ -110,9 +113,96 @@ def converged_table(folder: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _mean(summary: pd.DataFrame, group: str, metric: str) -> float:
+    row = summary[(summary["group"] == group) & (summary["metric"] == metric)]
+    return float(row["mean"].iloc[0]) if not row.empty else math.nan
+
+
+def _identity(row: pd.Series, keys: list[str]) -> tuple[str, ...]:
+    """A group's values, alike however a file spelt them (1 and 1.0)."""
+    return tuple(f"{float(row[k]):g}" if isinstance(row[k], int | float) else str(row[k]) for k in keys)
+
+
+def _signed(value: float, digits: int) -> str:
+    return "n/a" if math.isnan(value) else f"{value:+.{digits}f}"
+
+
+def context_table(folder: Path) -> str:
+    """Context use at the training length's grid: perplexity at 1× and 8×, 8× against the model's own local window
+    (run by run, its 95% interval), the gain of the far context, and the copy probe."""
+    summary = pd.read_csv(folder / "summary.csv")
+    diffs = _diffs(folder)
+    runs = runs_frame(folder / "runs.csv")
+    keys = [k for k in summary.columns[1 : list(summary.columns).index("metric")] if k in runs and k != SCALING]
+    verdicts = local_window_verdicts(runs, keys)  # a row per group, in iter_groups' order
+    windows = {_identity(group.iloc[0], keys): verdicts.iloc[i] for i, (_, group) in enumerate(iter_groups(runs, keys))}
+    lines = [
+        "| encoding | ppl 1× | ppl 8× | own local window | 8× − local window [95% CI] | context_gain_at_8x | vs rope | "
+        "copy gain at L/4, text / random | largest \\|mean copy gain\\| at 2L–7L |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for _, row in _groups(summary).iterrows():
+        group = row["group"]
+        window = windows[_identity(row, keys)]
+        against = (
+            "n/a"
+            if window["n"] == 0
+            else f"{window['mean_diff']:+.1f} [{window['ci95_low']:+.1f}, {window['ci95_high']:+.1f}]"
+        )
+        gain = "n/a" if window["n"] == 0 else _mean_std(summary, group, "context_gain_at_8x", 4)
+        vs = (
+            paired_cell(diffs, group, "context_gain_at_8x")
+            if (group, "context_gain_at_8x") in diffs.index
+            else "baseline"
+        )
+        copy = [_mean(summary, group, f"copy_gain_{kind}_at_0p25x") for kind in ("text", "random")]
+        far = [abs(_mean(summary, group, f"copy_gain_{k}_at_{m}x")) for k in ("text", "random") for m in (2, 4, 7)]
+        far = [value for value in far if not math.isnan(value)]
+        cells = [
+            _encoding(row),
+            f"{_mean(summary, group, 'ppl_at_1x'):.1f}",
+            "n/a" if math.isnan(_mean(summary, group, "ppl_at_8x")) else f"{_mean(summary, group, 'ppl_at_8x'):.1f}",
+            f"{_mean(summary, group, 'sliding_ppl_at_1x'):.1f}",
+            window["verdict"] if str(window["verdict"]).startswith("n/a") else f"{against}: {window['verdict']}",
+            gain,
+            "n/a" if window["n"] == 0 else vs,
+            f"{_signed(copy[0], 3)} / {_signed(copy[1], 3)}",
+            f"{max(far):.3f}" if far else "n/a",
+        ]
+        lines.append(f"| {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def seeds_table(folder: Path) -> str:
+    """The converged regime run by run (seeds in order), and the copy probe's group mean at 2L."""
+    runs = pd.read_csv(folder / "runs.csv").sort_values(["train.seed"], kind="stable")
+    lines = [
+        "| encoding | best val loss | test ppl | ppl 8× / own local window | context_gain_at_8x | "
+        "copy gain at 2L, text / random (mean) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for pos, group in runs.groupby("model.pos", sort=False):
+        window = ", ".join(
+            f"{a:.0f} / {b:.0f}" for a, b in zip(group["ppl_at_8x"], group["sliding_ppl_at_1x"], strict=True)
+        )
+        copy = [group[f"copy_gain_{kind}_at_2x"].mean() for kind in ("text", "random")]
+        cells = [
+            str(pos),
+            ", ".join(f"{v:.3f}" for v in group["best_val_loss"]),
+            ", ".join(f"{v:.1f}" for v in group["test_ppl"]),
+            window,
+            ", ".join(f"{v:+.3f}" for v in group["context_gain_at_8x"]),
+            f"{copy[0]:+.3f} / {copy[1]:+.3f}",
+        ]
+        lines.append(f"| {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
 TABLES: dict[str, tuple[str, Callable[[Path], str]]] = {
     "main": ("reports", main_table),
     "selection": ("reports", selection_table),
+    "context": ("reports", context_table),
+    "converged-seeds": ("reports/converged", seeds_table),
     "converged": ("reports/converged", converged_table),
 }
 
