@@ -160,6 +160,16 @@ def test_runs_of_other_code_are_other_groups_and_a_repeat_of_the_same_code_count
     assert sorted(summary.loc[summary["metric"] == "best_val_loss", "n"]) == [3, 3]
 
 
+def test_a_code_version_that_changes_with_the_encoding_is_no_group_key_of_its_own():
+    # Each encoding's runs have their own code version (its file): that tells no group apart from model.pos ...
+    frame = experiments_frame(ROPE + ALIBI)
+    frame["code"] = frame["model.pos"].map({"rope": "c0de0000rope", "alibi": "c0de000alibi"})
+    assert group_keys(frame) == ["model.pos"]
+    # ... but two versions among one encoding's runs do: those runs are not one group.
+    frame.loc[frame["name"] == "rope0", "code"] = "c0de0000new0"
+    assert group_keys(frame) == ["model.pos", "code"]
+
+
 def test_two_different_runs_of_one_seed_in_a_group_are_refused(tmp_path):
     twice = {**ROPE[0], "Experiment": "rope0-b", "best_val_loss": 4.5}
     frame = experiments_frame(ROPE + ALIBI + [twice])

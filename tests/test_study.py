@@ -538,7 +538,11 @@ def test_an_experiment_made_by_other_code_is_not_reused(project):
     model_file = root / "src/llama_pe/core/model/transformer.py"
     original = model_file.read_text()
     try:
-        model_file.write_text(original + "\n# changed\n")
+        model_file.write_text(original + "\n# a comment: no computation\n")
+        planned = study(root, env, "--pos", "rope,alibi", "--seeds", "0,1", "--dry-run")
+        assert planned.returncode == 0, planned.stderr
+        assert "4 already have an experiment, 0 to queue" in planned.stderr
+        model_file.write_text(original + "\nLAYER_SCALE = 2.0\n")  # a statement every run executes
         planned = study(root, env, "--pos", "rope,alibi", "--seeds", "0,1", "--dry-run")
         assert planned.returncode == 0, planned.stderr
         assert "0 already have an experiment, 4 to queue" in planned.stderr

@@ -27,9 +27,15 @@ from llama_pe.settings.architecture import SIZES
 
 def group_keys(frame: pd.DataFrame) -> list[str]:
     """The params that vary among the experiments, train.seed aside, and the code and the machine if they vary:
-    what tells one group from another."""
-    candidates = [*param_columns(frame), *(c for c in (CODE, MACHINE) if c in frame)]
-    return [c for c in candidates if c != SEED and frame[c].map(repr).nunique() > 1]
+    what tells one group from another. The code only where it varies among runs of the same params: each encoding
+    has a code version of its own (its own file), so a code that changes with model.pos tells no group apart."""
+    candidates = [*param_columns(frame), *(c for c in (MACHINE,) if c in frame)]
+    keys = [c for c in candidates if c != SEED and frame[c].map(repr).nunique() > 1]
+    if CODE in frame and frame[CODE].map(repr).nunique() > 1:
+        same_params = frame.groupby([frame[k].map(repr) for k in keys], sort=False) if keys else [(None, frame)]
+        if any(group[CODE].map(repr).nunique() > 1 for _, group in same_params):
+            keys.append(CODE)
+    return keys
 
 
 def check_one_run_per_seed(frame: pd.DataFrame, keys: list[str]) -> None:

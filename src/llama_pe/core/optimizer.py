@@ -34,7 +34,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} | {id(model.output.weight)}
     # A position encoding's own parameters (T5's table, FIRE's MLP, ALiBi's slopes) are not layers either. Under the
     # shared rate they can barely move in a short run while ALiBi's fixed slopes are at full strength from step 0:
-    # their own group lets a study tune their rate apart (issue 20).
+    # their own group lets a study tune their rate apart (train.pos_lr_scale).
     positions = getattr(model, "positions", None)
     encoding = {id(p) for p in positions.parameters()} if isinstance(positions, nn.Module) else set()
     decay, no_decay, own = [], [], []
