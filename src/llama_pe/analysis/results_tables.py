@@ -1,7 +1,7 @@
 """The tables of docs/results.md, made from a committed report's files (summary.csv, paired_differences.csv,
 selection.csv, runs.csv), so no number there is typed by hand. docs/results.md holds each between its markers; a
-test fails when a block differs from what the report's files give, and `python -m llama_pe.analysis.results_tables` writes
-them again after `llama-pe report` has rebuilt reports/.
+test fails when a block differs from what the report's files give, and `python -m llama_pe.analysis.results_tables`
+writes them again after `llama-pe report` has rebuilt reports/.
 """
 
 from __future__ import annotations
