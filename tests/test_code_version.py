@@ -13,7 +13,7 @@ from llama_pe.tracking.code_version import CodeVersionError, code_version, raw_c
 from tests.conftest import REPO_ROOT
 from tests.test_encodings import NEW_ENCODING
 
-ROPE, ALIBI = {"model": {"pos": "rope"}}, {"model": {"pos": "alibi"}}
+ROPE, ALIBI, P_ROPE = ({"model": {"pos": name}} for name in ("rope", "alibi", "p_rope"))
 OPTIMIZER = "src/llama_pe/core/optimizer.py"  # the learning-rate schedule, which every run computes
 
 
@@ -54,6 +54,7 @@ def test_an_encoding_added_beside_rope_leaves_ropes_code_version_as_it_was(proje
 
 def test_an_edit_to_ropes_frequencies_changes_ropes_code_version_and_not_alibis(project):
     rope, alibi = code_version(project, params=ROPE), code_version(project, params=ALIBI)
+    p_rope = code_version(project, params=P_ROPE)
     edit(
         project,
         "src/llama_pe/positions/rope.py",
@@ -62,6 +63,7 @@ def test_an_edit_to_ropes_frequencies_changes_ropes_code_version_and_not_alibis(
     )
     assert code_version(project, params=ROPE) != rope
     assert code_version(project, params=ALIBI) == alibi
+    assert code_version(project, params=P_ROPE) != p_rope  # its class is rope's, with fewer frequencies
     git(project, "checkout", "-q", "--", ".")
     # The frequencies every rotary scaling starts from: in every run's code (the model imports it), so both change.
     edit(project, "src/llama_pe/core/model/rope_scaling.py", "return 1.0 / (theta **", "return 1.0 / (2 * theta **")

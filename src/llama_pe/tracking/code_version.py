@@ -39,7 +39,6 @@ CODE_DIGITS = 12  # of the sha256: short enough to read in a table, far from col
 PACKAGE = "llama_pe"
 SOURCE_ROOT = "src"  # the folder of the llama_pe package in the repository (dvc.yaml's PYTHONPATH=src)
 ENCODINGS_DIR = f"{SOURCE_ROOT}/{PACKAGE}/positions"
-NOT_ENCODINGS = frozenset({"__init__", "base", "catalogue", "rope_scaling"})  # as llama_pe.positions.catalogue
 STAGE_SCRIPT = re.compile(r"\bpython\s+(?:-\S+\s+)*(stages/\S+\.py)")
 EQUIVALENCES = "reports/same_computation.csv"
 # kind: code (a code version) or machine (a machine identity as the report labels it, analysis.experiments);
@@ -87,8 +86,9 @@ def raw_code_version(repo: Path, rev: str | None = None, params: dict[str, Any] 
 
 
 def run_files(tree: _Tree, entries: list[str]) -> list[str]:
-    """The entries and the llama_pe files they import, transitively (a package's __init__.py with its modules);
-    an encoding's file only when it is one of the entries."""
+    """The entries and the llama_pe files they import, transitively (a package's __init__.py with its modules).
+    No module but an encoding's imports an encoding's file (the catalogue finds them by name), so of the encodings
+    this holds the run's own and those it imports (p_rope's rope, abs_rel's abs and alibi)."""
     seen: set[str] = set()
     pending = [path for path in entries if tree.read(path) is not None]
     while pending:
@@ -100,14 +100,9 @@ def run_files(tree: _Tree, entries: list[str]) -> list[str]:
             parts = module.split(".")
             for depth in range(1, len(parts) + 1):
                 found = _module_file(tree, parts[:depth])
-                if found and found not in seen and not _other_encoding(found, entries):
+                if found and found not in seen:
                     pending.append(found)
     return sorted(seen)
-
-
-def _other_encoding(path: str, entries: list[str]) -> bool:
-    folder, _, name = path.rpartition("/")
-    return folder == ENCODINGS_DIR and name.removesuffix(".py") not in NOT_ENCODINGS and path not in entries
 
 
 def _module_file(tree: _Tree, parts: list[str]) -> str | None:
