@@ -76,17 +76,17 @@ __getattr__ = torch_part(__name__, ENCODING, _make, ("Doubled",))
 
 
 def test_a_new_file_in_the_package_is_an_encoding_in_its_place_without_a_line_elsewhere(tmp_path):
-    (tmp_path / "doubled.py").write_text(NEW_ENCODING)
+    (tmp_path / "doubled_in_a_test.py").write_text(NEW_ENCODING)
     code = (
         "import sys, llama_pe.positions as p; p.__path__.append(sys.argv[1]);"
         "from llama_pe.positions.catalogue import ENCODINGS, settings_of_every_encoding;"
         "print(list(ENCODINGS)); print('doubling' in settings_of_every_encoding()); print('torch' in sys.modules);"
-        "from llama_pe.positions.base import position_class; print(position_class('doubled').name)"
+        "from llama_pe.positions.base import position_class; print(position_class('doubled_in_a_test').name)"
     )
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     names, owns_key, torch_loaded, built = done.stdout.splitlines()
-    assert names == str([*ENCODINGS, "doubled"])  # by rank: 50 is after every encoding of the project
-    assert (owns_key, torch_loaded, built) == ("True", "False", "doubled")
+    assert names == str([*ENCODINGS, "doubled_in_a_test"])  # by rank: 50 is after every encoding of the project
+    assert (owns_key, torch_loaded, built) == ("True", "False", "doubled_in_a_test")
 
 
 def test_a_biased_entry_whose_class_forgets_score_mod_fails_at_registration_on_a_cpu(register):
