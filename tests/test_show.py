@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llama_pe.commands.show import DEFAULT_COLUMNS, ShowError, table
+from llama_pe.commands.show import DEFAULT_COLUMNS, ShowError, table, varying_params
 
 
 def record(rev: str, name: str | None, pos: str, seed: int, loss: float, **more) -> dict:
@@ -60,3 +60,12 @@ def test_a_running_experiment_shows_its_state_and_an_unknown_column_is_refused()
     assert lines[0].split()[:2] == ["experiment", "state"] and "Running" in lines[-1].split()
     with pytest.raises(ShowError, match=r"^--columns model\.poss: not a param or metric of these experiments"):
         table(RECORDS, [*DEFAULT_COLUMNS, "model.poss"], width=120)
+
+
+def test_a_param_in_which_the_experiments_differ_is_shown_beside_the_default_columns():
+    tiny = record("1234567abcdef", "tiny-run", "rope", 0, 8.358, **{"model.size": "tiny", "train.max_steps": 20.0})
+    records = [*(dict(r, **{"model.size": "small", "train.max_steps": 400.0}) for r in RECORDS), tiny]
+    assert varying_params(records, DEFAULT_COLUMNS) == ["model.size", "train.max_steps"]
+    text = table(records, [*DEFAULT_COLUMNS, *varying_params(records, DEFAULT_COLUMNS)], 200)
+    assert text.splitlines()[0].split()[-2:] == ["model.size", "train.max_steps"]
+    assert "tiny" in text.splitlines()[-1] and varying_params(RECORDS, DEFAULT_COLUMNS) == []

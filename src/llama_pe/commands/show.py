@@ -2,7 +2,8 @@
 
 `dvc exp show` holds every param and all 66 metrics, so at 120 columns each cell is an ellipsis. This reads the
 same records through dvc.api.exp_show (the structured data behind `dvc exp show --json`) and prints the columns
-that compare encodings: the experiment, its encoding, seed and learning rate, and its headline metrics. A name too
+that compare encodings: the experiment, its encoding, seed and learning rate, its headline metrics, and every other
+param in which the experiments differ. A name too
 long for the terminal is shortened in the middle; columns that still do not fit are left out, and the last line
 says which.
 """
@@ -42,7 +43,18 @@ def show(repo: str = ".", all_commits: bool = False, extra: Sequence[str] = (), 
 
     records = exp_show(repo, num=-1 if all_commits else 1)
     width = width or shutil.get_terminal_size((120, 24)).columns
-    return table(records, [*DEFAULT_COLUMNS, *(c for c in extra if c not in DEFAULT_COLUMNS)], width)
+    shown = [*DEFAULT_COLUMNS, *varying_params(records, DEFAULT_COLUMNS)]
+    return table(records, [*shown, *(c for c in extra if c not in shown)], width)
+
+
+PARAM_SECTIONS = ("data.", "tokenizer.", "model.", "train.", "eval.")
+
+
+def varying_params(records: Sequence[dict[str, Any]], shown: Sequence[str]) -> list[str]:
+    """The params besides `shown` whose values differ among the experiments (`-S model.size=tiny`), in the order
+    DVC gives them: two rows that differ only there would otherwise look the same."""
+    keys = dict.fromkeys(k for r in records for k in r if k.startswith(PARAM_SECTIONS) and "/" not in k)
+    return [k for k in keys if k not in shown and len({repr(r.get(k)) for r in records}) > 1]
 
 
 def table(records: Iterable[dict[str, Any]], columns: list[str], width: int) -> str:
