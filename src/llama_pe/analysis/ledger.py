@@ -37,7 +37,7 @@ from llama_pe.io import atomic_path
 from llama_pe.metrics import Role, has_role
 from llama_pe.settings.config import flat_params
 from llama_pe.settings.yaml12 import load_yaml
-from llama_pe.tracking.code_version import canonical, code_version
+from llama_pe.tracking.code_version import code_version, earliest, equivalences
 
 # Where each result came from; "code" is the column the report groups by (llama_pe.analysis.experiments.CODE).
 # The machine's identity is what metrics/train.json records of it (llama_pe.core.device.cpu_identity).
@@ -126,9 +126,16 @@ class Ledger:
     # must equal its point's row, and is counted once.
     _identities: dict[tuple[str, str | None], int] = field(default_factory=dict, repr=False)
 
+    # kind -> reports/same_computation.csv's equivalences of that kind, read once per ledger
+    _equivalences: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+
     def same_as(self, value: str | None, kind: str = "code") -> str | None:
         """`value` (a code version, or a machine's label), as reports/same_computation.csv names it."""
-        return None if value is None else canonical(project_root(self.path), str(value), kind)
+        if value is None:
+            return None
+        if kind not in self._equivalences:
+            self._equivalences[kind] = equivalences(project_root(self.path), kind)
+        return earliest(self._equivalences[kind], str(value))
 
     @classmethod
     def read(cls, path: str | Path, must_exist: bool = False) -> Ledger:

@@ -36,11 +36,16 @@ def _lr(row: pd.Series) -> str:
     return lr if pd.isna(scale) or float(scale) == 1.0 else f"{lr}, position parameters ×{float(scale):g}"
 
 
-def _mean_std(summary: pd.DataFrame, group: str, metric: str, digits: int) -> str:
+def _mean_and_std(summary: pd.DataFrame, group: str, metric: str) -> tuple[float, float]:
+    """The group's mean and std of the metric over its seeds (NaN where summary.csv has none)."""
     row = summary[(summary["group"] == group) & (summary["metric"] == metric)]
-    if row.empty or math.isnan(row["mean"].iloc[0]):
+    return (math.nan, math.nan) if row.empty else (float(row["mean"].iloc[0]), float(row["std"].iloc[0]))
+
+
+def _mean_std(summary: pd.DataFrame, group: str, metric: str, digits: int) -> str:
+    mean, std = _mean_and_std(summary, group, metric)
+    if math.isnan(mean):
         return "n/a"
-    mean, std = row["mean"].iloc[0], row["std"].iloc[0]
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
@@ -114,8 +119,7 @@ def converged_table(folder: Path) -> str:
 
 
 def _mean(summary: pd.DataFrame, group: str, metric: str) -> float:
-    row = summary[(summary["group"] == group) & (summary["metric"] == metric)]
-    return float(row["mean"].iloc[0]) if not row.empty else math.nan
+    return _mean_and_std(summary, group, metric)[0]
 
 
 def _identity(row: pd.Series, keys: list[str]) -> tuple[str, ...]:

@@ -47,12 +47,11 @@ def show(repo: str = ".", all_commits: bool = False, extra: Sequence[str] = (), 
     return table(records, [*shown, *(c for c in extra if c not in shown)], width)
 
 
-PARAM_SECTIONS = ("data.", "tokenizer.", "model.", "train.", "eval.")
-
-
 def varying_params(records: Sequence[dict[str, Any]], shown: Sequence[str]) -> list[str]:
     """The params besides `shown` whose values differ among the experiments (`-S model.size=tiny`), in the order
     DVC gives them: two rows that differ only there would otherwise look the same."""
+    from llama_pe.analysis.experiments import PARAM_SECTIONS  # pandas: imported where records are read anyway
+
     keys = dict.fromkeys(k for r in records for k in r if k.startswith(PARAM_SECTIONS) and "/" not in k)
     return [k for k in keys if k not in shown and len({repr(r.get(k)) for r in records}) > 1]
 

@@ -235,7 +235,12 @@ def equivalences(repo: Path, kind: str = "code") -> dict[str, str]:
 
 def canonical(repo: Path, value: str, kind: str = "code") -> str:
     """The earliest value recorded as the same computation as `value` (`value` itself when none is)."""
-    same_as, seen = equivalences(repo, kind), {value}
+    return earliest(equivalences(repo, kind), value)
+
+
+def earliest(same_as: dict[str, str], value: str) -> str:
+    """`value` followed through `same_as` (one kind of equivalences) to the earliest value it names."""
+    seen = {value}
     while value in same_as and same_as[value] not in seen:
         value = same_as[value]
         seen.add(value)

@@ -44,7 +44,7 @@ READ_RETRY_DELAY_S = 2.0
 
 
 class Experiments:
-    """The repo's experiments as DVC lists them, each matched to grid points by params and source files."""
+    """The repo's experiments as DVC lists them, each matched to grid points by params and code version."""
 
     def __init__(self, repo: Path) -> None:
         self.repo = repo
